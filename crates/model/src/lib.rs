@@ -13,6 +13,7 @@ pub mod json;
 pub mod keys;
 pub mod scope;
 pub mod status;
+pub mod synthetic;
 
 pub use keys::{ComputeManagerId, ComputeServiceId, GufeKey, KeyError, ScopedKey, ScopedKeyDict};
 pub use scope::{Scope, ScopeDict, ScopeError};

@@ -1,0 +1,421 @@
+//! Schema administration: `database init|check|reset` (cli.md §4.4–§4.6) and the table
+//! catalogue that `dump`/`load` and `check` rely on.
+
+use sqlx::migrate::Migrator;
+use sqlx::Row;
+
+use crate::error::{Result, StoreError};
+use crate::{Backend, Store};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Column types as stored (and as written in dumps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColType {
+    I64,
+    F64,
+    Text,
+}
+
+#[derive(Debug)]
+pub(crate) struct TableSpec {
+    pub name: &'static str,
+    /// (column, type, nullable)
+    pub columns: &'static [(&'static str, ColType, bool)],
+    /// Deterministic row order for dumps.
+    pub order_by: &'static str,
+    /// Has a generated `id` (PostgreSQL identity) to re-sync after a load.
+    pub identity_id: bool,
+}
+
+use ColType::{Text as T, F64 as F, I64 as I};
+
+/// Every table, in creation (= foreign-key dependency) order.
+pub(crate) const TABLES: &[TableSpec] = &[
+    TableSpec {
+        name: "gufe_object",
+        columns: &[("id", I, false), ("gufe_key", T, false), ("org", T, false), ("campaign", T, false), ("project", T, false), ("qualname", T, false), ("module", T, false), ("name", T, true), ("body", T, false)],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec { name: "gufe_ref", columns: &[("parent_id", I, false), ("child_id", I, false)], order_by: "parent_id, child_id", identity_id: false },
+    TableSpec {
+        name: "network",
+        columns: &[("id", I, false), ("taskhub_token", T, false), ("state", T, false), ("weight", F, false)],
+        order_by: "id",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "network_member",
+        columns: &[("network_id", I, false), ("position", I, false), ("object_id", I, false)],
+        order_by: "network_id, position",
+        identity_id: false,
+    },
+    TableSpec { name: "transformation", columns: &[("id", I, false), ("protocol", T, true)], order_by: "id", identity_id: false },
+    TableSpec {
+        name: "transformation_system",
+        columns: &[("transformation_id", I, false), ("attribute", T, false), ("system_id", I, false)],
+        order_by: "transformation_id, attribute",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "network_transformation",
+        columns: &[("network_id", I, false), ("transformation_id", I, false)],
+        order_by: "network_id, transformation_id",
+        identity_id: false,
+    },
+    TableSpec { name: "network_system", columns: &[("network_id", I, false), ("system_id", I, false)], order_by: "network_id, system_id", identity_id: false },
+    TableSpec {
+        name: "task",
+        columns: &[
+            ("id", I, false),
+            ("gufe_key", T, false),
+            ("org", T, false),
+            ("campaign", T, false),
+            ("project", T, false),
+            ("transformation_id", I, false),
+            ("status", T, false),
+            ("priority", I, false),
+            ("extends_id", I, true),
+            ("creator", T, true),
+            ("datetime_created", I, false),
+        ],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec {
+        name: "task_action",
+        columns: &[("network_id", I, false), ("task_id", I, false), ("weight", F, false)],
+        order_by: "network_id, task_id",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "compute_service",
+        columns: &[("id", I, false), ("identifier", T, false), ("registered", I, false), ("heartbeat", I, false), ("manager_name", T, true)],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec {
+        name: "compute_service_failure",
+        columns: &[("service_id", I, false), ("failed_at", I, false)],
+        order_by: "service_id, failed_at",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "task_claim",
+        columns: &[("task_id", I, false), ("service_id", I, false), ("claimed", I, false)],
+        order_by: "task_id",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "compute_manager",
+        columns: &[
+            ("id", I, false),
+            ("name", T, false),
+            ("uuid", T, false),
+            ("registered", I, false),
+            ("last_status_update", I, false),
+            ("status", T, false),
+            ("detail", T, true),
+            ("saturation", F, true),
+        ],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec {
+        name: "pdrr",
+        columns: &[
+            ("id", I, false),
+            ("gufe_key", T, false),
+            ("org", T, false),
+            ("campaign", T, false),
+            ("project", T, false),
+            ("obj_key", T, false),
+            ("location", T, true),
+            ("ok", I, false),
+            ("datetime_created", T, true),
+            ("creator", T, true),
+            ("content_sha256", T, true),
+            ("size", I, true),
+        ],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec { name: "task_result", columns: &[("task_id", I, false), ("pdrr_id", I, false)], order_by: "task_id, pdrr_id", identity_id: false },
+    TableSpec {
+        name: "tracebacks",
+        columns: &[("id", I, false), ("gufe_key", T, false), ("org", T, false), ("campaign", T, false), ("project", T, false), ("pdrr_id", I, false), ("body", T, false)],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec {
+        name: "restart_pattern",
+        columns: &[("id", I, false), ("gufe_key", T, false), ("network_id", I, false), ("pattern", T, false), ("max_retries", I, false)],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec {
+        name: "restart_applies",
+        columns: &[("pattern_id", I, false), ("task_id", I, false), ("num_retries", I, false)],
+        order_by: "pattern_id, task_id",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "network_strategy",
+        columns: &[
+            ("network_id", I, false),
+            ("strategy_id", I, false),
+            ("mode", T, false),
+            ("status", T, false),
+            ("iterations", I, false),
+            ("sleep_interval", I, false),
+            ("last_iteration", I, true),
+            ("last_iteration_result_count", I, false),
+            ("max_tasks_per_transformation", I, false),
+            ("task_scaling", T, false),
+            ("exception", T, true),
+            ("traceback", T, true),
+        ],
+        order_by: "network_id",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "identity",
+        columns: &[
+            ("id", I, false),
+            ("kind", T, false),
+            ("identifier", T, false),
+            ("hashed_key", T, false),
+            ("disabled", I, false),
+            ("expires", I, true),
+            ("email", T, true),
+            ("full_name", T, true),
+        ],
+        order_by: "id",
+        identity_id: true,
+    },
+    TableSpec {
+        name: "identity_scope",
+        columns: &[("identity_id", I, false), ("position", I, false), ("scope", T, false)],
+        order_by: "identity_id, position",
+        identity_id: false,
+    },
+];
+
+/// Unique indexes the uniqueness rules of model.md §3.14 rest on (checked by `check`).
+const UNIQUE_INDEXES: &[&str] = &[
+    "gufe_object_scoped_key",
+    "network_taskhub",
+    "task_scoped_key",
+    "compute_service_identifier",
+    "compute_manager_name",
+    "pdrr_scoped_key",
+    "tracebacks_scoped_key",
+    "restart_pattern_hub_pattern",
+    "identity_kind_identifier",
+];
+
+/// What `check` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaStatus {
+    /// Every migration of this binary applied; every table and unique index present.
+    Current { version: i64 },
+    /// No schema at all (fresh or reset store): run `database init`.
+    Uninitialized,
+    /// Migrations this binary knows are not applied yet: run `database init`.
+    Outdated { applied: i64, latest: i64 },
+    /// The store was migrated by a newer binary.
+    Newer { applied: i64, latest: i64 },
+    /// Something is missing or altered.
+    Damaged(String),
+}
+
+impl SchemaStatus {
+    pub fn is_current(&self) -> bool {
+        matches!(self, SchemaStatus::Current { .. })
+    }
+}
+
+impl std::fmt::Display for SchemaStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SchemaStatus::Current { version } => write!(f, "schema is current (version {version})"),
+            SchemaStatus::Uninitialized => write!(f, "the store has no schema; run `alchemiscale database init`"),
+            SchemaStatus::Outdated { applied, latest } => {
+                write!(f, "schema version {applied} is older than this binary's {latest}; run `alchemiscale database init` to migrate")
+            }
+            SchemaStatus::Newer { applied, latest } => {
+                write!(f, "schema version {applied} is newer than this binary's {latest}; upgrade alchemiscale")
+            }
+            SchemaStatus::Damaged(why) => write!(f, "schema is damaged: {why}"),
+        }
+    }
+}
+
+impl Store {
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Create or upgrade the schema (idempotent). Refuses a store migrated by a newer binary.
+    pub async fn init(&self) -> Result<()> {
+        if let SchemaStatus::Newer { .. } = self.schema_status().await? {
+            return Err(StoreError::Schema(self.schema_status().await?.to_string()));
+        }
+        self.migrator().run(&self.write).await?;
+        Ok(())
+    }
+
+    async fn table_names(&self) -> Result<Vec<String>> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table'",
+            Backend::Postgres => "SELECT CAST(tablename AS TEXT) FROM pg_tables WHERE schemaname = current_schema()",
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.read).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
+    async fn index_names(&self) -> Result<Vec<String>> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index'",
+            Backend::Postgres => "SELECT CAST(indexname AS TEXT) FROM pg_indexes WHERE schemaname = current_schema()",
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.read).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
+    /// Inspect the schema without changing anything.
+    pub async fn schema_status(&self) -> Result<SchemaStatus> {
+        let tables = self.table_names().await?;
+        let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        if !tables.iter().any(|t| t == "_sqlx_migrations") {
+            let ours = TABLES.iter().filter(|t| tables.iter().any(|x| x == t.name)).count();
+            return Ok(if ours == 0 {
+                SchemaStatus::Uninitialized
+            } else {
+                SchemaStatus::Damaged("tables exist but no migration record".into())
+            });
+        }
+        let rows = sqlx::query("SELECT version, checksum, CAST(CASE WHEN success THEN 1 ELSE 0 END AS BIGINT) FROM _sqlx_migrations ORDER BY version").fetch_all(&self.read).await?;
+        let mut applied = 0;
+        for r in &rows {
+            let version: i64 = r.try_get(0)?;
+            let checksum: Vec<u8> = r.try_get(1)?;
+            let success = r.try_get::<i64, _>(2)? == 1;
+            if !success {
+                return Ok(SchemaStatus::Damaged(format!("migration {version} did not complete")));
+            }
+            match self.migrator().iter().find(|m| m.version == version) {
+                None => return Ok(SchemaStatus::Newer { applied: version, latest }),
+                Some(m) if m.checksum.as_ref() != checksum.as_slice() => {
+                    return Ok(SchemaStatus::Damaged(format!("migration {version} was altered after it was applied")))
+                }
+                Some(_) => applied = applied.max(version),
+            }
+        }
+        if applied < latest {
+            return Ok(SchemaStatus::Outdated { applied, latest });
+        }
+        if let Some(t) = TABLES.iter().find(|t| !tables.iter().any(|x| x == t.name)) {
+            return Ok(SchemaStatus::Damaged(format!("table {} is missing", t.name)));
+        }
+        let indexes = self.index_names().await?;
+        if let Some(i) = UNIQUE_INDEXES.iter().find(|i| !indexes.iter().any(|x| x == *i)) {
+            return Ok(SchemaStatus::Damaged(format!("unique index {i} is missing")));
+        }
+        Ok(SchemaStatus::Current { version: applied })
+    }
+
+    /// Fail unless the schema is current (servers call this at start).
+    pub async fn require_current_schema(&self) -> Result<()> {
+        let status = self.schema_status().await?;
+        if status.is_current() {
+            Ok(())
+        } else {
+            Err(StoreError::Schema(status.to_string()))
+        }
+    }
+
+    /// Delete every record and the schema itself (`database reset`). The object store
+    /// is not touched.
+    pub async fn reset(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let cascade = if self.backend == Backend::Postgres { " CASCADE" } else { "" };
+        for t in TABLES.iter().rev() {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {}{cascade}", t.name)).execute(&mut *tx).await?;
+        }
+        sqlx::query(&format!("DROP TABLE IF EXISTS _sqlx_migrations{cascade}")).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// True if no table holds a row.
+    pub async fn is_empty(&self) -> Result<bool> {
+        for t in TABLES {
+            let row = sqlx::query(&format!("SELECT COUNT(*) FROM {}", t.name)).fetch_one(&self.read).await?;
+            if row.try_get::<i64, _>(0)? > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Row counts per table (for `database check` output and tests).
+    pub async fn table_counts(&self) -> Result<Vec<(&'static str, i64)>> {
+        let mut out = Vec::new();
+        for t in TABLES {
+            let row = sqlx::query(&format!("SELECT COUNT(*) FROM {}", t.name)).fetch_one(&self.read).await?;
+            out.push((t.name, row.try_get::<i64, _>(0)?));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The PostgreSQL migration is the SQLite one with its type names translated; keep
+    /// them in step (this is the translation, applied to the SQLite text).
+    #[test]
+    fn migrations_are_in_step() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        for entry in std::fs::read_dir(format!("{dir}/sqlite")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let lite = std::fs::read_to_string(format!("{dir}/sqlite/{name}")).unwrap();
+            let pg = std::fs::read_to_string(format!("{dir}/postgres/{name}")).unwrap();
+            let translated = lite
+                .replace("SQLite dialect. Keep in step with ../postgres/", "PostgreSQL dialect. Keep in step with ../sqlite/")
+                .replace("id INTEGER PRIMARY KEY REFERENCES", "id BIGINT PRIMARY KEY REFERENCES")
+                .replace("id INTEGER PRIMARY KEY,", "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,")
+                .replace("task_id INTEGER PRIMARY KEY", "task_id BIGINT PRIMARY KEY")
+                .replace("network_id INTEGER PRIMARY KEY", "network_id BIGINT PRIMARY KEY")
+                .replace(" INTEGER", " BIGINT")
+                .replace(" REAL", " DOUBLE PRECISION");
+            assert_eq!(translated, pg, "migrations/{{sqlite,postgres}}/{name} differ beyond type names");
+        }
+    }
+
+    #[test]
+    fn every_table_is_catalogued() {
+        let sql = include_str!("../migrations/sqlite/0001_init.sql");
+        let created: Vec<&str> = sql.lines().filter_map(|l| l.strip_prefix("CREATE TABLE ")).map(|l| l.split_whitespace().next().unwrap()).collect();
+        let catalogued: Vec<&str> = super::TABLES.iter().map(|t| t.name).collect();
+        assert_eq!(created, catalogued);
+        for t in super::TABLES {
+            let start = sql.find(&format!("CREATE TABLE {} (", t.name)).unwrap();
+            let body = &sql[start..start + sql[start..].find(");").unwrap()];
+            let cols: Vec<&str> = body
+                .lines()
+                .skip(1)
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("PRIMARY KEY") && !l.starts_with("CHECK") && !l.starts_with("--"))
+                .map(|l| l.split_whitespace().next().unwrap())
+                .collect();
+            let spec: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+            assert_eq!(cols, spec, "columns of {}", t.name);
+        }
+    }
+}

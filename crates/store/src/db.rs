@@ -1,0 +1,173 @@
+//! Small helpers over sqlx's `Any` driver: typed bind values, placeholder lists and
+//! chunked multi-row inserts (both backends limit the number of bind parameters).
+
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, Row};
+
+use crate::error::Result;
+
+/// A bind value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Arg {
+    I64(i64),
+    F64(f64),
+    Text(String),
+    NullI64,
+    NullF64,
+    NullText,
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Arg {
+        Arg::I64(v)
+    }
+}
+impl From<f64> for Arg {
+    fn from(v: f64) -> Arg {
+        Arg::F64(v)
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Arg {
+        Arg::Text(v.to_string())
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Arg {
+        Arg::Text(v)
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Arg {
+        v.map(Arg::Text).unwrap_or(Arg::NullText)
+    }
+}
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Arg {
+        v.map(|s| Arg::Text(s.to_string())).unwrap_or(Arg::NullText)
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Arg {
+        v.map(Arg::I64).unwrap_or(Arg::NullI64)
+    }
+}
+impl From<Option<f64>> for Arg {
+    fn from(v: Option<f64>) -> Arg {
+        v.map(Arg::F64).unwrap_or(Arg::NullF64)
+    }
+}
+impl From<bool> for Arg {
+    fn from(v: bool) -> Arg {
+        Arg::I64(v as i64)
+    }
+}
+
+pub(crate) fn bind<'q>(mut q: Query<'q, Any, AnyArguments<'q>>, args: &'q [Arg]) -> Query<'q, Any, AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(*v),
+            Arg::F64(v) => q.bind(*v),
+            Arg::Text(v) => q.bind(v.as_str()),
+            Arg::NullI64 => q.bind(None::<i64>),
+            Arg::NullF64 => q.bind(None::<f64>),
+            Arg::NullText => q.bind(None::<String>),
+        };
+    }
+    q
+}
+
+/// `$start, $start+1, …` (n placeholders).
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 5);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('$');
+        s.push_str(&(start + i).to_string());
+    }
+    s
+}
+
+/// `($1, $2), ($3, $4), …` for `rows` rows of `cols` columns.
+pub(crate) fn values_rows(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        s.push_str(&placeholders(r * cols + 1, cols));
+        s.push(')');
+    }
+    s
+}
+
+/// Bind parameters per statement, safely under SQLite's 32766 and PostgreSQL's 65535.
+pub(crate) const MAX_PARAMS: usize = 30_000;
+
+/// `INSERT INTO … (cols) VALUES (…), (…) <suffix>` in chunks. Returns rows affected.
+pub(crate) async fn insert_rows(conn: &mut AnyConnection, head: &str, suffix: &str, cols: usize, rows: &[Vec<Arg>]) -> Result<u64> {
+    let mut affected = 0;
+    let per_chunk = (MAX_PARAMS / cols).max(1);
+    for chunk in rows.chunks(per_chunk) {
+        let sql = format!("{head} VALUES {} {suffix}", values_rows(chunk.len(), cols));
+        let args: Vec<Arg> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
+        affected += bind(sqlx::query(&sql), &args).persistent(false).execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(affected)
+}
+
+/// Run `sql` (which must contain `{}` where an `IN` list of `n` placeholders goes,
+/// starting at `$(fixed.len()+1)`) for chunks of `items`, with `fixed` args first.
+pub(crate) async fn fetch_in_chunks(conn: &mut AnyConnection, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<Vec<AnyRow>> {
+    let mut out = Vec::new();
+    let per_chunk = MAX_PARAMS - fixed.len();
+    for chunk in items.chunks(per_chunk) {
+        let q = sql.replace("{}", &placeholders(fixed.len() + 1, chunk.len()));
+        let args: Vec<Arg> = fixed.iter().cloned().chain(chunk.iter().cloned()).collect();
+        out.extend(bind(sqlx::query(&q), &args).persistent(false).fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Like [`fetch_in_chunks`] for statements that change rows; returns rows affected.
+pub(crate) async fn execute_in_chunks(conn: &mut AnyConnection, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<u64> {
+    let mut n = 0;
+    let per_chunk = MAX_PARAMS - fixed.len();
+    for chunk in items.chunks(per_chunk) {
+        let q = sql.replace("{}", &placeholders(fixed.len() + 1, chunk.len()));
+        let args: Vec<Arg> = fixed.iter().cloned().chain(chunk.iter().cloned()).collect();
+        n += bind(sqlx::query(&q), &args).persistent(false).execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+pub(crate) fn get_i64(row: &AnyRow, i: usize) -> Result<i64> {
+    Ok(row.try_get::<i64, _>(i)?)
+}
+pub(crate) fn get_str(row: &AnyRow, i: usize) -> Result<String> {
+    Ok(row.try_get::<String, _>(i)?)
+}
+pub(crate) fn get_opt_str(row: &AnyRow, i: usize) -> Result<Option<String>> {
+    Ok(row.try_get::<Option<String>, _>(i)?)
+}
+pub(crate) fn get_opt_i64(row: &AnyRow, i: usize) -> Result<Option<i64>> {
+    Ok(row.try_get::<Option<i64>, _>(i)?)
+}
+pub(crate) fn get_f64(row: &AnyRow, i: usize) -> Result<f64> {
+    Ok(row.try_get::<f64, _>(i)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_lists() {
+        assert_eq!(placeholders(3, 2), "$3, $4");
+        assert_eq!(values_rows(2, 2), "($1, $2), ($3, $4)");
+    }
+}

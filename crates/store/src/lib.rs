@@ -1,0 +1,188 @@
+//! The alchemiscale state store.
+//!
+//! One [`Store`] type serves both backends through sqlx's `Any` driver: SQLite (WAL,
+//! foreign keys on, busy timeout; the embedded default) and PostgreSQL (deployments).
+//! The SQL is written once in the common dialect (`$N` placeholders, `ON CONFLICT`,
+//! `RETURNING`, recursive CTEs); the few places that differ ask [`Store::backend`].
+//! Every rule that touches data lives here, inside transactions; callers (the API
+//! servers, the CLI) only parse, authorise and encode.
+//!
+//! Write transactions on SQLite go through a single-connection pool and start with
+//! `BEGIN IMMEDIATE`, so a read-then-write transaction never fails to upgrade its lock
+//! and writers queue in-process instead of polling SQLite's busy handler.
+
+mod admin;
+mod db;
+pub mod dump;
+mod error;
+pub mod identities;
+pub mod networks;
+mod url;
+
+pub use admin::SchemaStatus;
+pub use error::{Result, StoreError};
+pub use url::{resolve_store_url, StoreLocation};
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::{Any, Executor, Transaction};
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection settings beyond the URL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections in the (read) pool.
+    pub max_connections: u32,
+    /// SQLite `PRAGMA synchronous` (`FULL` fsyncs every commit; `NORMAL` is safe against
+    /// process crashes but may lose the last commits on power loss).
+    pub sqlite_synchronous: String,
+    /// How long a request waits for a pooled connection before the store reports
+    /// itself unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { max_connections: 8, sqlite_synchronous: "FULL".into(), acquire_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Handle to the state store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    /// Pool for reads (and, on PostgreSQL, for everything).
+    read: AnyPool,
+    /// Pool for write transactions: one connection on SQLite, the read pool on PostgreSQL.
+    write: AnyPool,
+    location: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).field("location", &self.location).finish()
+    }
+}
+
+impl Store {
+    /// Connect to the store at `location` (see [`resolve_store_url`]). Does not create or
+    /// migrate the schema: call [`Store::init`] for that.
+    pub async fn connect(location: &StoreLocation, options: &StoreOptions) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        match location {
+            StoreLocation::Sqlite { path } => {
+                if let Some(parent) = path.parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+                    }
+                }
+                let url = location.url();
+                let sync = options.sqlite_synchronous.to_ascii_uppercase();
+                if !["OFF", "NORMAL", "FULL", "EXTRA"].contains(&sync.as_str()) {
+                    return Err(StoreError::Invalid(format!("invalid SQLite synchronous setting '{sync}'")));
+                }
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;"
+                );
+                let make = |n: u32| {
+                    let pragmas = pragmas.clone();
+                    AnyPoolOptions::new()
+                        .max_connections(n)
+                        .min_connections(0)
+                        .acquire_timeout(options.acquire_timeout)
+                        .after_connect(move |conn, _| {
+                            let pragmas = pragmas.clone();
+                            Box::pin(async move {
+                                conn.execute(pragmas.as_str()).await?;
+                                Ok(())
+                            })
+                        })
+                };
+                // the writer connects first so WAL mode is set before readers open the file
+                let write = make(1).connect(&url).await.map_err(StoreError::from)?;
+                write.acquire().await.map_err(StoreError::from)?;
+                let read = make(options.max_connections.max(1)).connect(&url).await.map_err(StoreError::from)?;
+                Ok(Store { backend: Backend::Sqlite, read, write, location: path.display().to_string() })
+            }
+            StoreLocation::Postgres { url } => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(options.max_connections.max(2))
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect(url)
+                    .await
+                    .map_err(|e| match e {
+                        sqlx::Error::Database(d) => StoreError::Unavailable(d.message().to_string()),
+                        other => StoreError::from(other),
+                    })?;
+                Ok(Store { backend: Backend::Postgres, read: pool.clone(), write: pool, location: location.redacted() })
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Human-readable location (file path, or URL without password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Round-trip to the database.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Close all connections (waits for in-flight work).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    /// Start a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.write.begin().await?,
+        })
+    }
+
+    /// Start a read transaction that sees one consistent snapshot.
+    pub(crate) async fn begin_snapshot(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.read.begin().await?,
+            Backend::Postgres => self.read.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?,
+        })
+    }
+
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+}
+
+/// Current time as integer microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(feature = "testing")]
+pub mod testing;
