@@ -6,6 +6,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 
 use crate::error::Result;
+use crate::Backend;
 
 /// A bind value.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +79,37 @@ pub(crate) fn bind<'q>(mut q: Query<'q, Any, AnyArguments<'q>>, args: &'q [Arg])
     q
 }
 
+/// Adapt the `$N` placeholders of a generated statement to the backend.
+///
+/// On SQLite every numbered or named parameter makes `sqlite3_bind_parameter_name`
+/// (which sqlx calls once per parameter) walk a list of all parameters: binding a
+/// statement with thousands of them is quadratic. Anonymous `?` parameters keep that list
+/// empty, and bind in order — so when the placeholders are exactly `$1, $2, …` in text
+/// order (as generated statements are), they become `?`. SQL text here never holds a `$`
+/// outside placeholders.
+pub(crate) fn dialect(backend: Backend, sql: &str) -> String {
+    if backend == Backend::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut expected = 1usize;
+    let mut rest = sql;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        let n: usize = rest[i + 1..i + 1 + digits].parse().unwrap_or(0);
+        if n != expected {
+            // not in order: keep numbered placeholders (correct, just slower to bind)
+            return sql.replace('$', "?");
+        }
+        out.push('?');
+        expected += 1;
+        rest = &rest[i + 1 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `$start, $start+1, …` (n placeholders).
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 5);
@@ -109,11 +141,11 @@ pub(crate) fn values_rows(rows: usize, cols: usize) -> String {
 pub(crate) const MAX_PARAMS: usize = 30_000;
 
 /// `INSERT INTO … (cols) VALUES (…), (…) <suffix>` in chunks. Returns rows affected.
-pub(crate) async fn insert_rows(conn: &mut AnyConnection, head: &str, suffix: &str, cols: usize, rows: &[Vec<Arg>]) -> Result<u64> {
+pub(crate) async fn insert_rows(conn: &mut AnyConnection, backend: Backend, head: &str, suffix: &str, cols: usize, rows: &[Vec<Arg>]) -> Result<u64> {
     let mut affected = 0;
     let per_chunk = (MAX_PARAMS / cols).max(1);
     for chunk in rows.chunks(per_chunk) {
-        let sql = format!("{head} VALUES {} {suffix}", values_rows(chunk.len(), cols));
+        let sql = dialect(backend, &format!("{head} VALUES {} {suffix}", values_rows(chunk.len(), cols)));
         let args: Vec<Arg> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
         affected += bind(sqlx::query(&sql), &args).persistent(false).execute(&mut *conn).await?.rows_affected();
     }
@@ -122,11 +154,11 @@ pub(crate) async fn insert_rows(conn: &mut AnyConnection, head: &str, suffix: &s
 
 /// Run `sql` (which must contain `{}` where an `IN` list of `n` placeholders goes,
 /// starting at `$(fixed.len()+1)`) for chunks of `items`, with `fixed` args first.
-pub(crate) async fn fetch_in_chunks(conn: &mut AnyConnection, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<Vec<AnyRow>> {
+pub(crate) async fn fetch_in_chunks(conn: &mut AnyConnection, backend: Backend, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<Vec<AnyRow>> {
     let mut out = Vec::new();
     let per_chunk = MAX_PARAMS - fixed.len();
     for chunk in items.chunks(per_chunk) {
-        let q = sql.replace("{}", &placeholders(fixed.len() + 1, chunk.len()));
+        let q = dialect(backend, &sql.replace("{}", &placeholders(fixed.len() + 1, chunk.len())));
         let args: Vec<Arg> = fixed.iter().cloned().chain(chunk.iter().cloned()).collect();
         out.extend(bind(sqlx::query(&q), &args).persistent(false).fetch_all(&mut *conn).await?);
     }
@@ -134,11 +166,11 @@ pub(crate) async fn fetch_in_chunks(conn: &mut AnyConnection, sql: &str, fixed: 
 }
 
 /// Like [`fetch_in_chunks`] for statements that change rows; returns rows affected.
-pub(crate) async fn execute_in_chunks(conn: &mut AnyConnection, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<u64> {
+pub(crate) async fn execute_in_chunks(conn: &mut AnyConnection, backend: Backend, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<u64> {
     let mut n = 0;
     let per_chunk = MAX_PARAMS - fixed.len();
     for chunk in items.chunks(per_chunk) {
-        let q = sql.replace("{}", &placeholders(fixed.len() + 1, chunk.len()));
+        let q = dialect(backend, &sql.replace("{}", &placeholders(fixed.len() + 1, chunk.len())));
         let args: Vec<Arg> = fixed.iter().cloned().chain(chunk.iter().cloned()).collect();
         n += bind(sqlx::query(&q), &args).persistent(false).execute(&mut *conn).await?.rows_affected();
     }
@@ -164,6 +196,14 @@ pub(crate) fn get_f64(row: &AnyRow, i: usize) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dialects() {
+        assert_eq!(dialect(Backend::Sqlite, "a = $1 AND b IN ($2, $3)"), "a = ? AND b IN (?, ?)");
+        assert_eq!(dialect(Backend::Sqlite, "a = $2 AND b = $1"), "a = ?2 AND b = ?1");
+        assert_eq!(dialect(Backend::Sqlite, "a = $1 OR c = $1"), "a = ?1 OR c = ?1");
+        assert_eq!(dialect(Backend::Postgres, "a = $1"), "a = $1");
+    }
 
     #[test]
     fn placeholder_lists() {

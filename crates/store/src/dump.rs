@@ -168,11 +168,11 @@ impl Store {
                 let row: serde_json::Value = serde_json::from_str(&next_line()?).map_err(|e| StoreError::Dump(e.to_string()))?;
                 batch.push(row_args(t, i, &row)?);
                 if batch.len() >= 2000 {
-                    insert_rows(&mut tx, &insert_head, "", t.columns.len(), &batch).await?;
+                    insert_rows(&mut tx, self.backend, &insert_head, "", t.columns.len(), &batch).await?;
                     batch.clear();
                 }
             }
-            insert_rows(&mut tx, &insert_head, "", t.columns.len(), &batch).await?;
+            insert_rows(&mut tx, self.backend, &insert_head, "", t.columns.len(), &batch).await?;
             if self.backend == Backend::Postgres && t.identity_id {
                 sqlx::query(&format!(
                     "SELECT CAST(setval(pg_get_serial_sequence('{0}', 'id'), COALESCE((SELECT MAX(id) FROM {0}), 0) + 1, false) AS BIGINT)",

@@ -17,11 +17,12 @@ pub mod dump;
 mod error;
 pub mod identities;
 pub mod networks;
+pub mod scratch;
 mod url;
 
 pub use admin::SchemaStatus;
 pub use error::{Result, StoreError};
-pub use url::{resolve_store_url, StoreLocation};
+pub use url::{neo4j_message as url_neo4j_message, resolve_store_url, StoreLocation};
 
 use std::time::Duration;
 
@@ -117,16 +118,17 @@ impl Store {
                         })
                 };
                 // the writer connects first so WAL mode is set before readers open the file
-                let write = make(1).connect(&url).await.map_err(StoreError::from)?;
+                let connect = connect_options(&url)?;
+                let write = make(1).connect_with(connect.clone()).await.map_err(StoreError::from)?;
                 write.acquire().await.map_err(StoreError::from)?;
-                let read = make(options.max_connections.max(1)).connect(&url).await.map_err(StoreError::from)?;
+                let read = make(options.max_connections.max(1)).connect_with(connect).await.map_err(StoreError::from)?;
                 Ok(Store { backend: Backend::Sqlite, read, write, location: path.display().to_string() })
             }
             StoreLocation::Postgres { url } => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(options.max_connections.max(2))
                     .acquire_timeout(options.acquire_timeout)
-                    .connect(url)
+                    .connect_with(connect_options(url)?)
                     .await
                     .map_err(|e| match e {
                         sqlx::Error::Database(d) => StoreError::Unavailable(d.message().to_string()),
@@ -177,6 +179,15 @@ impl Store {
     pub(crate) fn reader(&self) -> &AnyPool {
         &self.read
     }
+}
+
+/// Connection options with sqlx's statement logging turned down: it would log whole
+/// multi-megabyte statements; slow ones are reported at debug level, truncated by us.
+fn connect_options(url: &str) -> Result<sqlx::any::AnyConnectOptions> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let opts = sqlx::any::AnyConnectOptions::from_str(url).map_err(|e| StoreError::Invalid(format!("invalid store URL: {e}")))?;
+    Ok(opts.log_statements(tracing::log::LevelFilter::Trace).log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5)))
 }
 
 /// Current time as integer microseconds since the Unix epoch.

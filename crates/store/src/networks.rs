@@ -102,6 +102,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         insert_rows(
             &mut tx,
+            self.backend,
             "INSERT INTO gufe_object (gufe_key, org, campaign, project, qualname, module, name, body)",
             "ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
             8,
@@ -110,6 +111,7 @@ impl Store {
         .await?;
         let rows = fetch_in_chunks(
             &mut tx,
+            self.backend,
             "SELECT id, gufe_key FROM gufe_object WHERE org = $1 AND campaign = $2 AND project = $3 AND gufe_key IN ({})",
             &[org.clone(), campaign.clone(), project.clone()],
             &key_args,
@@ -144,7 +146,7 @@ impl Store {
             children.dedup();
             refs.extend(children.into_iter().map(|c| vec![Arg::I64(parent), Arg::I64(c)]));
         }
-        insert_rows(&mut tx, "INSERT INTO gufe_ref (parent_id, child_id)", "ON CONFLICT DO NOTHING", 2, &refs).await?;
+        insert_rows(&mut tx, self.backend, "INSERT INTO gufe_ref (parent_id, child_id)", "ON CONFLICT DO NOTHING", 2, &refs).await?;
 
         let mut tf_rows = Vec::with_capacity(info.edges.len());
         let mut tf_systems = Vec::new();
@@ -157,19 +159,19 @@ impl Store {
             }
             net_tfs.push(vec![Arg::I64(network_id), Arg::I64(tid)]);
         }
-        insert_rows(&mut tx, "INSERT INTO transformation (id, protocol)", "ON CONFLICT DO NOTHING", 2, &tf_rows).await?;
-        insert_rows(&mut tx, "INSERT INTO transformation_system (transformation_id, attribute, system_id)", "ON CONFLICT DO NOTHING", 3, &tf_systems)
+        insert_rows(&mut tx, self.backend, "INSERT INTO transformation (id, protocol)", "ON CONFLICT DO NOTHING", 2, &tf_rows).await?;
+        insert_rows(&mut tx, self.backend, "INSERT INTO transformation_system (transformation_id, attribute, system_id)", "ON CONFLICT DO NOTHING", 3, &tf_systems)
             .await?;
-        insert_rows(&mut tx, "INSERT INTO network_transformation (network_id, transformation_id)", "ON CONFLICT DO NOTHING", 2, &net_tfs).await?;
+        insert_rows(&mut tx, self.backend, "INSERT INTO network_transformation (network_id, transformation_id)", "ON CONFLICT DO NOTHING", 2, &net_tfs).await?;
         let net_systems: Vec<Vec<Arg>> = info.nodes.iter().map(|n| Ok(vec![Arg::I64(network_id), Arg::I64(id(n)?)])).collect::<Result<_>>()?;
-        insert_rows(&mut tx, "INSERT INTO network_system (network_id, system_id)", "ON CONFLICT DO NOTHING", 2, &net_systems).await?;
+        insert_rows(&mut tx, self.backend, "INSERT INTO network_system (network_id, system_id)", "ON CONFLICT DO NOTHING", 2, &net_systems).await?;
         let members: Vec<Vec<Arg>> = chain
             .entries()
             .iter()
             .enumerate()
             .map(|(pos, e)| Ok(vec![Arg::I64(network_id), Arg::I64(pos as i64), Arg::I64(id(&e.key)?)]))
             .collect::<Result<_>>()?;
-        insert_rows(&mut tx, "INSERT INTO network_member (network_id, position, object_id)", "", 3, &members).await?;
+        insert_rows(&mut tx, self.backend, "INSERT INTO network_member (network_id, position, object_id)", "", 3, &members).await?;
         tx.commit().await?;
         Ok(CreatedNetwork { network: network_sk, taskhub: hub_sk, mark: mark_sk, created: true })
     }

@@ -41,13 +41,7 @@ pub fn postgres_url() -> Option<String> {
 /// A location in a brand-new, empty PostgreSQL schema (None if PostgreSQL is not configured).
 pub async fn postgres_location() -> Option<StoreLocation> {
     let base = postgres_url()?;
-    sqlx::any::install_default_drivers();
-    let schema = format!("t_{}", uuid_like());
-    let admin = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await.expect("connect to test PostgreSQL");
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.expect("create schema");
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(StoreLocation::Postgres { url: format!("{base}{sep}options=-c%20search_path%3D{schema}") })
+    Some(crate::scratch::ScratchSchema::create(&base).await.expect("create a scratch schema in the test PostgreSQL").location)
 }
 
 pub async fn postgres() -> Option<TestStore> {
@@ -58,12 +52,6 @@ pub async fn postgres() -> Option<TestStore> {
     let store = Store::connect(&location, &StoreOptions { max_connections: 4, ..Default::default() }).await.expect("connect postgres");
     store.init().await.expect("init postgres");
     Some(TestStore { store, location, _dir: None })
-}
-
-fn uuid_like() -> String {
-    use rand::Rng;
-    let n: u128 = rand::thread_rng().gen();
-    format!("{n:032x}")
 }
 
 /// Define a test that runs on SQLite and on PostgreSQL:

@@ -1,0 +1,112 @@
+//! `alchemiscale database …` (cli.md §4.4–§4.6, plus dump/load).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use alchemiscale_store::dump::verify_dump;
+use anyhow::bail;
+use clap::Subcommand;
+
+use crate::store_args::StoreArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum DatabaseCommand {
+    /// Create or upgrade the schema (idempotent). Refuses a store written by a newer
+    /// alchemiscale.
+    Init {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Verify the schema: every migration applied, every table and unique index present.
+    /// Prints "No inconsistencies found in database." or the reason and exits 1.
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete every record (networks, tasks, results references, identities,
+    /// registrations) and the schema. Results in the object store are not touched.
+    Reset {
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write a consistent dump of the whole store to FILE (zstd-compressed JSON Lines with
+    /// a SHA-256 trailer) while the servers keep running. Loads into either backend.
+    Dump {
+        /// Output file (written under a temporary name, then renamed).
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Load a dump written by `database dump`. The file is verified first (checksum,
+    /// format, schema version); a store holding data is refused unless --force.
+    Load {
+        file: PathBuf,
+        /// Replace the contents of a non-empty store.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check a dump file's integrity without touching any store.
+    VerifyDump { file: PathBuf },
+}
+
+fn confirm(prompt: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to reset without confirmation: stdin is not a terminal (pass --yes)");
+    }
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+pub async fn run(cmd: DatabaseCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    match cmd {
+        DatabaseCommand::Init { store } => {
+            let store = store.connect(data_dir).await?;
+            store.init().await?;
+        }
+        DatabaseCommand::Check { store } => {
+            let store = store.connect(data_dir).await?;
+            let status = store.schema_status().await?;
+            if !status.is_current() {
+                bail!("{status}");
+            }
+            println!("No inconsistencies found in database.");
+        }
+        DatabaseCommand::Reset { yes, store } => {
+            let store = store.connect(data_dir).await?;
+            if !yes {
+                let prompt = format!(
+                    "This deletes EVERY record in the state store at {} (networks, tasks, identities ...).\nType 'yes' to continue: ",
+                    store.location()
+                );
+                if !confirm(&prompt)? {
+                    bail!("reset cancelled");
+                }
+            }
+            store.reset().await?;
+        }
+        DatabaseCommand::Dump { file, store } => {
+            let store = store.connect(data_dir).await?;
+            store.require_current_schema().await?;
+            let stats = store.dump_file(&file).await?;
+            println!("dumped {} rows from {} tables to {} (sha256 {})", stats.rows, stats.tables, file.display(), stats.sha256);
+        }
+        DatabaseCommand::Load { file, force, store } => {
+            let store = store.connect(data_dir).await?;
+            let stats = store.load_file(&file, force).await?;
+            println!("loaded {} rows into {} tables from {}", stats.rows, stats.tables, file.display());
+        }
+        DatabaseCommand::VerifyDump { file } => {
+            let stats = verify_dump(&file)?;
+            println!("{} is intact: {} rows in {} tables (sha256 {})", file.display(), stats.rows, stats.tables, stats.sha256);
+        }
+    }
+    Ok(())
+}

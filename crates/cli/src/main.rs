@@ -1,0 +1,61 @@
+//! `alchemiscale`: one binary for the servers, compute services, identity and database
+//! administration, and benchmarks. See `alchemiscale --help` and README.md.
+
+mod commands;
+mod pyrepr;
+mod store_args;
+
+use clap::{Parser, Subcommand};
+
+use commands::{bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand};
+use store_args::DataDirArgs;
+
+/// alchemiscale-rs: high-throughput execution of alchemical free energy calculations.
+///
+/// Wire-compatible with the alchemiscale 0.8 Python clients and compute services. The
+/// embedded default keeps everything under the data directory (SQLite state store
+/// state.db, local object store); PostgreSQL and S3 serve multi-node deployments.
+#[derive(Debug, Parser)]
+#[command(name = "alchemiscale", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    data: DataDirArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage user, compute and admin identities and their scopes.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Create, check, reset, dump and load the state store.
+    #[command(subcommand)]
+    Database(DatabaseCommand),
+    /// Measure performance on this machine (figures, not pass/fail).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    ).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let data_dir = cli.data.data_dir.clone();
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
+            Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,
+            Command::Bench(cmd) => commands::bench::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

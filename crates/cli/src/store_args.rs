@@ -1,0 +1,81 @@
+//! Options that select the state store, shared by every command that uses it.
+
+use std::path::PathBuf;
+
+use alchemiscale_store::{resolve_store_url, Store, StoreLocation, StoreOptions};
+use anyhow::{bail, Context};
+use clap::Args;
+
+/// Where the state store lives.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// State store URL: sqlite:///path/to/state.db or postgres://user@host:port/dbname.
+    /// Default: <data-dir>/state.db (SQLite).
+    #[arg(long, env = "ALCHEMISCALE_STATE_URL", help_heading = "State store")]
+    pub url: Option<String>,
+    /// PostgreSQL user, if not given in the URL.
+    #[arg(long, env = "ALCHEMISCALE_STATE_USER", help_heading = "State store")]
+    pub user: Option<String>,
+    /// PostgreSQL password, if not given in the URL.
+    #[arg(long, env = "ALCHEMISCALE_STATE_PASSWORD", hide_env_values = true, help_heading = "State store")]
+    pub password: Option<String>,
+    /// PostgreSQL database name (replaces the one in the URL).
+    #[arg(long, env = "ALCHEMISCALE_STATE_DBNAME", help_heading = "State store")]
+    pub dbname: Option<String>,
+    /// SQLite durability: FULL (fsync every commit), NORMAL (safe against process crashes,
+    /// may lose the last commits on power loss), OFF.
+    #[arg(long, env = "ALCHEMISCALE_SQLITE_SYNCHRONOUS", default_value = "FULL", help_heading = "State store")]
+    pub sqlite_synchronous: String,
+    /// Connections to the state store.
+    #[arg(long, env = "ALCHEMISCALE_STATE_MAX_CONNECTIONS", default_value_t = 8, help_heading = "State store")]
+    pub max_connections: u32,
+}
+
+impl StoreArgs {
+    /// Resolve the location; explains itself when only upstream's NEO4J_URL is set.
+    pub fn location(&self, data_dir: &std::path::Path) -> anyhow::Result<StoreLocation> {
+        if self.url.as_deref().unwrap_or("").is_empty() {
+            if let Ok(neo) = std::env::var("NEO4J_URL") {
+                if !neo.is_empty() {
+                    bail!(
+                        "NEO4J_URL is set ({neo}) but ALCHEMISCALE_STATE_URL / --url is not.\n{}",
+                        alchemiscale_store::url_neo4j_message()
+                    );
+                }
+            }
+        }
+        Ok(resolve_store_url(self.url.as_deref(), data_dir, self.user.as_deref(), self.password.as_deref(), self.dbname.as_deref())?)
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        StoreOptions { max_connections: self.max_connections, sqlite_synchronous: self.sqlite_synchronous.clone(), ..Default::default() }
+    }
+
+    /// Connect (creating the SQLite file if needed) without touching the schema.
+    pub async fn connect(&self, data_dir: &std::path::Path) -> anyhow::Result<Store> {
+        let location = self.location(data_dir)?;
+        Store::connect(&location, &self.options()).await.with_context(|| format!("cannot open the state store at {}", location.redacted()))
+    }
+
+    /// Connect and require a current schema; an SQLite store with no schema yet is
+    /// initialised (creating the embedded store is always safe).
+    pub async fn connect_ready(&self, data_dir: &std::path::Path) -> anyhow::Result<Store> {
+        let store = self.connect(data_dir).await?;
+        if store.backend() == alchemiscale_store::Backend::Sqlite
+            && store.schema_status().await? == alchemiscale_store::SchemaStatus::Uninitialized
+        {
+            store.init().await?;
+        }
+        store.require_current_schema().await?;
+        Ok(store)
+    }
+}
+
+/// The data directory: `--data-dir`, `ALCHEMISCALE_DATA_DIR`, default `./alchemiscale-data`.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// Directory for the embedded state store (state.db), the local object store and
+    /// generated credentials.
+    #[arg(long, global = true, env = "ALCHEMISCALE_DATA_DIR", default_value = "alchemiscale-data")]
+    pub data_dir: PathBuf,
+}
