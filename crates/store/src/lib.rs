@@ -17,6 +17,11 @@ pub mod dump;
 mod error;
 pub mod identities;
 pub mod networks;
+pub mod queries;
+pub mod restart;
+pub mod results;
+pub mod strategy;
+pub mod tasks;
 pub mod scratch;
 mod url;
 

@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 
 use crate::db::{fetch_in_chunks, get_i64, get_str, insert_rows, Arg};
 use crate::error::{Result, StoreError};
-use crate::Store;
+use crate::{Backend, Store};
 
 /// What a network submission produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,48 +79,8 @@ impl Store {
         let mark_sk = sk(&network_mark_key(&network_sk), scope);
         let token = md5_hex(network_sk.to_string().as_bytes());
 
-        // everything that does not need the database is prepared before the transaction
-        let [org, campaign, project] = scope_args(scope);
-        let object_rows: Vec<Vec<Arg>> = chain
-            .entries()
-            .iter()
-            .map(|e| {
-                vec![
-                    Arg::from(e.key.as_str()),
-                    org.clone(),
-                    campaign.clone(),
-                    project.clone(),
-                    Arg::from(e.qualname()),
-                    Arg::from(e.module()),
-                    Arg::from(e.name()),
-                    Arg::Text(e.dict_json()),
-                ]
-            })
-            .collect();
-        let key_args: Vec<Arg> = chain.entries().iter().map(|e| Arg::from(e.key.as_str())).collect();
-
         let mut tx = self.begin_write().await?;
-        insert_rows(
-            &mut tx,
-            self.backend,
-            "INSERT INTO gufe_object (gufe_key, org, campaign, project, qualname, module, name, body)",
-            "ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
-            8,
-            &object_rows,
-        )
-        .await?;
-        let rows = fetch_in_chunks(
-            &mut tx,
-            self.backend,
-            "SELECT id, gufe_key FROM gufe_object WHERE org = $1 AND campaign = $2 AND project = $3 AND gufe_key IN ({})",
-            &[org.clone(), campaign.clone(), project.clone()],
-            &key_args,
-        )
-        .await?;
-        let mut ids: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            ids.insert(get_str(r, 1)?, get_i64(r, 0)?);
-        }
+        let ids = insert_chain_objects(&mut tx, self.backend, chain, scope).await?;
         let id = |k: &GufeKey| -> Result<i64> {
             ids.get(k.as_str()).copied().ok_or_else(|| StoreError::Invalid(format!("object {k} vanished during submission")))
         };
@@ -137,16 +97,6 @@ impl Store {
             tx.commit().await?;
             return Ok(CreatedNetwork { network: network_sk, taskhub: hub_sk, mark: mark_sk, created: false });
         }
-
-        let mut refs: Vec<Vec<Arg>> = Vec::new();
-        for e in chain.entries() {
-            let parent = id(&e.key)?;
-            let mut children: Vec<i64> = e.references().into_iter().map(|r| id(&GufeKey::new(r).map_err(|e| StoreError::Invalid(e.to_string()))?)).collect::<Result<_>>()?;
-            children.sort_unstable();
-            children.dedup();
-            refs.extend(children.into_iter().map(|c| vec![Arg::I64(parent), Arg::I64(c)]));
-        }
-        insert_rows(&mut tx, self.backend, "INSERT INTO gufe_ref (parent_id, child_id)", "ON CONFLICT DO NOTHING", 2, &refs).await?;
 
         let mut tf_rows = Vec::with_capacity(info.edges.len());
         let mut tf_systems = Vec::new();
@@ -198,6 +148,63 @@ impl Store {
         }
         object_chain(&mut conn, id).await
     }
+}
+
+/// Store every object of `chain` in `scope` (objects already stored under the same
+/// ScopedKey are kept as they are) with their reference edges; returns row ids by gufe key.
+pub(crate) async fn insert_chain_objects(conn: &mut AnyConnection, backend: Backend, chain: &KeyedChain, scope: &Scope) -> Result<HashMap<String, i64>> {
+    let [org, campaign, project] = scope_args(scope);
+    let object_rows: Vec<Vec<Arg>> = chain
+        .entries()
+        .iter()
+        .map(|e| {
+            vec![
+                Arg::from(e.key.as_str()),
+                org.clone(),
+                campaign.clone(),
+                project.clone(),
+                Arg::from(e.qualname()),
+                Arg::from(e.module()),
+                Arg::from(e.name()),
+                Arg::Text(e.dict_json()),
+            ]
+        })
+        .collect();
+    let key_args: Vec<Arg> = chain.entries().iter().map(|e| Arg::from(e.key.as_str())).collect();
+    let inserted = insert_rows(
+        conn,
+        backend,
+        "INSERT INTO gufe_object (gufe_key, org, campaign, project, qualname, module, name, body)",
+        "ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
+        8,
+        &object_rows,
+    )
+    .await?;
+    let rows = fetch_in_chunks(
+        conn,
+        backend,
+        "SELECT id, gufe_key FROM gufe_object WHERE org = $1 AND campaign = $2 AND project = $3 AND gufe_key IN ({})",
+        &[org, campaign, project],
+        &key_args,
+    )
+    .await?;
+    let mut ids: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        ids.insert(get_str(r, 1)?, get_i64(r, 0)?);
+    }
+    if inserted > 0 {
+        let id = |k: &str| ids.get(k).copied().ok_or_else(|| StoreError::Invalid(format!("object {k} vanished during submission")));
+        let mut refs: Vec<Vec<Arg>> = Vec::new();
+        for e in chain.entries() {
+            let parent = id(e.key.as_str())?;
+            let mut children: Vec<i64> = e.references().into_iter().map(id).collect::<Result<_>>()?;
+            children.sort_unstable();
+            children.dedup();
+            refs.extend(children.into_iter().map(|c| vec![Arg::I64(parent), Arg::I64(c)]));
+        }
+        insert_rows(conn, backend, "INSERT INTO gufe_ref (parent_id, child_id)", "ON CONFLICT DO NOTHING", 2, &refs).await?;
+    }
+    Ok(ids)
 }
 
 /// Rebuild the keyed chain of object `root_id` from the reference graph.
