@@ -7,7 +7,7 @@ mod store_args;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand};
+use commands::{bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand, server::ApiCommand, server::ServeCommand};
 use store_args::DataDirArgs;
 
 /// alchemiscale-rs: high-throughput execution of alchemical free energy calculations.
@@ -26,6 +26,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the embedded all-in-one server: user API and compute API over the data
+    /// directory's SQLite store; creates and migrates the store on first start, and on an
+    /// empty store creates a user and a compute identity and prints how to connect.
+    Serve(ServeCommand),
+    /// Run the user-facing API (for deployments; see README.md).
+    Api(ApiCommand),
     /// Manage user, compute and admin identities and their scopes.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -39,13 +45,16 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-    ).init();
+    if !matches!(cli.command, Command::Serve(_) | Command::Api(_)) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let data_dir = cli.data.data_dir.clone();
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Serve(cmd) => commands::server::run_serve(cmd, &data_dir).await,
+            Command::Api(cmd) => commands::server::run_api(cmd, &data_dir).await,
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
             Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,
             Command::Bench(cmd) => commands::bench::run(cmd).await,

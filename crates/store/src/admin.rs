@@ -145,10 +145,11 @@ pub(crate) const TABLES: &[TableSpec] = &[
     TableSpec { name: "task_result", columns: &[("task_id", I, false), ("pdrr_id", I, false)], order_by: "task_id, pdrr_id", identity_id: false },
     TableSpec {
         name: "tracebacks",
-        columns: &[("id", I, false), ("gufe_key", T, false), ("org", T, false), ("campaign", T, false), ("project", T, false), ("pdrr_id", I, false), ("body", T, false)],
+        columns: &[("id", I, false), ("gufe_key", T, false), ("org", T, false), ("campaign", T, false), ("project", T, false), ("body", T, false)],
         order_by: "id",
         identity_id: true,
     },
+    TableSpec { name: "pdrr_tracebacks", columns: &[("pdrr_id", I, false), ("tracebacks_id", I, false)], order_by: "pdrr_id", identity_id: false },
     TableSpec {
         name: "restart_pattern",
         columns: &[("id", I, false), ("gufe_key", T, false), ("network_id", I, false), ("pattern", T, false), ("max_retries", I, false)],

@@ -1,0 +1,339 @@
+//! Results (model.md §3.6, §3.7, §5.2, §5.3): the state-store half of recording a
+//! ProtocolDAGResult — its reference (PDRR), tracebacks, status change, the submitting
+//! service's failure log and restart resolution, all in one transaction (upstream runs
+//! these as separate steps, §15) — and the result queries.
+//!
+//! The caller (the compute API) has already decoded the result and written its bytes to
+//! the object store; [`RecordedResult`] says where they went.
+
+use alchemiscale_model::hash::{python_isoformat, PdrrFields, TracebacksFields};
+use alchemiscale_model::{GufeKey, ScopedKey, TaskStatus};
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+use crate::db::{get_i64, get_opt_i64, get_opt_str, get_str};
+use crate::error::{Result, StoreError};
+use crate::networks::object_id;
+use crate::restart::resolve_restarts;
+use crate::tasks::{apply_status, load_task};
+use crate::Store;
+
+/// A result whose bytes are in the object store, to be recorded against a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedResult {
+    /// The ProtocolDAGResult's gufe key.
+    pub obj_key: String,
+    /// Success (`ProtocolDAGResult.ok()`) or failure.
+    pub ok: bool,
+    /// Object-store path relative to the store prefix (model.md §5.1).
+    pub location: String,
+    /// SHA-256 (hex) of the stored bytes.
+    pub content_sha256: String,
+    /// Size of the stored bytes.
+    pub size: i64,
+    /// The submitting compute service's id.
+    pub creator: Option<String>,
+    /// For failures: the failed units' tracebacks (None or empty lists: nothing to record).
+    pub tracebacks: Option<TracebacksFields>,
+}
+
+/// A stored ProtocolDAGResultRef (model.md §3.6) with the port's integrity columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdrrRecord {
+    pub scoped_key: ScopedKey,
+    pub obj_key: String,
+    pub location: Option<String>,
+    pub ok: bool,
+    /// Python isoformat text, exactly as hashed into the key.
+    pub datetime_created: Option<String>,
+    pub creator: Option<String>,
+    pub content_sha256: Option<String>,
+    pub size: Option<i64>,
+}
+
+impl PdrrRecord {
+    /// The PDRR's gufe fields (its keyed dict and key derive from these).
+    pub fn fields(&self) -> PdrrFields {
+        PdrrFields {
+            location: self.location.clone(),
+            obj_key: self.obj_key.clone(),
+            scope: self.scoped_key.scope().to_string(),
+            ok: self.ok,
+            datetime_created: self.datetime_created.clone(),
+            creator: self.creator.clone(),
+        }
+    }
+}
+
+const PDRR_COLUMNS: &str =
+    "p.id, p.gufe_key, p.org, p.campaign, p.project, p.obj_key, p.location, p.ok, p.datetime_created, p.creator, p.content_sha256, p.size";
+
+fn sk_from(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
+    format!("{gufe_key}-{org}-{campaign}-{project}").parse().map_err(|_| StoreError::Invalid(format!("corrupt key {gufe_key} in store")))
+}
+
+/// A row of [`PDRR_COLUMNS`] as (row id, record).
+fn pdrr_row(r: &AnyRow) -> Result<(i64, PdrrRecord)> {
+    Ok((
+        get_i64(r, 0)?,
+        PdrrRecord {
+            scoped_key: sk_from(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)?,
+            obj_key: get_str(r, 5)?,
+            location: get_opt_str(r, 6)?,
+            ok: get_i64(r, 7)? != 0,
+            datetime_created: get_opt_str(r, 8)?,
+            creator: get_opt_str(r, 9)?,
+            content_sha256: get_opt_str(r, 10)?,
+            size: get_opt_i64(r, 11)?,
+        },
+    ))
+}
+
+/// The newest of `rows` by `datetime_created` (unparsable or missing times count as
+/// oldest; ties go to the later row).
+fn newest(rows: &[AnyRow]) -> Result<Option<PdrrRecord>> {
+    type Recency = (Option<DateTime<chrono::FixedOffset>>, i64);
+    let mut best: Option<(Recency, PdrrRecord)> = None;
+    for r in rows {
+        let (id, rec) = pdrr_row(r)?;
+        let key = (rec.datetime_created.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok()), id);
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, rec));
+        }
+    }
+    Ok(best.map(|(_, rec)| rec))
+}
+
+/// Checks made before anything is written.
+fn validate(result: &RecordedResult) -> Result<()> {
+    GufeKey::new(&result.obj_key).map_err(|_| StoreError::Invalid(format!("invalid ProtocolDAGResult key {:?}", result.obj_key)))?;
+    if result.size < 0 {
+        return Err(StoreError::Invalid("result size must not be negative".into()));
+    }
+    if let Some(tb) = &result.tracebacks {
+        if tb.tracebacks.len() != tb.source_keys.len() || tb.tracebacks.len() != tb.failure_keys.len() {
+            return Err(StoreError::Invalid("tracebacks, source_keys and failure_keys must have the same length".into()));
+        }
+        if tb.tracebacks.iter().any(String::is_empty) {
+            return Err(StoreError::Invalid("tracebacks must be non-empty strings".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Move a task that received a successful result to `complete` through [`apply_status`].
+///
+/// `running` → `complete` as the transition table allows. Deliberate fix of upstream
+/// issue #513: a task that is `waiting` (e.g. its claim expired while it ran) or `error`
+/// still ends `complete`, since the result is there; the table forbids those transitions
+/// directly, so the task walks allowed steps (`error` → `waiting` → `running` →
+/// `complete`), each with its usual side effects. `complete`, `invalid` and `deleted`
+/// tasks keep their status.
+async fn complete_task(conn: &mut AnyConnection, backend: crate::Backend, id: i64, from: TaskStatus) -> Result<()> {
+    let path: &[TaskStatus] = match from {
+        TaskStatus::Running => &[TaskStatus::Complete],
+        TaskStatus::Waiting => &[TaskStatus::Running, TaskStatus::Complete],
+        TaskStatus::Error => &[TaskStatus::Waiting, TaskStatus::Running, TaskStatus::Complete],
+        TaskStatus::Complete | TaskStatus::Invalid | TaskStatus::Deleted => &[],
+    };
+    let mut status = from;
+    for &to in path {
+        if !apply_status(conn, backend, &[(id, status)], to).await?.first().copied().unwrap_or(false) {
+            break;
+        }
+        status = to;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Record a result for `task` (model.md §5.2 steps 4–6) in one transaction and return
+    /// the PDRR's ScopedKey. See [`Store::record_result_at`].
+    pub async fn record_result(&self, task: &ScopedKey, result: &RecordedResult) -> Result<ScopedKey> {
+        self.record_result_at(task, result, Utc::now()).await
+    }
+
+    /// [`Store::record_result`] with an explicit creation time (which is part of the PDRR
+    /// and so of its key):
+    ///
+    /// 1. the PDRR {location, obj_key, scope = the task's scope, ok, datetime_created =
+    ///    `at` in Python isoformat, creator} is stored unless a PDRR with the same key
+    ///    exists (identical content ⇒ one record, §3.6), and linked RESULTS_IN;
+    /// 2. success: the task goes to `complete` (all ACTIONS, APPLIES and its claim go);
+    ///    unlike upstream also from `waiting` or `error` (issue #513), see
+    ///    `complete_task`;
+    /// 3. failure: the Tracebacks (if any were given — a failed result without unit
+    ///    failures records none, instead of failing after the PDRR is stored as upstream
+    ///    does, §14 Q12) are stored with DETAILS → PDRR; the task goes to `error` if the
+    ///    transition table allows; the failure time is logged for the compute service
+    ///    whose identifier is `creator` (if registered); restart resolution (§7.3) runs for
+    ///    the task.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown task, [`StoreError::Invalid`] for a
+    /// key that is not a Task's or malformed input (checked before anything is written).
+    pub async fn record_result_at(&self, task: &ScopedKey, result: &RecordedResult, at: DateTime<Utc>) -> Result<ScopedKey> {
+        if task.qualname() != "Task" {
+            return Err(StoreError::Invalid("`task` ScopedKey does not correspond to a `Task`".into()));
+        }
+        validate(result)?;
+        let mut tx = self.begin_write().await?;
+        let t = load_task(&mut tx, task).await?.ok_or(StoreError::NotFound)?;
+        let fields = PdrrFields {
+            location: Some(result.location.clone()),
+            obj_key: result.obj_key.clone(),
+            scope: task.scope().to_string(),
+            ok: result.ok,
+            datetime_created: Some(python_isoformat(at)),
+            creator: result.creator.clone(),
+        };
+        let pdrr_sk =
+            ScopedKey::new(fields.key(), task.scope().clone()).map_err(|e| StoreError::Invalid(format!("invalid result key: {e}")))?;
+        sqlx::query(
+            "INSERT INTO pdrr (gufe_key, org, campaign, project, obj_key, location, ok, datetime_created, creator, content_sha256, size) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
+        )
+        .bind(pdrr_sk.gufe_key().as_str())
+        .bind(pdrr_sk.org())
+        .bind(pdrr_sk.campaign())
+        .bind(pdrr_sk.project())
+        .bind(fields.obj_key.as_str())
+        .bind(fields.location.clone())
+        .bind(fields.ok as i64)
+        .bind(fields.datetime_created.clone())
+        .bind(fields.creator.clone())
+        .bind(result.content_sha256.as_str())
+        .bind(result.size)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT id FROM pdrr WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4")
+            .bind(pdrr_sk.gufe_key().as_str())
+            .bind(pdrr_sk.org())
+            .bind(pdrr_sk.campaign())
+            .bind(pdrr_sk.project())
+            .fetch_one(&mut *tx)
+            .await?;
+        let pdrr_id = get_i64(&row, 0)?;
+        sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(t.id)
+            .bind(pdrr_id)
+            .execute(&mut *tx)
+            .await?;
+
+        if result.ok {
+            complete_task(&mut tx, self.backend, t.id, t.status).await?;
+        } else {
+            if let Some(tb) = result.tracebacks.as_ref().filter(|tb| !tb.tracebacks.is_empty()) {
+                // Identical traceback content in one scope is one record (its key is a content
+                // hash) that may detail several results, as upstream's graph allows.
+                sqlx::query(
+                    "INSERT INTO tracebacks (gufe_key, org, campaign, project, body) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
+                )
+                .bind(tb.key().as_str())
+                .bind(pdrr_sk.org())
+                .bind(pdrr_sk.campaign())
+                .bind(pdrr_sk.project())
+                .bind(tb.keyed_dict().to_python_json())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO pdrr_tracebacks (pdrr_id, tracebacks_id) SELECT $1, id FROM tracebacks \
+                     WHERE gufe_key = $2 AND org = $3 AND campaign = $4 AND project = $5 ON CONFLICT DO NOTHING",
+                )
+                .bind(pdrr_id)
+                .bind(tb.key().as_str())
+                .bind(pdrr_sk.org())
+                .bind(pdrr_sk.campaign())
+                .bind(pdrr_sk.project())
+                .execute(&mut *tx)
+                .await?;
+            }
+            apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Error).await?;
+            if let Some(creator) = &result.creator {
+                sqlx::query(
+                    "INSERT INTO compute_service_failure (service_id, failed_at) SELECT id, $1 FROM compute_service WHERE identifier = $2",
+                )
+                .bind(at.timestamp_micros())
+                .bind(creator.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            resolve_restarts(&mut tx, self.backend, &[t.id]).await?;
+        }
+        tx.commit().await?;
+        Ok(pdrr_sk)
+    }
+
+    /// Distinct PDRRs of a task with the given `ok` (model.md §5.3; api.md U56/U57),
+    /// ordered by ScopedKey; empty for unknown tasks.
+    pub async fn task_results(&self, task: &ScopedKey, ok: bool) -> Result<Vec<ScopedKey>> {
+        if task.qualname() != "Task" {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.gufe_key, p.org, p.campaign, p.project FROM task t JOIN task_result tr ON tr.task_id = t.id \
+             JOIN pdrr p ON p.id = tr.pdrr_id WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4 AND p.ok = $5 \
+             ORDER BY p.org, p.campaign, p.project, p.gufe_key",
+        )
+        .bind(task.gufe_key().as_str())
+        .bind(task.org())
+        .bind(task.campaign())
+        .bind(task.project())
+        .bind(ok as i64)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| sk_from(&get_str(r, 0)?, &get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?)).collect()
+    }
+
+    /// Distinct PDRRs with the given `ok` over all tasks of a transformation (model.md
+    /// §5.3; api.md U53/U54), ordered by ScopedKey; empty for unknown transformations.
+    pub async fn transformation_results(&self, transformation: &ScopedKey, ok: bool) -> Result<Vec<ScopedKey>> {
+        let mut conn = self.reader().acquire().await?;
+        let Some(tf) = object_id(&mut conn, transformation).await? else { return Ok(Vec::new()) };
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.gufe_key, p.org, p.campaign, p.project FROM task t JOIN task_result tr ON tr.task_id = t.id \
+             JOIN pdrr p ON p.id = tr.pdrr_id WHERE t.transformation_id = $1 AND p.ok = $2 ORDER BY p.org, p.campaign, p.project, p.gufe_key",
+        )
+        .bind(tf)
+        .bind(ok as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(|r| sk_from(&get_str(r, 0)?, &get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?)).collect()
+    }
+
+    /// The stored PDRR under this ScopedKey, or None.
+    pub async fn get_pdrr(&self, pdrr: &ScopedKey) -> Result<Option<PdrrRecord>> {
+        if pdrr.qualname() != "ProtocolDAGResultRef" {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {PDRR_COLUMNS} FROM pdrr p WHERE p.gufe_key = $1 AND p.org = $2 AND p.campaign = $3 AND p.project = $4"
+        ))
+        .bind(pdrr.gufe_key().as_str())
+        .bind(pdrr.org())
+        .bind(pdrr.campaign())
+        .bind(pdrr.project())
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(row.map(|r| pdrr_row(&r)).transpose()?.map(|(_, rec)| rec))
+    }
+
+    /// The result an extending task starts from (model.md §4.4): the newest successful
+    /// PDRR of the task `task` extends. None if `task` extends nothing or that task has no
+    /// successful result. Deliberate fix of §14 Q6: upstream takes *all* PDRRs of the
+    /// extended task and fails when there is more than one (e.g. a failure, then a
+    /// success). [`StoreError::NotFound`] if `task` is unknown.
+    pub async fn extended_result_location(&self, task: &ScopedKey) -> Result<Option<PdrrRecord>> {
+        let mut conn = self.reader().acquire().await?;
+        let t = load_task(&mut conn, task).await?.ok_or(StoreError::NotFound)?;
+        let Some(extended) = t.extends_id else { return Ok(None) };
+        let rows = sqlx::query(&format!(
+            "SELECT {PDRR_COLUMNS} FROM task_result tr JOIN pdrr p ON p.id = tr.pdrr_id WHERE tr.task_id = $1 AND p.ok = 1"
+        ))
+        .bind(extended)
+        .fetch_all(&mut *conn)
+        .await?;
+        newest(&rows)
+    }
+}

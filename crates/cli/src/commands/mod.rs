@@ -1,3 +1,4 @@
 pub mod bench;
 pub mod database;
 pub mod identity;
+pub mod server;

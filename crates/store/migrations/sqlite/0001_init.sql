@@ -168,11 +168,16 @@ CREATE TABLE tracebacks (
     org TEXT NOT NULL,
     campaign TEXT NOT NULL,
     project TEXT NOT NULL,
-    pdrr_id INTEGER NOT NULL REFERENCES pdrr (id),
     body TEXT NOT NULL -- keyed dict of the Tracebacks object
 );
 CREATE UNIQUE INDEX tracebacks_scoped_key ON tracebacks (gufe_key, org, campaign, project);
-CREATE INDEX tracebacks_pdrr ON tracebacks (pdrr_id);
+
+-- DETAILS: Tracebacks -> PDRR (one Tracebacks record may detail several identical failures)
+CREATE TABLE pdrr_tracebacks (
+    pdrr_id INTEGER PRIMARY KEY REFERENCES pdrr (id),
+    tracebacks_id INTEGER NOT NULL REFERENCES tracebacks (id)
+);
+CREATE INDEX pdrr_tracebacks_tracebacks ON pdrr_tracebacks (tracebacks_id);
 
 -- TaskRestartPattern ENFORCES TaskHub (= network id)
 CREATE TABLE restart_pattern (

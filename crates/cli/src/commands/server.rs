@@ -1,0 +1,289 @@
+//! `alchemiscale api` and `alchemiscale serve`: running the HTTP APIs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use alchemiscale_model::Scope;
+use alchemiscale_server::{parse_algorithm, ApiKind, ApiSettings, AppState};
+use alchemiscale_store::identities::{hash_key, IdentityKind};
+use alchemiscale_store::Store;
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::store_args::StoreArgs;
+
+/// Token signing (cli.md §3.3).
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// HMAC secret for tokens. Without one a random secret is generated (tokens then die
+    /// with the process); `serve` keeps a generated secret in the data directory.
+    #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true, help_heading = "Tokens")]
+    pub jwt_secret: Option<String>,
+    /// Token lifetime in seconds.
+    #[arg(long, env = "JWT_EXPIRE_SECONDS", default_value_t = 1800, help_heading = "Tokens")]
+    pub jwt_expire_seconds: u64,
+    /// Signing algorithm: HS256, HS384 or HS512.
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256", help_heading = "Tokens")]
+    pub jwt_algorithm: String,
+}
+
+/// HTTP-server settings shared by the API commands.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Largest accepted request body in bytes, measured after gzip inflation (413 above).
+    #[arg(long, env = "ALCHEMISCALE_MAX_BODY_BYTES", default_value_t = 1 << 30, help_heading = "HTTP")]
+    pub max_body_bytes: usize,
+    /// Seconds an identity's disabled/removed state may be cached by a running server.
+    #[arg(long, env = "ALCHEMISCALE_IDENTITY_CACHE_SECONDS", default_value_t = 5, help_heading = "HTTP")]
+    pub identity_cache_seconds: u64,
+}
+
+impl JwtArgs {
+    fn settings(&self, secret: String, http: &HttpArgs) -> anyhow::Result<ApiSettings> {
+        Ok(ApiSettings {
+            jwt_secret: secret,
+            jwt_expire_seconds: self.jwt_expire_seconds,
+            jwt_algorithm: parse_algorithm(&self.jwt_algorithm).map_err(anyhow::Error::msg)?,
+            max_body_bytes: http.max_body_bytes,
+            identity_cache_seconds: http.identity_cache_seconds,
+        })
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// Write `content` to `path` readable by the owner only.
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+/// Start structured logging at `level` (an `info`-style level or a tracing filter).
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level.to_ascii_lowercase()).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// Options of `alchemiscale api` (cli.md §4.1).
+#[derive(Debug, Args)]
+pub struct ApiCommand {
+    /// Address to listen on.
+    #[arg(long, env = "ALCHEMISCALE_API_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "ALCHEMISCALE_API_PORT", default_value_t = 80)]
+    pub port: u16,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "ALCHEMISCALE_API_LOGLEVEL", default_value = "info")]
+    pub loglevel: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Accepted for compatibility with upstream; the server is multi-threaded and uses
+    /// every core.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// YAML mapping of extra HTTP-server settings (upstream's gunicorn settings; `bind`,
+    /// `workers` and `graceful_timeout` are honoured, others are ignored with a warning).
+    #[arg(short = 'c', long)]
+    pub config_file: Option<PathBuf>,
+    /// Inline JSON mapping of the same settings; overrides keys from --config-file.
+    #[arg(short = 'j', long)]
+    pub config_json: Option<String>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The extra settings mapping: returns the bind address to use.
+fn apply_extra_settings(cmd: &ApiCommand) -> anyhow::Result<String> {
+    let mut map = serde_json::Map::new();
+    if let Some(path) = &cmd.config_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let v: serde_json::Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not a YAML mapping", path.display()))?;
+        map.extend(v.as_object().cloned().unwrap_or_default());
+    }
+    if let Some(j) = &cmd.config_json {
+        let v: serde_json::Value = serde_json::from_str(j).context("--config-json is not a JSON mapping")?;
+        map.extend(v.as_object().cloned().context("--config-json is not a JSON mapping")?);
+    }
+    let mut bind = format!("{}:{}", cmd.host, cmd.port);
+    for (k, v) in map {
+        match (k.as_str(), &v) {
+            (_, serde_json::Value::Null) => {}
+            ("bind", serde_json::Value::String(b)) => bind = b.clone(),
+            ("workers" | "graceful_timeout" | "timeout" | "keepalive", _) => tracing::info!(setting = k.as_str(), "accepted; the Rust server needs no tuning for it"),
+            _ => tracing::warn!(setting = k.as_str(), "unknown HTTP-server setting ignored"),
+        }
+    }
+    Ok(bind)
+}
+
+fn jwt_secret_or_random(given: &Option<String>) -> String {
+    match given.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => s.to_string(),
+        None => {
+            eprintln!("WARNING: no JWT_SECRET_KEY supplied; generating a random JWT secret key. Tokens will not be valid across API processes or restarts.");
+            random_hex(32)
+        }
+    }
+}
+
+pub async fn run_api(cmd: ApiCommand, data_dir: &Path) -> anyhow::Result<()> {
+    init_logging(&cmd.loglevel, cmd.log_json);
+    let bind = apply_extra_settings(&cmd)?;
+    let store = cmd.store.connect_ready(data_dir).await?;
+    let settings = cmd.jwt.settings(jwt_secret_or_random(&cmd.jwt.jwt_secret), &cmd.http)?;
+    let app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), settings));
+    let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    tracing::info!(address = %listener.local_addr()?, store = store.location(), "user API listening");
+    alchemiscale_server::serve(listener, app, shutdown_signal()).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Options of `alchemiscale serve`.
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    /// Address both APIs listen on.
+    #[arg(long, env = "ALCHEMISCALE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the user-facing API.
+    #[arg(long, env = "ALCHEMISCALE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Port of the compute API.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_PORT", default_value_t = 8081)]
+    pub compute_port: u16,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "ALCHEMISCALE_LOGLEVEL", default_value = "info")]
+    pub loglevel: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Scope granted to the identities created on first start.
+    #[arg(long, default_value = "*-*-*", value_parser = |s: &str| s.parse::<Scope>().map_err(|e| e.to_string()))]
+    pub default_scope: Scope,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// What `serve` prints so a new user can connect at once.
+fn connect_instructions(user_url: &str, compute_url: &str, user: &str, user_key: &str, compute: &str, compute_key: &str, scope: &Scope) -> String {
+    format!(
+        "alchemiscale-rs is serving\n\
+         \n  user API:    {user_url}\n  compute API: {compute_url}\n\
+         \n  user identity:    {user}\n  user key:         {user_key}\n  compute identity: {compute}\n  compute key:      {compute_key}\n  scope granted:    {scope}\n\
+         \nConnect the Python client (alchemiscale 0.8):\n\
+         \n    from alchemiscale import AlchemiscaleClient, Scope\n    client = AlchemiscaleClient(\"{user_url}\", \"{user}\", \"{user_key}\")\n    client.get_info()\n"
+    )
+}
+
+/// First start on an empty store: one user and one compute identity with random keys.
+async fn bootstrap_identities(store: &Store, data_dir: &Path, urls: (&str, &str), scope: &Scope) -> anyhow::Result<Option<String>> {
+    let empty = store.list_identities(IdentityKind::User).await?.is_empty()
+        && store.list_identities(IdentityKind::Compute).await?.is_empty()
+        && store.list_identities(IdentityKind::Admin).await?.is_empty();
+    if !empty {
+        return Ok(None);
+    }
+    let (user, compute) = ("user", "compute");
+    let (user_key, compute_key) = (random_hex(16), random_hex(16));
+    store.add_identity(IdentityKind::User, user, &hash_key(&user_key)?, false).await?;
+    store.add_scopes(IdentityKind::User, user, std::slice::from_ref(scope)).await?;
+    store.add_identity(IdentityKind::Compute, compute, &hash_key(&compute_key)?, false).await?;
+    store.add_scopes(IdentityKind::Compute, compute, std::slice::from_ref(scope)).await?;
+    let text = connect_instructions(urls.0, urls.1, user, &user_key, compute, &compute_key, scope);
+    write_private(&data_dir.join("credentials.txt"), &text)?;
+    Ok(Some(text))
+}
+
+pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()> {
+    init_logging(&cmd.loglevel, cmd.log_json);
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store = cmd.store.connect(data_dir).await?;
+    store.init().await?;
+    store.require_current_schema().await?;
+
+    let secret = match cmd.jwt.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => s.to_string(),
+        None => {
+            let path = data_dir.join("jwt-secret");
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => {
+                    let s = random_hex(32);
+                    write_private(&path, &s)?;
+                    s
+                }
+            }
+        }
+    };
+    let settings = cmd.jwt.settings(secret, &cmd.http)?;
+
+    let user_addr: SocketAddr = format!("{}:{}", cmd.host, cmd.port).parse().with_context(|| format!("invalid --host {}", cmd.host))?;
+    let compute_addr: SocketAddr = format!("{}:{}", cmd.host, cmd.compute_port).parse()?;
+    if user_addr == compute_addr {
+        bail!("--port and --compute-port must differ");
+    }
+    let user_listener = tokio::net::TcpListener::bind(user_addr).await.with_context(|| format!("cannot listen on {user_addr}"))?;
+    let user_url = format!("http://{}", user_listener.local_addr()?);
+    let compute_url = format!("http://{compute_addr}");
+
+    match bootstrap_identities(&store, data_dir, (&user_url, &compute_url), &cmd.default_scope).await? {
+        Some(text) => println!("{text}\n(also written to {}, readable only by you)", data_dir.join("credentials.txt").display()),
+        None => println!(
+            "alchemiscale-rs is serving\n\n  user API:    {user_url}\n  compute API: {compute_url}\n  state store: {}\n\nIdentities already exist; credentials created on first start are in {}.",
+            store.location(),
+            data_dir.join("credentials.txt").display()
+        ),
+    }
+    let _ = std::io::stdout().flush();
+
+    let user_app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), settings));
+    tracing::info!(user_api = %user_url, store = store.location(), "serving");
+    alchemiscale_server::serve(user_listener, user_app, shutdown_signal()).await?;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! The alchemiscale HTTP APIs on axum.
+//!
+//! * [`user_api`] — the user-facing API (routes U1–U62 of api.md §5);
+//! * the compute API (api.md §6) arrives with issue #5.
+//!
+//! Handlers stay thin: parse ([`extract`]), authorise ([`auth`]), call the store, encode.
+//! [`AppState`] carries the store, the settings and the token keys of one API.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod user_api;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alchemiscale_store::identities::IdentityKind;
+use alchemiscale_store::Store;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+use jsonwebtoken::Algorithm;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{Caller, TokenKeys};
+pub use error::{ApiError, ApiResult};
+
+/// Which of the two APIs a server is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    User,
+    Compute,
+}
+
+impl ApiKind {
+    /// The JWT audience of this API's tokens.
+    pub fn audience(self) -> &'static str {
+        match self {
+            ApiKind::User => "alchemiscale:user",
+            ApiKind::Compute => "alchemiscale:compute",
+        }
+    }
+    /// The identity kinds `/token` checks, in order.
+    pub fn token_kinds(self) -> &'static [IdentityKind] {
+        match self {
+            ApiKind::User => &[IdentityKind::User, IdentityKind::Admin],
+            ApiKind::Compute => &[IdentityKind::Compute],
+        }
+    }
+    pub fn accepts(self, kind: IdentityKind) -> bool {
+        self.token_kinds().contains(&kind)
+    }
+    /// `/ping` answer.
+    pub fn title(self) -> &'static str {
+        match self {
+            ApiKind::User => "AlchemiscaleAPI",
+            ApiKind::Compute => "AlchemiscaleComputeAPI",
+        }
+    }
+}
+
+/// Settings shared by both APIs (cli.md §3.3; api.md §7).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// HMAC secret for tokens.
+    pub jwt_secret: String,
+    pub jwt_expire_seconds: u64,
+    pub jwt_algorithm: Algorithm,
+    /// Largest accepted request body, after gzip inflation (413 above).
+    pub max_body_bytes: usize,
+    /// How long an identity's enabled/disabled state is cached.
+    pub identity_cache_seconds: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            jwt_secret: String::new(),
+            jwt_expire_seconds: 1800,
+            jwt_algorithm: Algorithm::HS256,
+            max_body_bytes: 1 << 30,
+            identity_cache_seconds: 5,
+        }
+    }
+}
+
+/// Parse a `JWT_ALGORITHM` value (HMAC algorithms only: the secret is a shared key).
+pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "HS256" => Ok(Algorithm::HS256),
+        "HS384" => Ok(Algorithm::HS384),
+        "HS512" => Ok(Algorithm::HS512),
+        other => Err(format!("unsupported JWT algorithm '{other}' (use HS256, HS384 or HS512)")),
+    }
+}
+
+struct Inner {
+    api: ApiKind,
+    store: Store,
+    settings: ApiSettings,
+    keys: TokenKeys,
+    identities: auth::IdentityCache,
+}
+
+/// Everything a handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(api: ApiKind, store: Store, settings: ApiSettings) -> AppState {
+        let keys = TokenKeys::new(&settings.jwt_secret, settings.jwt_algorithm, Duration::from_secs(settings.jwt_expire_seconds), api);
+        let identities = auth::IdentityCache::new(Duration::from_secs(settings.identity_cache_seconds));
+        AppState(Arc::new(Inner { api, store, settings, keys, identities }))
+    }
+    pub fn api(&self) -> ApiKind {
+        self.0.api
+    }
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+    pub fn settings(&self) -> &ApiSettings {
+        &self.0.settings
+    }
+    pub fn keys(&self) -> &TokenKeys {
+        &self.0.keys
+    }
+    pub(crate) fn identity_cache(&self) -> &auth::IdentityCache {
+        &self.0.identities
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"detail": "Not Found"})))
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "Method Not Allowed"})))
+}
+
+/// Wrap an API's routes with what every route shares: JSON 404/405 answers, gzip
+/// responses when the client offers gzip (never br/deflate/zstd), request logs, and a
+/// panic guard that answers 500 instead of dropping the connection.
+pub fn finish_router(router: Router) -> Router {
+    let compress = SizeAbove::new(256).and(NotForContentType::GRPC).and(NotForContentType::IMAGES);
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CompressionLayer::new().no_br().no_deflate().no_zstd().compress_when(compress))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| ApiError::Internal("handler panicked".into()).into_response()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()))
+                .on_response(|res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
+                }),
+        )
+}
+
+/// OpenAPI description and a docs page, served without authentication.
+fn with_docs(router: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
+    use utoipa_redoc::{Redoc, Servable};
+    let doc = Arc::new(serde_json::to_value(&openapi).unwrap_or_default());
+    router
+        .route("/openapi.json", axum::routing::get(move || { let doc = doc.clone(); async move { axum::Json((*doc).clone()) } }))
+        .merge(Redoc::with_url("/docs", openapi))
+}
+
+/// The user-facing API as a ready router.
+pub fn user_app(state: AppState) -> Router {
+    let (router, mut openapi) = user_api::router().split_for_parts();
+    openapi.info.title = "alchemiscale-rs user API".into();
+    openapi.info.description = Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See README.md for deliberate differences.".into());
+    finish_router(with_docs(router, openapi).with_state(state))
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,108 @@
+//! Test harness: an API server on a random loopback port over a fresh test store
+//! (SQLite, or PostgreSQL when configured), with identities ready to log in.
+
+use alchemiscale_client::Client;
+use alchemiscale_model::Scope;
+use alchemiscale_store::identities::{hash_key, IdentityKind};
+use alchemiscale_store::testing::{self, TestStore};
+use alchemiscale_store::Store;
+
+use crate::{ApiKind, ApiSettings, AppState};
+
+/// Which backend a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub store: Store,
+    pub settings: ApiSettings,
+    _store: TestStore,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+pub fn settings() -> ApiSettings {
+    ApiSettings { jwt_secret: SECRET.into(), max_body_bytes: 16 << 20, identity_cache_seconds: 0, ..Default::default() }
+}
+
+impl TestServer {
+    /// Start the user API (None if the PostgreSQL backend was asked for but is not configured).
+    pub async fn user(backend: Backend) -> Option<TestServer> {
+        Self::start(backend, ApiKind::User, settings()).await
+    }
+
+    pub async fn start(backend: Backend, api: ApiKind, settings: ApiSettings) -> Option<TestServer> {
+        let ts = match backend {
+            Backend::Sqlite => testing::sqlite().await,
+            Backend::Postgres => testing::postgres().await?,
+        };
+        let store = ts.store.clone();
+        let state = AppState::new(api, store.clone(), settings.clone());
+        let app = match api {
+            ApiKind::User => crate::user_app(state),
+            ApiKind::Compute => crate::user_app(state),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            crate::serve(listener, app, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Some(TestServer { url, store, settings, _store: ts, shutdown: Some(tx), handle: Some(handle) })
+    }
+
+    /// Create an identity of `kind` with `scopes` and return a client logged in as it.
+    pub async fn client(&self, kind: IdentityKind, identifier: &str, scopes: &[&str]) -> Client {
+        let key = format!("key-of-{identifier}");
+        self.store.add_identity(kind, identifier, &hash_key(&key).expect("hash"), false).await.expect("add identity");
+        let scopes: Vec<Scope> = scopes.iter().map(|s| s.parse().expect("scope")).collect();
+        self.store.add_scopes(kind, identifier, &scopes).await.expect("add scopes");
+        let mut c = Client::new(&self.url, identifier, &key).expect("client");
+        c.max_retries = 0;
+        c
+    }
+
+    /// Stop the server and wait for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Run one async test body against a user-API server on each backend:
+/// `server_test!(name, |server| async move { ... });`
+#[macro_export]
+macro_rules! server_test {
+    ($name:ident, |$server:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $server = $crate::testing::TestServer::user($crate::testing::Backend::Sqlite).await.unwrap();
+                $body.await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some($server) = $crate::testing::TestServer::user($crate::testing::Backend::Postgres).await else { return };
+                $body.await;
+            }
+        }
+    };
+}
