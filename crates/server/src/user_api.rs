@@ -131,6 +131,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_tasks_status))
         .routes(routes!(set_tasks_status))
         .routes(routes!(set_task_status, get_task_status))
+        .routes(routes!(add_restart_patterns))
+        .routes(routes!(remove_restart_patterns))
+        .routes(routes!(clear_restart_patterns))
+        .routes(routes!(get_restart_patterns))
+        .routes(routes!(set_restart_pattern_max_retries))
+        .routes(routes!(transformation_results))
+        .routes(routes!(transformation_failures))
+        .routes(routes!(task_results))
+        .routes(routes!(task_failures))
+        .routes(routes!(set_network_strategy, get_network_strategy))
+        .routes(routes!(get_strategy_state))
+        .routes(routes!(get_strategy_status))
+        .routes(routes!(wake_strategy))
 }
 
 // ---- service routes (U1–U5) ------------------------------------------------------------
@@ -710,4 +723,143 @@ async fn get_task_status(State(state): State<AppState>, caller: Caller, Path(raw
     let sk = path_sk(&caller, &raw)?;
     let s = state.store().get_task_status(&[Some(sk)]).await?;
     Ok(Json(json!(s[0].map(|s| s.as_str()))))
+}
+
+// ---- restart patterns (U48–U52) --------------------------------------------------------
+
+#[derive(Deserialize)]
+struct AddPatterns {
+    patterns: Vec<String>,
+    num_allowed_restarts: i64,
+}
+
+/// U48: attach restart patterns (Python-style regular expressions, validated now) to a
+/// network's hub with a retry budget; restart resolution runs at once.
+#[utoipa::path(post, path = "/networks/{sk}/restartpatterns/add", tag = "restart patterns", params(("sk" = String, Path)))]
+async fn add_restart_patterns(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>, body: Body) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    network_key(&sk, NOT_A_NETWORK)?;
+    let b: AddPatterns = body.typed()?;
+    state.store().add_restart_patterns(&sk, &b.patterns, b.num_allowed_restarts).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+#[derive(Deserialize)]
+struct Patterns {
+    patterns: Vec<String>,
+}
+
+/// U49: detach restart patterns (unknown ones are ignored).
+#[utoipa::path(post, path = "/networks/{sk}/restartpatterns/remove", tag = "restart patterns", params(("sk" = String, Path)))]
+async fn remove_restart_patterns(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>, body: Body) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    network_key(&sk, NOT_A_NETWORK)?;
+    let b: Patterns = body.typed()?;
+    state.store().remove_restart_patterns(&sk, &b.patterns).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+/// U50: detach every restart pattern (a state-changing GET, as upstream).
+#[utoipa::path(get, path = "/networks/{sk}/restartpatterns/clear", tag = "restart patterns", params(("sk" = String, Path)))]
+async fn clear_restart_patterns(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    network_key(&sk, NOT_A_NETWORK)?;
+    state.store().clear_restart_patterns(&sk).await?;
+    Ok(Json(json!([sk.to_string()])))
+}
+
+/// U51: restart patterns of several networks, keyed by network.
+#[utoipa::path(post, path = "/bulk/networks/restartpatterns/get", tag = "restart patterns")]
+async fn get_restart_patterns(State(state): State<AppState>, caller: Caller, body: Body) -> JsonResult {
+    let b: Networks = body.typed()?;
+    let networks = parse_sks(&b.networks)?;
+    authorize_all(&caller, &networks)?;
+    for n in &networks {
+        network_key(n, NOT_A_NETWORK)?;
+    }
+    let patterns = state.store().get_restart_patterns(&networks).await?;
+    let map: BTreeMap<String, Vec<(String, i64)>> = networks.iter().map(ToString::to_string).zip(patterns).collect();
+    Ok(Json(json!(map)))
+}
+
+#[derive(Deserialize)]
+struct MaxRetries {
+    patterns: Vec<String>,
+    max_retries: i64,
+}
+
+/// U52: change the retry budget of patterns (must be ≥ 1; upstream accepts anything).
+#[utoipa::path(post, path = "/networks/{sk}/restartpatterns/maxretries", tag = "restart patterns", params(("sk" = String, Path)))]
+async fn set_restart_pattern_max_retries(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>, body: Body) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    network_key(&sk, NOT_A_NETWORK)?;
+    let b: MaxRetries = body.typed()?;
+    state.store().set_restart_pattern_max_retries(&sk, &b.patterns, b.max_retries).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+// ---- result listings (U53, U54, U56, U57) -------------------------------------------------
+
+macro_rules! results_listing {
+    ($name:ident, $path:literal, $tag:literal, $method:ident, $ok:expr) => {
+        #[utoipa::path(get, path = $path, tag = $tag, params(("sk" = String, Path)))]
+        async fn $name(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> JsonResult {
+            let sk = path_sk(&caller, &raw)?;
+            Ok(strings(state.store().$method(&sk, $ok).await?))
+        }
+    };
+}
+
+results_listing!(transformation_results, "/transformations/{sk}/results", "results", transformation_results, true);
+results_listing!(transformation_failures, "/transformations/{sk}/failures", "results", transformation_results, false);
+results_listing!(task_results, "/tasks/{sk}/results", "results", task_results, true);
+results_listing!(task_failures, "/tasks/{sk}/failures", "results", task_results, false);
+
+// ---- strategies (U58–U62) ------------------------------------------------------------
+
+/// U58: set (or with `"strategy": null` remove) a network's strategy; the other members
+/// build a fresh StrategyState (absent ones take their defaults).
+#[utoipa::path(post, path = "/networks/{sk}/strategy", tag = "strategies", params(("sk" = String, Path)))]
+async fn set_network_strategy(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>, Body(body): Body) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    let Value::Object(mut body) = body else { return Err(ApiError::unprocessable("body must be an object with a `strategy` member")) };
+    let strategy = body.remove("strategy").ok_or_else(|| ApiError::unprocessable("'strategy'"))?;
+    let strategy_state: alchemiscale_store::strategy::StrategyState =
+        json::from_value(&Value::Object(body)).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    strategy_state.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    network_key(&sk, NOT_A_NETWORK)?;
+    let chain = match strategy {
+        Value::Null => None,
+        v => Some(KeyedChain::from_value(v).map_err(|e| ApiError::unprocessable(e.to_string()))?),
+    };
+    let stored = state.store().set_network_strategy(&sk, chain.as_ref(), strategy_state).await?;
+    Ok(Json(json!(stored.map(|k| k.to_string()))))
+}
+
+/// U59: a network's strategy as a keyed chain, or null.
+#[utoipa::path(get, path = "/networks/{sk}/strategy", tag = "strategies", params(("sk" = String, Path)))]
+async fn get_network_strategy(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> ApiResult<RawJson> {
+    let sk = path_sk(&caller, &raw)?;
+    Ok(RawJson(state.store().get_network_strategy(&sk).await?.unwrap_or_else(|| "null".into())))
+}
+
+/// U60: the StrategyState of a network's strategy, or null.
+#[utoipa::path(get, path = "/networks/{sk}/strategy/state", tag = "strategies", params(("sk" = String, Path)))]
+async fn get_strategy_state(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    Ok(Json(json!(state.store().get_strategy_state(&sk).await?)))
+}
+
+/// U61: the strategy's status (`awake`, `dormant`, `error`), or null.
+#[utoipa::path(get, path = "/networks/{sk}/strategy/status", tag = "strategies", params(("sk" = String, Path)))]
+async fn get_strategy_status(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    Ok(Json(json!(state.store().get_strategy_status(&sk).await?.map(|s| s.as_str()))))
+}
+
+/// U62: wake a strategy (status awake, error cleared); null if there is none.
+#[utoipa::path(post, path = "/networks/{sk}/strategy/awake", tag = "strategies", params(("sk" = String, Path)))]
+async fn wake_strategy(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> JsonResult {
+    let sk = path_sk(&caller, &raw)?;
+    Ok(Json(json!(state.store().wake_strategy(&sk).await?.map(|k| k.to_string()))))
 }
