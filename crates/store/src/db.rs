@@ -110,6 +110,39 @@ pub(crate) fn dialect(backend: Backend, sql: &str) -> String {
     out
 }
 
+/// A subquery yielding the strings of a JSON array bound as the single parameter `$n`:
+/// `x IN (<this>)` matches any of them. One parameter instead of thousands keeps binding
+/// cheap and lifts the per-statement parameter limit.
+pub(crate) fn json_text_list(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        Backend::Postgres => format!("SELECT jsonb_array_elements_text(CAST(${n} AS jsonb))"),
+    }
+}
+
+/// `SELECT <one JSON text: an array of [cols…] rows> FROM …`: bulk reads aggregate their
+/// rows into a single JSON value in the database, which is much cheaper to move through
+/// the driver than thousands of rows (sqlx's SQLite driver hands rows over one by one).
+/// `cols` is a comma-separated list of column expressions.
+pub(crate) fn json_rows_select(backend: Backend, cols: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT json_group_array(json_array({cols}))"),
+        Backend::Postgres => format!("SELECT CAST(COALESCE(json_agg(json_build_array({cols})), '[]') AS TEXT)"),
+    }
+}
+
+/// Decode the single JSON value of a [`json_rows_select`] query into typed rows.
+pub(crate) async fn fetch_json_rows<T: serde::de::DeserializeOwned>(conn: &mut AnyConnection, sql: &str, args: &[Arg]) -> Result<Vec<T>> {
+    let row = bind(sqlx::query(sql), args).fetch_one(&mut *conn).await?;
+    let text: Option<String> = row.try_get(0)?;
+    serde_json::from_str(text.as_deref().unwrap_or("[]")).map_err(|e| crate::error::StoreError::Invalid(format!("cannot decode stored rows: {e}")))
+}
+
+/// The JSON array text for [`json_text_list`].
+pub(crate) fn json_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    serde_json::to_string(&items.into_iter().collect::<Vec<_>>()).expect("strings serialise")
+}
+
 /// `$start, $start+1, …` (n placeholders).
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 5);

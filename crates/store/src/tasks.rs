@@ -11,7 +11,7 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
-use crate::db::{execute_in_chunks, fetch_in_chunks, get_i64, get_opt_i64, get_str, insert_rows, Arg};
+use crate::db::{execute_in_chunks, fetch_in_chunks, get_i64, get_opt_i64, get_str, insert_rows, fetch_json_rows, json_array, json_rows_select, json_text_list, Arg};
 use crate::error::{Result, StoreError};
 use crate::networks::object_id;
 use crate::{now_micros, Backend, Store};
@@ -50,13 +50,15 @@ fn task_row(r: &sqlx::any::AnyRow) -> Result<TaskRow> {
 
 /// Load the tasks among `keys` that exist, by ScopedKey string.
 pub(crate) async fn load_tasks(conn: &mut AnyConnection, backend: Backend, keys: &[&ScopedKey]) -> Result<HashMap<String, TaskRow>> {
-    let mut tokens: Vec<Arg> = keys.iter().filter(|k| k.qualname() == "Task").map(|k| Arg::from(k.gufe_key().as_str())).collect();
-    tokens.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-    tokens.dedup();
-    let rows = fetch_in_chunks(conn, backend, &format!("SELECT {TASK_COLUMNS} FROM task WHERE gufe_key IN ({{}})"), &[], &tokens).await?;
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    let tokens = json_array(keys.iter().filter(|k| k.qualname() == "Task" && seen.insert(k.gufe_key().as_str())).map(|k| k.gufe_key().as_str()));
+    let sql = format!("{} FROM task WHERE gufe_key IN ({})", json_rows_select(backend, TASK_COLUMNS), json_text_list(backend, 1));
+    type Row = (i64, String, String, String, String, String, i64, Option<i64>, i64);
+    let rows: Vec<Row> = fetch_json_rows(conn, &sql, &[Arg::Text(tokens)]).await?;
     let mut out = HashMap::with_capacity(rows.len());
-    for r in &rows {
-        let t = task_row(r)?;
+    for (id, gufe_key, org, campaign, project, status, priority, extends_id, transformation_id) in rows {
+        let sk = task_sk(&gufe_key, &org, &campaign, &project)?;
+        let t = TaskRow { id, sk, status: parse_status(&status)?, priority, extends_id, transformation_id };
         out.insert(t.sk.to_string(), t);
     }
     Ok(out)

@@ -23,6 +23,12 @@ pub enum BenchCommand {
     /// time to parse and validate the same chain (pure CPU work every submission needs).
     /// Last line: a JSON object with submit_s, retrieve_s, transformations, backend ….
     Store(StoreBench),
+    /// The user API over HTTP with auth, against a server it starts itself (temporary
+    /// SQLite store, or a scratch PostgreSQL schema with --url): network submission and
+    /// retrieval, bulk task creation, actioning, bulk statuses, and GET /ping throughput
+    /// against a bare axum /ping measured in the same run. Last line: a JSON object with
+    /// submit_s, retrieve_s, create_tasks_s, action_s, status_s, ping_rps ….
+    Api(super::bench_api::ApiBench),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +87,7 @@ impl BenchStore {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(b) => store_bench(b).await,
+        BenchCommand::Api(b) => super::bench_api::run(b).await,
     }
 }
 
