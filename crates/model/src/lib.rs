@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod hash;
+pub mod pdr;
 pub mod json;
 pub mod keys;
 pub mod scope;

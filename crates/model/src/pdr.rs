@@ -1,0 +1,343 @@
+//! ProtocolDAGResults as the server sees them (model.md §2.7, §5.2; api.md §2.6): the
+//! bytes codec, the result blob, the success test and the failures in upstream's order.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::io::Read;
+
+use crate::chain::{as_reference, KeyedChain};
+use crate::hash::TracebacksFields;
+use crate::json::{self, object, Value};
+use crate::keys::GufeKey;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PdrError {
+    #[error("`protocoldagresult` is not a bytes object ({{\"__class__\": \"bytes\", \"latin-1\": ...}})")]
+    NotBytes,
+    #[error("the bytes codec string holds a character above U+00FF")]
+    NotLatin1,
+    #[error("the result is not a zstd-compressed ProtocolDAGResult: {0}")]
+    Blob(String),
+    #[error("the result is larger than {0} bytes when decompressed")]
+    TooLarge(usize),
+    #[error("the result is not valid JSON: {0}")]
+    Json(String),
+    #[error("the result is not a valid keyed chain: {0}")]
+    Chain(String),
+    #[error("the result is not a valid ProtocolDAGResult: {0}")]
+    Structure(String),
+}
+
+/// Map a bytes-codec `latin-1` string back to bytes.
+pub fn latin1_to_bytes(s: &str) -> Result<Vec<u8>, PdrError> {
+    s.chars().map(|c| u8::try_from(u32::from(c)).map_err(|_| PdrError::NotLatin1)).collect()
+}
+
+/// Map bytes to a string whose code points equal the byte values.
+pub fn bytes_to_latin1(b: &[u8]) -> String {
+    b.iter().map(|&x| char::from(x)).collect()
+}
+
+/// Decompress a zstd frame, refusing output larger than `limit`.
+pub fn zstd_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, PdrError> {
+    let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| PdrError::Blob(e.to_string()))?;
+    let mut out = Vec::new();
+    decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| PdrError::Blob(e.to_string()))?;
+    if out.len() > limit {
+        return Err(PdrError::TooLarge(limit));
+    }
+    Ok(out)
+}
+
+/// Compress with a one-shot compressor (level 3), which records the content size in the
+/// frame header as the Python clients require (api.md §2.6).
+pub fn zstd_compress(data: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(data, 3).expect("zstd compression of an in-memory buffer")
+}
+
+/// True if `data` starts with the zstd frame magic number.
+pub fn is_zstd(data: &[u8]) -> bool {
+    data.starts_with(&[0x28, 0xB5, 0x2F, 0xFD])
+}
+
+/// Decode gufe's bytes codec object to the original bytes: latin-1 string → bytes, then one
+/// zstd decompression (gufe ≥ 1.2 compresses in the codec; older gufe did not, so bytes
+/// that are not a zstd frame are taken as they are).
+pub fn decode_bytes_codec(v: &Value, limit: usize) -> Result<Vec<u8>, PdrError> {
+    let o = v.as_object().ok_or(PdrError::NotBytes)?;
+    if o.get("__class__").and_then(Value::as_str) != Some("bytes") {
+        return Err(PdrError::NotBytes);
+    }
+    let s = o.get("latin-1").and_then(Value::as_str).ok_or(PdrError::NotBytes)?;
+    let raw = latin1_to_bytes(s)?;
+    if is_zstd(&raw) {
+        if let Ok(inner) = zstd_decompress(&raw, limit) {
+            return Ok(inner);
+        }
+    }
+    Ok(raw)
+}
+
+/// gufe's bytes codec object for `data` (zstd-compressed inside, as gufe ≥ 1.2 writes it).
+pub fn encode_bytes_codec(data: &[u8]) -> Value {
+    Value::Object(object([
+        ("__class__", Value::from("bytes")),
+        ("__module__", Value::from("builtins")),
+        (":is_custom:", Value::from(true)),
+        ("latin-1", Value::from(bytes_to_latin1(&zstd_compress(data)))),
+    ]))
+}
+
+/// A result blob and what the server needs to know about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultBlob {
+    /// What the object store keeps: a zstd frame of the keyed-chain JSON.
+    pub blob: Vec<u8>,
+    pub summary: PdrSummary,
+}
+
+/// Turn the decoded codec bytes into a stored blob and analyse it. Accepts a zstd frame of
+/// keyed-chain JSON (what the 0.8 clients send) or plain keyed-chain JSON (normalised to a
+/// blob).
+pub fn read_result(bytes: Vec<u8>, limit: usize) -> Result<ResultBlob, PdrError> {
+    let (blob, text) = if is_zstd(&bytes) {
+        let text = zstd_decompress(&bytes, limit)?;
+        (bytes, text)
+    } else {
+        let blob = zstd_compress(&bytes);
+        (blob, bytes)
+    };
+    let value = json::parse_bytes(&text).map_err(|e| PdrError::Json(e.to_string()))?;
+    drop(text);
+    let chain = KeyedChain::from_value(value).map_err(|e| PdrError::Chain(e.to_string()))?;
+    let summary = analyse(&chain)?;
+    Ok(ResultBlob { blob, summary })
+}
+
+/// One failed unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFailure {
+    /// The ProtocolUnitFailure's key.
+    pub key: String,
+    /// The ProtocolUnit it failed.
+    pub source_key: String,
+    pub traceback: String,
+}
+
+/// What the server reads from a ProtocolDAGResult.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdrSummary {
+    pub key: GufeKey,
+    pub ok: bool,
+    pub transformation_key: Option<String>,
+    pub extends_key: Option<String>,
+    /// Failures in upstream's "DAG order" (dependencies first).
+    pub failures: Vec<UnitFailure>,
+}
+
+impl PdrSummary {
+    /// The Tracebacks record for this result, if it has failures.
+    pub fn tracebacks(&self) -> Option<TracebacksFields> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        Some(TracebacksFields {
+            tracebacks: self.failures.iter().map(|f| f.traceback.clone()).collect(),
+            source_keys: self.failures.iter().map(|f| f.source_key.clone()).collect(),
+            failure_keys: self.failures.iter().map(|f| f.key.clone()).collect(),
+        })
+    }
+}
+
+fn refs_of(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|x| as_reference(x).and_then(Value::as_str).map(str::to_string)).collect()).unwrap_or_default()
+}
+
+fn opt_str(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_string)
+}
+
+/// Dependencies of a unit result: references found in its `inputs` values, in dicts one
+/// level down and in lists one level down (gufe's `_list_dependencies`), that are unit
+/// results of this DAG.
+fn dependencies(inputs: Option<&Value>, results: &HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut take = |v: &Value| {
+        if let Some(k) = as_reference(v).and_then(Value::as_str) {
+            if results.contains(k) {
+                out.push(k.to_string());
+            }
+        }
+    };
+    if let Some(o) = inputs.and_then(Value::as_object) {
+        for (_, v) in o.iter() {
+            match v {
+                Value::Object(inner) if as_reference(v).is_none() => inner.iter().for_each(|(_, x)| take(x)),
+                Value::Array(items) => items.iter().for_each(&mut take),
+                other => take(other),
+            }
+        }
+    }
+    out
+}
+
+/// Analyse a ProtocolDAGResult chain: success (every unit has at least one successful
+/// result) and the failures in the order upstream gives them — the reverse of networkx's
+/// lexicographic topological sort (by key) of the result graph whose edges point from a
+/// result to the results it depends on.
+pub fn analyse(chain: &KeyedChain) -> Result<PdrSummary, PdrError> {
+    let root = chain.root();
+    if root.qualname() != "ProtocolDAGResult" {
+        return Err(PdrError::Structure(format!("root object is a {}, not a ProtocolDAGResult", root.qualname())));
+    }
+    let units = refs_of(root.dict.get("protocol_units").unwrap_or(&Value::Null));
+    let results = refs_of(root.dict.get("protocol_unit_results").unwrap_or(&Value::Null));
+    let result_set: HashSet<String> = results.iter().cloned().collect();
+    let unit_set: HashSet<&str> = units.iter().map(String::as_str).collect();
+
+    let mut succeeded: HashSet<String> = HashSet::new();
+    let mut deps: HashMap<String, Vec<String>> = HashMap::new();
+    let mut failures: HashMap<String, UnitFailure> = HashMap::new();
+    for r in &results {
+        let key = GufeKey::new(r).map_err(|e| PdrError::Structure(e.to_string()))?;
+        let entry = chain.get(&key).ok_or_else(|| PdrError::Structure(format!("unit result {r} is not in the chain")))?;
+        let source = opt_str(entry.dict.get("source_key")).ok_or_else(|| PdrError::Structure(format!("unit result {r} has no source_key")))?;
+        if !unit_set.contains(source.as_str()) {
+            return Err(PdrError::Structure(format!("unit result {r} names unknown unit {source}")));
+        }
+        deps.insert(r.clone(), dependencies(entry.dict.get("inputs"), &result_set));
+        if entry.qualname() == "ProtocolUnitFailure" {
+            let traceback = opt_str(entry.dict.get("traceback")).unwrap_or_default();
+            failures.insert(r.clone(), UnitFailure { key: r.clone(), source_key: source, traceback });
+        } else {
+            succeeded.insert(source);
+        }
+    }
+    let ok = units.iter().all(|u| succeeded.contains(u));
+
+    // networkx.lexicographical_topological_sort over edges result -> dependency
+    let mut indegree: HashMap<&str, usize> = results.iter().map(|r| (r.as_str(), 0)).collect();
+    for ds in deps.values() {
+        for d in ds {
+            *indegree.entry(d.as_str()).or_default() += 1;
+        }
+    }
+    let mut heap: BinaryHeap<Reverse<&str>> = indegree.iter().filter(|(_, n)| **n == 0).map(|(k, _)| Reverse(*k)).collect();
+    let mut order: Vec<&str> = Vec::with_capacity(results.len());
+    while let Some(Reverse(k)) = heap.pop() {
+        order.push(k);
+        for d in deps.get(k).map(Vec::as_slice).unwrap_or_default() {
+            let n = indegree.get_mut(d.as_str()).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                heap.push(Reverse(d.as_str()));
+            }
+        }
+    }
+    if order.len() != indegree.len() {
+        return Err(PdrError::Structure("unit results depend on each other in a cycle".into()));
+    }
+    let ordered_failures = order.iter().rev().filter_map(|k| failures.remove(*k)).collect();
+    Ok(PdrSummary {
+        key: root.key.clone(),
+        ok,
+        transformation_key: opt_str(root.dict.get("transformation_key")),
+        extends_key: opt_str(root.dict.get("extends_key")),
+        failures: ordered_failures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../../testdata/vectors/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn vector_results_analyse() {
+        let ok = read_result(vector("pdr_ok.json.zst"), 1 << 30).unwrap();
+        assert!(ok.summary.ok);
+        assert_eq!(ok.summary.key.as_str(), "ProtocolDAGResult-431053ff2cb0be37617ba500fad97e3d");
+        assert_eq!(ok.summary.transformation_key.as_deref(), Some("Transformation-3c2debf79f5ad85b0bcb6b86e7c390f5"));
+        assert!(ok.summary.failures.is_empty() && ok.summary.tracebacks().is_none());
+        assert_eq!(ok.blob, vector("pdr_ok.json.zst"), "the blob is stored unchanged");
+
+        let failed = read_result(vector("pdr_failure.json.zst"), 1 << 30).unwrap();
+        assert!(!failed.summary.ok);
+        assert_eq!(failed.summary.key.as_str(), "ProtocolDAGResult-bf059af51fa6b9a88a2bbc375a450d89");
+        let tb = failed.summary.tracebacks().unwrap();
+        assert!(!tb.tracebacks.is_empty());
+        assert!(tb.tracebacks.iter().all(|t| t.contains("Traceback")), "{:?}", tb.tracebacks);
+        assert_eq!(tb.source_keys.len(), tb.failure_keys.len());
+
+        // plain JSON is normalised to a blob with the same analysis
+        let text = std::fs::read(format!("{}/../../testdata/vectors/pdr_ok.keyed_chain.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let plain = read_result(text.clone(), 1 << 30).unwrap();
+        assert_eq!(plain.summary, ok.summary);
+        assert_eq!(zstd::bulk::decompress(&plain.blob, text.len()).unwrap(), text, "content size is in the frame header");
+    }
+
+    #[test]
+    fn client_upload_vector_decodes() {
+        let gz = vector("C14_set_task_result.request.gz");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+        let body = json::parse(&text).unwrap();
+        let bytes = decode_bytes_codec(body.get("protocoldagresult").unwrap(), 1 << 30).unwrap();
+        assert_eq!(bytes, vector("pdr_ok.json.zst"), "codec layer removed, blob as the client compressed it");
+        assert_eq!(body.get("compute_service_id").unwrap().as_str(), Some("vecservice-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"));
+    }
+
+    #[test]
+    fn codec_round_trip_and_errors() {
+        let data = b"\x00\x01hello\xff".to_vec();
+        let v = encode_bytes_codec(&data);
+        assert_eq!(decode_bytes_codec(&v, 1 << 20).unwrap(), data);
+        // older gufe: raw bytes, not compressed
+        let raw = Value::Object(object([("__class__", Value::from("bytes")), ("latin-1", Value::from(bytes_to_latin1(&data)))]));
+        assert_eq!(decode_bytes_codec(&raw, 1 << 20).unwrap(), data);
+        assert_eq!(decode_bytes_codec(&Value::from("x"), 10).unwrap_err(), PdrError::NotBytes);
+        let wide = Value::Object(object([("__class__", Value::from("bytes")), ("latin-1", Value::from("\u{100}"))]));
+        assert_eq!(decode_bytes_codec(&wide, 10).unwrap_err(), PdrError::NotLatin1);
+        // bad zstd, wrong frames, bombs
+        assert!(read_result(vec![0x28, 0xB5, 0x2F, 0xFD, 1, 2, 3], 1 << 20).is_err());
+        let bomb = zstd_compress(&vec![b' '; 1 << 20]);
+        assert_eq!(read_result(bomb, 1000).unwrap_err(), PdrError::TooLarge(1000));
+        assert!(matches!(read_result(b"[1, 2]".to_vec(), 100).unwrap_err(), PdrError::Chain(_)));
+        let not_pdr = br#"[["A-1", {"__qualname__": "A", "__module__": "m"}]]"#.to_vec();
+        assert!(matches!(read_result(not_pdr, 1000).unwrap_err(), PdrError::Structure(_)));
+    }
+
+    #[test]
+    fn failure_order_follows_networkx() {
+        // results: a (ok) <- b (fail, depends on a) <- c (fail, depends on b); d (fail, independent)
+        let m = r#""__module__": "gufe.protocols.protocolunit""#;
+        let unit = |k: &str| format!(r#"["{k}", {{"__qualname__": "U", "__module__": "m"}}]"#);
+        let res = |k: &str, q: &str, src: &str, inputs: &str| {
+            format!(r#"["{k}", {{"__qualname__": "{q}", {m}, "source_key": "{src}", "inputs": {inputs}, "traceback": "tb-{k}"}}]"#)
+        };
+        let text = format!(
+            r#"[{}, {}, {}, {}, {}, {}, {}, {},
+               ["ProtocolDAGResult-1", {{"__qualname__": "ProtocolDAGResult", "__module__": "m", "protocol_units": [{{":gufe-key:": "U-a"}}, {{":gufe-key:": "U-b"}}, {{":gufe-key:": "U-c"}}, {{":gufe-key:": "U-d"}}],
+                 "protocol_unit_results": [{{":gufe-key:": "ProtocolUnitFailure-d"}}, {{":gufe-key:": "ProtocolUnitFailure-c"}}, {{":gufe-key:": "ProtocolUnitResult-a"}}, {{":gufe-key:": "ProtocolUnitFailure-b"}}],
+                 "transformation_key": "Transformation-x", "extends_key": null}}]]"#,
+            unit("U-a"),
+            unit("U-b"),
+            unit("U-c"),
+            unit("U-d"),
+            res("ProtocolUnitResult-a", "ProtocolUnitResult", "U-a", "{}"),
+            res("ProtocolUnitFailure-b", "ProtocolUnitFailure", "U-b", r#"{"x": {":gufe-key:": "ProtocolUnitResult-a"}}"#),
+            res("ProtocolUnitFailure-c", "ProtocolUnitFailure", "U-c", r#"{"l": [{":gufe-key:": "ProtocolUnitFailure-b"}], "s": 3}"#),
+            res("ProtocolUnitFailure-d", "ProtocolUnitFailure", "U-d", "{}"),
+        );
+        let s = analyse(&KeyedChain::from_value(json::parse(&text).unwrap()).unwrap()).unwrap();
+        assert!(!s.ok);
+        // lexicographic topological order (dependents first, smallest key among the
+        // available): c, b, d, a → reversed: a, d, b, c → failures d, b, c
+        let keys: Vec<&str> = s.failures.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(keys, ["ProtocolUnitFailure-d", "ProtocolUnitFailure-b", "ProtocolUnitFailure-c"]);
+        assert_eq!(s.failures[0].traceback, "tb-ProtocolUnitFailure-d");
+    }
+}
