@@ -7,7 +7,7 @@ mod store_args;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand, server::ApiCommand, server::ServeCommand};
+use commands::{bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand, server::ApiCommand, server::ComputeApiCommand, server::ServeCommand};
 use store_args::DataDirArgs;
 
 /// alchemiscale-rs: high-throughput execution of alchemical free energy calculations.
@@ -25,6 +25,14 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum ComputeCommand {
+    /// Run the compute API (for deployments). Uses ALCHEMISCALE_COMPUTE_API_HOST,
+    /// ALCHEMISCALE_COMPUTE_API_PORT and ALCHEMISCALE_COMPUTE_API_LOGLEVEL when the
+    /// corresponding options are not given.
+    Api(ComputeApiCommand),
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the embedded all-in-one server: user API and compute API over the data
     /// directory's SQLite store; creates and migrates the store on first start, and on an
@@ -32,6 +40,9 @@ enum Command {
     Serve(ServeCommand),
     /// Run the user-facing API (for deployments; see README.md).
     Api(ApiCommand),
+    /// Compute-side commands: the compute API.
+    #[command(subcommand)]
+    Compute(ComputeCommand),
     /// Manage user, compute and admin identities and their scopes.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -45,7 +56,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::Api(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Api(_) | Command::Compute(_)) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
     }
@@ -54,7 +65,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(cmd) => commands::server::run_serve(cmd, &data_dir).await,
-            Command::Api(cmd) => commands::server::run_api(cmd, &data_dir).await,
+            Command::Api(cmd) => commands::server::run_user_api(cmd, &data_dir).await,
+            Command::Compute(ComputeCommand::Api(cmd)) => commands::server::run_compute_api(cmd, &data_dir).await,
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
             Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,
             Command::Bench(cmd) => commands::bench::run(cmd).await,

@@ -79,3 +79,51 @@ pub struct DataDirArgs {
     #[arg(long, global = true, env = "ALCHEMISCALE_DATA_DIR", default_value = "alchemiscale-data")]
     pub data_dir: PathBuf,
 }
+
+/// Where results live (cli.md §3.2): a local directory by default, S3 when a bucket is
+/// given.
+#[derive(Debug, Clone, Args)]
+pub struct ObjectArgs {
+    /// Local object-store directory. Default: <data-dir>/objects.
+    #[arg(long, env = "ALCHEMISCALE_OBJECTS_DIR", help_heading = "Object store")]
+    pub objects_dir: Option<PathBuf>,
+    /// S3 bucket; when set, results go to S3 instead of the local directory.
+    #[arg(long, env = "AWS_S3_BUCKET", help_heading = "Object store")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket (upstream deployments use `objectstore`).
+    #[arg(long, env = "AWS_S3_PREFIX", default_value = "", help_heading = "Object store")]
+    pub s3_prefix: String,
+    #[arg(long, env = "AWS_DEFAULT_REGION", help_heading = "Object store")]
+    pub default_region: Option<String>,
+    /// Unset: ambient credentials (instance role, …).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", help_heading = "Object store")]
+    pub access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, help_heading = "Object store")]
+    pub secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true, help_heading = "Object store")]
+    pub session_token: Option<String>,
+    /// A custom S3 endpoint (MinIO, moto, …).
+    #[arg(long, env = "AWS_ENDPOINT_URL", help_heading = "Object store")]
+    pub s3_endpoint: Option<String>,
+}
+
+impl ObjectArgs {
+    pub fn config(&self, data_dir: &std::path::Path) -> alchemiscale_objects::ObjectStoreConfig {
+        match self.s3_bucket.as_deref().filter(|b| !b.is_empty()) {
+            Some(bucket) => alchemiscale_objects::ObjectStoreConfig::S3(alchemiscale_objects::S3Config {
+                bucket: bucket.to_string(),
+                prefix: self.s3_prefix.clone(),
+                region: self.default_region.clone(),
+                access_key_id: self.access_key_id.clone(),
+                secret_access_key: self.secret_access_key.clone(),
+                session_token: self.session_token.clone(),
+                endpoint: self.s3_endpoint.clone(),
+            }),
+            None => alchemiscale_objects::ObjectStoreConfig::Local { root: self.objects_dir.clone().unwrap_or_else(|| data_dir.join("objects")) },
+        }
+    }
+
+    pub fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<alchemiscale_objects::Objects> {
+        Ok(alchemiscale_objects::Objects::open(&self.config(data_dir))?)
+    }
+}

@@ -29,6 +29,12 @@ pub const SYNTHETIC_PROTOCOL: &str = "SyntheticProtocol";
 /// `n_transformations` transformations (`n_systems` ≥ 2). `tag` makes the content (and
 /// so every key) unique per tag.
 pub fn network_chain_json(n_systems: usize, n_transformations: usize, tag: &str) -> String {
+    network_chain_json_with_settings(n_systems, n_transformations, tag, &[])
+}
+
+/// As [`network_chain_json`], with extra members in the protocol's settings (e.g. to make
+/// the native `SyntheticProtocol` fail or take time).
+pub fn network_chain_json_with_settings(n_systems: usize, n_transformations: usize, tag: &str, extra_settings: &[(&str, Value)]) -> String {
     assert!(n_systems >= 2, "need at least two chemical systems");
     let mut parts: Vec<(GufeKey, Object)> = Vec::with_capacity(2 * n_systems + n_transformations + 3);
 
@@ -45,13 +51,16 @@ pub fn network_chain_json(n_systems: usize, n_transformations: usize, tag: &str)
     );
     parts.push((solvent.clone(), d));
 
-    let settings = object([
+    let mut settings = object([
         ("__class__", Value::from("SyntheticSettings")),
         ("__module__", Value::from("alchemiscale_rs.protocols")),
         (":is_custom:", Value::from(true)),
         ("n_units", Value::from(2i64)),
         ("tag", Value::from(tag)),
     ]);
+    for (k, v) in extra_settings {
+        settings.insert(*k, v.clone());
+    }
     let (protocol, d) = finish(object([("settings", Value::Object(settings))]), SYNTHETIC_PROTOCOL, "alchemiscale_rs.protocols");
     parts.push((protocol.clone(), d));
 

@@ -78,6 +78,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<alchemiscale_objects::ObjectError> for ApiError {
+    fn from(e: alchemiscale_objects::ObjectError) -> ApiError {
+        use alchemiscale_objects::ObjectError;
+        match e {
+            ObjectError::Unavailable(_) => ApiError::Detail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // never serve wrong data; say which object is missing or altered
+            ObjectError::NotFound { .. } | ObjectError::Corrupt { .. } | ObjectError::Config(_) => {
+                tracing::error!(error = %e, "object store");
+                ApiError::Detail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {

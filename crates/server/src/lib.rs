@@ -7,8 +7,10 @@
 //! [`AppState`] carries the store, the settings and the token keys of one API.
 
 pub mod auth;
+pub mod compute_api;
 pub mod error;
 pub mod extract;
+pub mod results;
 pub mod user_api;
 
 #[cfg(feature = "testing")]
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alchemiscale_store::identities::IdentityKind;
+use alchemiscale_objects::Objects;
 use alchemiscale_store::Store;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -76,6 +79,16 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// How long an identity's enabled/disabled state is cached.
     pub identity_cache_seconds: u64,
+    /// Compute API: heartbeat age after which a compute-service registration expires.
+    pub registration_expire_seconds: i64,
+    /// Compute API: window in which a compute service's failures count.
+    pub forgive_time_seconds: i64,
+    /// Compute API: failures tolerated inside the window (claims denied above it).
+    pub max_failures: i64,
+    /// Compute API: OK-status manager registrations silent this long are removed.
+    pub manager_expire_seconds: i64,
+    /// Compute API: ERROR-status manager registrations older than this are removed.
+    pub manager_expire_seconds_error: i64,
 }
 
 impl Default for ApiSettings {
@@ -86,6 +99,11 @@ impl Default for ApiSettings {
             jwt_algorithm: Algorithm::HS256,
             max_body_bytes: 1 << 30,
             identity_cache_seconds: 5,
+            registration_expire_seconds: 1800,
+            forgive_time_seconds: 600,
+            max_failures: 3,
+            manager_expire_seconds: 3600,
+            manager_expire_seconds_error: 86400,
         }
     }
 }
@@ -103,6 +121,7 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 struct Inner {
     api: ApiKind,
     store: Store,
+    objects: Option<Objects>,
     settings: ApiSettings,
     keys: TokenKeys,
     identities: auth::IdentityCache,
@@ -113,16 +132,20 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(api: ApiKind, store: Store, settings: ApiSettings) -> AppState {
+    pub fn new(api: ApiKind, store: Store, objects: Option<Objects>, settings: ApiSettings) -> AppState {
         let keys = TokenKeys::new(&settings.jwt_secret, settings.jwt_algorithm, Duration::from_secs(settings.jwt_expire_seconds), api);
         let identities = auth::IdentityCache::new(Duration::from_secs(settings.identity_cache_seconds));
-        AppState(Arc::new(Inner { api, store, settings, keys, identities }))
+        AppState(Arc::new(Inner { api, store, objects, settings, keys, identities }))
     }
     pub fn api(&self) -> ApiKind {
         self.0.api
     }
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+    /// The object store; 503 when the server runs without one.
+    pub fn objects(&self) -> ApiResult<&Objects> {
+        self.0.objects.as_ref().ok_or_else(|| ApiError::Detail(StatusCode::SERVICE_UNAVAILABLE, "no object store is configured".into()))
     }
     pub fn settings(&self) -> &ApiSettings {
         &self.0.settings
@@ -179,7 +202,51 @@ pub fn user_app(state: AppState) -> Router {
     finish_router(with_docs(router, openapi).with_state(state))
 }
 
+/// The compute API as a ready router.
+pub fn compute_app(state: AppState) -> Router {
+    let (router, mut openapi) = compute_api::router().split_for_parts();
+    openapi.info.title = "alchemiscale-rs compute API".into();
+    openapi.info.description = Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleComputeClient and SynchronousComputeService.".into());
+    finish_router(with_docs(router, openapi).with_state(state))
+}
+
+/// `GET /check` of both APIs: `null`, or 503 naming what cannot be reached.
+pub async fn check_stores(state: &AppState) -> ApiResult<axum::Json<serde_json::Value>> {
+    let state_ok = state.store().ping().await.is_ok();
+    let objects_ok = match state.objects() {
+        Ok(o) => o.check().await.is_ok(),
+        Err(_) => false,
+    };
+    if state_ok && objects_ok {
+        return Ok(axum::Json(serde_json::Value::Null));
+    }
+    let py = |b: bool| if b { "True" } else { "False" };
+    Err(ApiError::Detail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Attempt to reach services failed, state store reachable: {}, object store reachable: {}", py(state_ok), py(objects_ok)),
+    ))
+}
+
 /// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+}
+
+/// Expire stale compute-service registrations in the background (their running tasks go
+/// back to waiting), every tenth of the expiry window (at least every second, at most every
+/// minute). Upstream expires only when some service heartbeats (model.md §14 Q17).
+pub fn spawn_reaper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let expire = state.settings().registration_expire_seconds.max(1);
+        let period = Duration::from_millis(((expire as u64) * 100).clamp(1000, 60_000));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            match state.store().expire_compute_services(expire).await {
+                Ok(ids) if !ids.is_empty() => tracing::warn!(expired = ?ids, "compute service registrations expired"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "expiring compute service registrations failed"),
+            }
+        }
+    })
 }

@@ -4,6 +4,8 @@
 use alchemiscale_client::Client;
 use alchemiscale_model::Scope;
 use alchemiscale_store::identities::{hash_key, IdentityKind};
+use alchemiscale_objects::testing::TestObjects;
+use alchemiscale_objects::Objects;
 use alchemiscale_store::testing::{self, TestStore};
 use alchemiscale_store::Store;
 
@@ -16,11 +18,20 @@ pub enum Backend {
     Postgres,
 }
 
+/// Which object store a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectsBackend {
+    Local,
+    S3,
+}
+
 pub struct TestServer {
     pub url: String,
     pub store: Store,
+    pub objects: Objects,
     pub settings: ApiSettings,
     _store: TestStore,
+    _objects: TestObjects,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -34,19 +45,36 @@ pub fn settings() -> ApiSettings {
 impl TestServer {
     /// Start the user API (None if the PostgreSQL backend was asked for but is not configured).
     pub async fn user(backend: Backend) -> Option<TestServer> {
-        Self::start(backend, ApiKind::User, settings()).await
+        Self::start(backend, ObjectsBackend::Local, ApiKind::User, settings()).await
     }
 
-    pub async fn start(backend: Backend, api: ApiKind, settings: ApiSettings) -> Option<TestServer> {
+    /// Start an API server (None if PostgreSQL or S3 was asked for but is not configured).
+    pub async fn start(backend: Backend, objects: ObjectsBackend, api: ApiKind, settings: ApiSettings) -> Option<TestServer> {
         let ts = match backend {
             Backend::Sqlite => testing::sqlite().await,
             Backend::Postgres => testing::postgres().await?,
         };
+        let to = match objects {
+            ObjectsBackend::Local => alchemiscale_objects::testing::local(),
+            ObjectsBackend::S3 => alchemiscale_objects::testing::s3()?,
+        };
+        Some(Self::serve(ts, to, api, settings).await)
+    }
+
+    /// A second API server over the same stores (e.g. the compute API beside the user API).
+    pub async fn sibling(&self, api: ApiKind) -> TestServer {
+        let ts = TestStore { store: self.store.clone(), location: self._store.location.clone(), dir: None };
+        let to = TestObjects { objects: self.objects.clone(), config: self._objects.config.clone(), dir: None };
+        Self::serve(ts, to, api, self.settings.clone()).await
+    }
+
+    async fn serve(ts: TestStore, to: TestObjects, api: ApiKind, settings: ApiSettings) -> TestServer {
         let store = ts.store.clone();
-        let state = AppState::new(api, store.clone(), settings.clone());
+        let objects = to.objects.clone();
+        let state = AppState::new(api, store.clone(), Some(objects.clone()), settings.clone());
         let app = match api {
             ApiKind::User => crate::user_app(state),
-            ApiKind::Compute => crate::user_app(state),
+            ApiKind::Compute => crate::compute_app(state),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -58,7 +86,7 @@ impl TestServer {
             .await
             .expect("serve");
         });
-        Some(TestServer { url, store, settings, _store: ts, shutdown: Some(tx), handle: Some(handle) })
+        TestServer { url, store, objects, settings, _store: ts, _objects: to, shutdown: Some(tx), handle: Some(handle) }
     }
 
     /// Create an identity of `kind` with `scopes` and return a client logged in as it.

@@ -17,7 +17,7 @@ use alchemiscale_model::{NetworkState, Scope, ScopeDict, ScopedKey, ScopedKeyDic
 use alchemiscale_store::identities::IdentityKind;
 use alchemiscale_store::tasks::{TaskRequest, Weights};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -140,6 +140,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(transformation_failures))
         .routes(routes!(task_results))
         .routes(routes!(task_failures))
+        .routes(routes!(get_result))
         .routes(routes!(set_network_strategy, get_network_strategy))
         .routes(routes!(get_strategy_state))
         .routes(routes!(get_strategy_status))
@@ -169,13 +170,7 @@ async fn info(_caller: Caller) -> Json<serde_json::Value> {
 /// U4: are the stores reachable? `null`, or 503 with the reachability of each.
 #[utoipa::path(get, path = "/check", tag = "service", responses((status = 200), (status = 503)))]
 async fn check(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<serde_json::Value>> {
-    let state_ok = state.store().ping().await.is_ok();
-    if state_ok {
-        Ok(Json(serde_json::Value::Null))
-    } else {
-        let py = |b: bool| if b { "True" } else { "False" };
-        Err(ApiError::Detail(StatusCode::SERVICE_UNAVAILABLE, format!("Attempt to reach services failed, state store reachable: {}", py(state_ok))))
-    }
+    crate::check_stores(&state).await
 }
 
 /// U5: scopes of an identity. Callers may read their own; admins anyone's (403 otherwise).
@@ -814,6 +809,22 @@ results_listing!(transformation_results, "/transformations/{sk}/results", "resul
 results_listing!(transformation_failures, "/transformations/{sk}/failures", "results", transformation_results, false);
 results_listing!(task_results, "/tasks/{sk}/results", "results", task_results, true);
 results_listing!(task_failures, "/tasks/{sk}/failures", "results", task_results, false);
+
+/// U55: one stored result, as `["<latin-1 string of the zstd blob>"]`. Both the result
+/// reference and the transformation must be in the caller's scopes; the blob is checked
+/// against the SHA-256 recorded at upload and streamed out.
+#[utoipa::path(get, path = "/transformations/{sk}/{route}/{pdrr_sk}", tag = "results", params(("sk" = String, Path), ("route" = String, Path), ("pdrr_sk" = String, Path)))]
+async fn get_result(State(state): State<AppState>, caller: Caller, Path((tf_raw, route, pdrr_raw)): Path<(String, String, String)>) -> ApiResult<Response> {
+    if route != "results" && route != "failures" {
+        return Err(ApiError::bad_request(format!("`route` takes 'results' or 'failures', not '{route}'")));
+    }
+    let pdrr_sk = path_sk(&caller, &pdrr_raw)?;
+    let _tf = path_sk(&caller, &tf_raw)?;
+    let pdrr = state.store().get_pdrr(&pdrr_sk).await?.ok_or_else(ApiError::no_such_object)?;
+    let blob = crate::results::blob(&state, &pdrr).await?;
+    let body = axum::body::Body::from_stream(crate::results::latin1_json_array(blob));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
 
 // ---- strategies (U58–U62) ------------------------------------------------------------
 

@@ -109,6 +109,12 @@ pub(crate) const TABLES: &[TableSpec] = &[
         identity_id: false,
     },
     TableSpec {
+        name: "task_claim_log",
+        columns: &[("task_id", I, false), ("service_identifier", T, false), ("claimed", I, false)],
+        order_by: "task_id, service_identifier",
+        identity_id: false,
+    },
+    TableSpec {
         name: "compute_manager",
         columns: &[
             ("id", I, false),

@@ -220,6 +220,20 @@ impl Store {
             .execute(&mut *tx)
             .await?;
 
+        // Who holds the task's claim now. A late failure from a service that lost its claim
+        // (its registration expired and another service claimed the task again) is
+        // recorded but does not disturb the run in progress; a late success completes the
+        // task (upstream issue #513), which also releases the other service's claim.
+        let holder: Option<String> = sqlx::query(
+            "SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id WHERE tc.task_id = $1",
+        )
+        .bind(t.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| get_str(&r, 0))
+        .transpose()?;
+        let other_service_runs_it = holder.is_some() && holder != result.creator;
+
         if result.ok {
             complete_task(&mut tx, self.backend, t.id, t.status).await?;
         } else {
@@ -249,6 +263,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            if other_service_runs_it {
+                tx.commit().await?;
+                return Ok(pdrr_sk);
+            }
             apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Error).await?;
             if let Some(creator) = &result.creator {
                 sqlx::query(
@@ -263,6 +281,23 @@ impl Store {
         }
         tx.commit().await?;
         Ok(pdrr_sk)
+    }
+
+    /// Refuse a result for `task` from a compute service that never claimed it. Results
+    /// from a service whose claim has since ended (completion elsewhere, registration
+    /// expiry) are accepted: the claim log remembers every claim.
+    pub async fn check_result_submitter(&self, task: &ScopedKey, service: &str) -> Result<()> {
+        let mut conn = self.reader().acquire().await?;
+        let t = load_task(&mut conn, task).await?.ok_or(StoreError::NotFound)?;
+        let row = sqlx::query("SELECT 1 FROM task_claim_log WHERE task_id = $1 AND service_identifier = $2")
+            .bind(t.id)
+            .bind(service)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Conflict(format!("task {task} was not claimed by compute service {service}"))),
+        }
     }
 
     /// Distinct PDRRs of a task with the given `ok` (model.md §5.3; api.md U56/U57),
@@ -335,5 +370,57 @@ impl Store {
         .fetch_all(&mut *conn)
         .await?;
         newest(&rows)
+    }
+}
+
+impl Store {
+    /// Is `task` still wanted from `service`: running, claimed by it, and actioned on at
+    /// least one TaskHub whose network is `active`? A compute service asks while it works
+    /// and stops early when the answer is no (upstream issue #301: work continued on tasks
+    /// whose networks were deleted or that were cancelled everywhere).
+    pub async fn task_still_wanted(&self, task: &ScopedKey, service: &str) -> Result<bool> {
+        let mut conn = self.reader().acquire().await?;
+        let Some(t) = load_task(&mut conn, task).await? else { return Ok(false) };
+        if t.status != TaskStatus::Running {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT 1 FROM task_claim c JOIN compute_service cs ON cs.id = c.service_id \
+             WHERE c.task_id = $1 AND cs.identifier = $2 \
+             AND EXISTS (SELECT 1 FROM task_action a JOIN network n ON n.id = a.network_id WHERE a.task_id = $1 AND n.state = 'active')",
+        )
+        .bind(t.id)
+        .bind(service)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Give claimed tasks back: each task claimed by `service` and `running` returns to
+    /// `waiting` (through the transition table) and loses the claim. Per input the key if
+    /// it was released, else None.
+    pub async fn release_tasks(&self, tasks: &[ScopedKey], service: &str) -> Result<Vec<Option<ScopedKey>>> {
+        let mut tx = self.begin_write().await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let Some(t) = load_task(&mut tx, task).await? else {
+                out.push(None);
+                continue;
+            };
+            let held = sqlx::query("SELECT 1 FROM task_claim c JOIN compute_service cs ON cs.id = c.service_id WHERE c.task_id = $1 AND cs.identifier = $2")
+                .bind(t.id)
+                .bind(service)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if held && t.status == TaskStatus::Running {
+                apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Waiting).await?;
+                out.push(Some(task.clone()));
+            } else {
+                out.push(None);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 }

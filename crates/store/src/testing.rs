@@ -14,7 +14,7 @@ use crate::{Store, StoreLocation, StoreOptions};
 pub struct TestStore {
     pub store: Store,
     pub location: StoreLocation,
-    _dir: Option<tempfile::TempDir>,
+    pub dir: Option<tempfile::TempDir>,
 }
 
 pub async fn sqlite() -> TestStore {
@@ -22,7 +22,7 @@ pub async fn sqlite() -> TestStore {
     let location = StoreLocation::Sqlite { path: dir.path().join("state.db") };
     let store = Store::connect(&location, &StoreOptions::default()).await.expect("connect sqlite");
     store.init().await.expect("init sqlite");
-    TestStore { store, location, _dir: Some(dir) }
+    TestStore { store, location, dir: Some(dir) }
 }
 
 /// The PostgreSQL URL tests use, if configured.
@@ -51,7 +51,7 @@ pub async fn postgres() -> Option<TestStore> {
     };
     let store = Store::connect(&location, &StoreOptions { max_connections: 4, ..Default::default() }).await.expect("connect postgres");
     store.init().await.expect("init postgres");
-    Some(TestStore { store, location, _dir: None })
+    Some(TestStore { store, location, dir: None })
 }
 
 /// Define a test that runs on SQLite and on PostgreSQL:

@@ -114,7 +114,7 @@ pub async fn run(b: ApiBench) -> anyhow::Result<()> {
     let store = bench.store.clone();
     let backend = store.backend().name();
     let settings = ApiSettings { jwt_secret: "bench-secret".into(), ..Default::default() };
-    let (addr, stop) = start(alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), settings))).await?;
+    let (addr, stop) = start(alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), None, settings))).await?;
     store.add_identity(IdentityKind::User, "bench", &hash_key("bench-key")?, false).await?;
     store.add_scopes(IdentityKind::User, "bench", &["*-*-*".parse::<Scope>()?]).await?;
     let client = Client::new(&format!("http://{addr}"), "bench", "bench-key")?;

@@ -7,7 +7,7 @@ use alchemiscale_store::dump::verify_dump;
 use anyhow::bail;
 use clap::Subcommand;
 
-use crate::store_args::StoreArgs;
+use crate::store_args::{ObjectArgs, StoreArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum DatabaseCommand {
@@ -17,11 +17,17 @@ pub enum DatabaseCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Verify the schema: every migration applied, every table and unique index present.
-    /// Prints "No inconsistencies found in database." or the reason and exits 1.
+    /// Verify the schema (every migration applied, every table and unique index present)
+    /// and that the object store is reachable and writable. Prints "No inconsistencies
+    /// found in database." or the reason and exits 1.
     Check {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        objects: ObjectArgs,
+        /// Check only the state store.
+        #[arg(long)]
+        skip_objects: bool,
     },
     /// Delete every record (networks, tasks, results references, identities,
     /// registrations) and the schema. Results in the object store are not touched.
@@ -71,11 +77,15 @@ pub async fn run(cmd: DatabaseCommand, data_dir: &std::path::Path) -> anyhow::Re
             let store = store.connect(data_dir).await?;
             store.init().await?;
         }
-        DatabaseCommand::Check { store } => {
+        DatabaseCommand::Check { store, objects, skip_objects } => {
             let store = store.connect(data_dir).await?;
             let status = store.schema_status().await?;
             if !status.is_current() {
                 bail!("{status}");
+            }
+            if !skip_objects {
+                let objects = objects.open(data_dir)?;
+                objects.check().await.map_err(|e| anyhow::anyhow!("object store {}: {e}", objects.description()))?;
             }
             println!("No inconsistencies found in database.");
         }

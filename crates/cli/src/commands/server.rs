@@ -11,7 +11,7 @@ use alchemiscale_store::Store;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::store_args::StoreArgs;
+use crate::store_args::{ObjectArgs, StoreArgs};
 
 /// Token signing (cli.md §3.3).
 #[derive(Debug, Clone, Args)]
@@ -39,14 +39,40 @@ pub struct HttpArgs {
     pub identity_cache_seconds: u64,
 }
 
+/// Compute-API behaviour (cli.md §4.2, api.md §7).
+#[derive(Debug, Clone, Args)]
+pub struct ComputeArgs {
+    /// Heartbeat age (seconds) after which a compute service's registration expires and
+    /// its running tasks return to waiting.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_REGISTRATION_EXPIRE_SECONDS", default_value_t = 1800, help_heading = "Compute")]
+    pub registration_expire_seconds: i64,
+    /// Window (seconds) in which a compute service's failures count.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_FORGIVE_TIME_SECONDS", default_value_t = 600, help_heading = "Compute")]
+    pub forgive_time_seconds: i64,
+    /// Failures tolerated inside the window; above it claims are denied.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_MAX_FAILURES", default_value_t = 3, help_heading = "Compute")]
+    pub max_failures: i64,
+    /// OK compute managers silent this long (seconds) are removed.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_MANAGER_EXPIRE_SECONDS", default_value_t = 3600, help_heading = "Compute")]
+    pub manager_expire_seconds: i64,
+    /// ERROR compute managers older than this (seconds) are removed.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_MANAGER_EXPIRE_SECONDS_ERROR", default_value_t = 86400, help_heading = "Compute")]
+    pub manager_expire_seconds_error: i64,
+}
+
 impl JwtArgs {
-    fn settings(&self, secret: String, http: &HttpArgs) -> anyhow::Result<ApiSettings> {
+    fn settings(&self, secret: String, http: &HttpArgs, compute: &ComputeArgs) -> anyhow::Result<ApiSettings> {
         Ok(ApiSettings {
             jwt_secret: secret,
             jwt_expire_seconds: self.jwt_expire_seconds,
             jwt_algorithm: parse_algorithm(&self.jwt_algorithm).map_err(anyhow::Error::msg)?,
             max_body_bytes: http.max_body_bytes,
             identity_cache_seconds: http.identity_cache_seconds,
+            registration_expire_seconds: compute.registration_expire_seconds,
+            forgive_time_seconds: compute.forgive_time_seconds,
+            max_failures: compute.max_failures,
+            manager_expire_seconds: compute.manager_expire_seconds,
+            manager_expire_seconds_error: compute.manager_expire_seconds_error,
         })
     }
 }
@@ -99,6 +125,36 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// What `alchemiscale api` and `alchemiscale compute api` share (cli.md §3.4).
+#[derive(Debug, Args)]
+pub struct ApiCommon {
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Accepted for compatibility with upstream; the server is multi-threaded and uses
+    /// every core.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// YAML mapping of extra HTTP-server settings (upstream's gunicorn settings; `bind` is
+    /// honoured, `workers`, `timeout`, `graceful_timeout`, `keepalive` are accepted, others
+    /// are ignored with a warning).
+    #[arg(short = 'c', long)]
+    pub config_file: Option<PathBuf>,
+    /// Inline JSON mapping of the same settings; overrides keys from --config-file.
+    #[arg(short = 'j', long)]
+    pub config_json: Option<String>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub objects: ObjectArgs,
+}
+
 /// Options of `alchemiscale api` (cli.md §4.1).
 #[derive(Debug, Args)]
 pub struct ApiCommand {
@@ -111,30 +167,28 @@ pub struct ApiCommand {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, env = "ALCHEMISCALE_API_LOGLEVEL", default_value = "info")]
     pub loglevel: String,
-    /// Log as JSON lines.
-    #[arg(long)]
-    pub log_json: bool,
-    /// Accepted for compatibility with upstream; the server is multi-threaded and uses
-    /// every core.
-    #[arg(long, default_value_t = 1)]
-    pub workers: u32,
-    /// YAML mapping of extra HTTP-server settings (upstream's gunicorn settings; `bind`,
-    /// `workers` and `graceful_timeout` are honoured, others are ignored with a warning).
-    #[arg(short = 'c', long)]
-    pub config_file: Option<PathBuf>,
-    /// Inline JSON mapping of the same settings; overrides keys from --config-file.
-    #[arg(short = 'j', long)]
-    pub config_json: Option<String>,
     #[command(flatten)]
-    pub jwt: JwtArgs,
+    pub common: ApiCommon,
+}
+
+/// Options of `alchemiscale compute api` (cli.md §4.2).
+#[derive(Debug, Args)]
+pub struct ComputeApiCommand {
+    /// Address to listen on.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_PORT", default_value_t = 80)]
+    pub port: u16,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "ALCHEMISCALE_COMPUTE_API_LOGLEVEL", default_value = "info")]
+    pub loglevel: String,
     #[command(flatten)]
-    pub http: HttpArgs,
-    #[command(flatten)]
-    pub store: StoreArgs,
+    pub common: ApiCommon,
 }
 
 /// The extra settings mapping: returns the bind address to use.
-fn apply_extra_settings(cmd: &ApiCommand) -> anyhow::Result<String> {
+fn apply_extra_settings(cmd: &ApiCommon, host: &str, port: u16) -> anyhow::Result<String> {
     let mut map = serde_json::Map::new();
     if let Some(path) = &cmd.config_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -145,7 +199,7 @@ fn apply_extra_settings(cmd: &ApiCommand) -> anyhow::Result<String> {
         let v: serde_json::Value = serde_json::from_str(j).context("--config-json is not a JSON mapping")?;
         map.extend(v.as_object().cloned().context("--config-json is not a JSON mapping")?);
     }
-    let mut bind = format!("{}:{}", cmd.host, cmd.port);
+    let mut bind = format!("{host}:{port}");
     for (k, v) in map {
         match (k.as_str(), &v) {
             (_, serde_json::Value::Null) => {}
@@ -167,14 +221,31 @@ fn jwt_secret_or_random(given: &Option<String>) -> String {
     }
 }
 
-pub async fn run_api(cmd: ApiCommand, data_dir: &Path) -> anyhow::Result<()> {
-    init_logging(&cmd.loglevel, cmd.log_json);
-    let bind = apply_extra_settings(&cmd)?;
+pub async fn run_user_api(cmd: ApiCommand, data_dir: &Path) -> anyhow::Result<()> {
+    run_api(&cmd.host, cmd.port, &cmd.loglevel, cmd.common, data_dir, ApiKind::User).await
+}
+
+pub async fn run_compute_api(cmd: ComputeApiCommand, data_dir: &Path) -> anyhow::Result<()> {
+    run_api(&cmd.host, cmd.port, &cmd.loglevel, cmd.common, data_dir, ApiKind::Compute).await
+}
+
+/// Run one API.
+async fn run_api(host: &str, port: u16, loglevel: &str, cmd: ApiCommon, data_dir: &Path, api: ApiKind) -> anyhow::Result<()> {
+    init_logging(loglevel, cmd.log_json);
+    let bind = apply_extra_settings(&cmd, host, port)?;
     let store = cmd.store.connect_ready(data_dir).await?;
-    let settings = cmd.jwt.settings(jwt_secret_or_random(&cmd.jwt.jwt_secret), &cmd.http)?;
-    let app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), settings));
+    let objects = cmd.objects.open(data_dir)?;
+    let settings = cmd.jwt.settings(jwt_secret_or_random(&cmd.jwt.jwt_secret), &cmd.http, &cmd.compute)?;
+    let state = AppState::new(api, store.clone(), Some(objects.clone()), settings);
+    let app = match api {
+        ApiKind::User => alchemiscale_server::user_app(state),
+        ApiKind::Compute => {
+            alchemiscale_server::spawn_reaper(state.clone());
+            alchemiscale_server::compute_app(state)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
-    tracing::info!(address = %listener.local_addr()?, store = store.location(), "user API listening");
+    tracing::info!(address = %listener.local_addr()?, api = api.title(), store = store.location(), objects = objects.description(), "listening");
     alchemiscale_server::serve(listener, app, shutdown_signal()).await?;
     store.close().await;
     Ok(())
@@ -206,7 +277,11 @@ pub struct ServeCommand {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub compute: ComputeArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub objects: ObjectArgs,
 }
 
 /// What `serve` prints so a new user can connect at once.
@@ -260,7 +335,8 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
             }
         }
     };
-    let settings = cmd.jwt.settings(secret, &cmd.http)?;
+    let settings = cmd.jwt.settings(secret, &cmd.http, &cmd.compute)?;
+    let objects = cmd.objects.open(data_dir)?;
 
     let user_addr: SocketAddr = format!("{}:{}", cmd.host, cmd.port).parse().with_context(|| format!("invalid --host {}", cmd.host))?;
     let compute_addr: SocketAddr = format!("{}:{}", cmd.host, cmd.compute_port).parse()?;
@@ -269,7 +345,8 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
     }
     let user_listener = tokio::net::TcpListener::bind(user_addr).await.with_context(|| format!("cannot listen on {user_addr}"))?;
     let user_url = format!("http://{}", user_listener.local_addr()?);
-    let compute_url = format!("http://{compute_addr}");
+    let compute_listener = tokio::net::TcpListener::bind(compute_addr).await.with_context(|| format!("cannot listen on {compute_addr}"))?;
+    let compute_url = format!("http://{}", compute_listener.local_addr()?);
 
     match bootstrap_identities(&store, data_dir, (&user_url, &compute_url), &cmd.default_scope).await? {
         Some(text) => println!("{text}\n(also written to {}, readable only by you)", data_dir.join("credentials.txt").display()),
@@ -281,9 +358,27 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
     }
     let _ = std::io::stdout().flush();
 
-    let user_app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), settings));
-    tracing::info!(user_api = %user_url, store = store.location(), "serving");
-    alchemiscale_server::serve(user_listener, user_app, shutdown_signal()).await?;
+    let user_app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone()));
+    let compute_state = AppState::new(ApiKind::Compute, store.clone(), Some(objects.clone()), settings);
+    alchemiscale_server::spawn_reaper(compute_state.clone());
+    let compute_app = alchemiscale_server::compute_app(compute_state);
+    tracing::info!(user_api = %user_url, compute_api = %compute_url, store = store.location(), objects = objects.description(), "serving");
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut stop_user = stop_tx.subscribe();
+    let mut stop_compute = stop_tx.subscribe();
+    let user = alchemiscale_server::serve(user_listener, user_app, async move {
+        let _ = stop_user.recv().await;
+    });
+    let compute = alchemiscale_server::serve(compute_listener, compute_app, async move {
+        let _ = stop_compute.recv().await;
+    });
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+    };
+    let (u, c, _) = tokio::join!(user, compute, signal);
+    u?;
+    c?;
     store.close().await;
     Ok(())
 }

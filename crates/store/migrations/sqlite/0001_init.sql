@@ -125,6 +125,15 @@ CREATE TABLE task_claim (
 );
 CREATE INDEX task_claim_service ON task_claim (service_id);
 
+-- Every (task, compute service) claim ever made, kept when the claim itself goes away
+-- (completion, expiry): a result is accepted only from a service that claimed the task.
+CREATE TABLE task_claim_log (
+    task_id INTEGER NOT NULL REFERENCES task (id),
+    service_identifier TEXT NOT NULL,
+    claimed INTEGER NOT NULL,
+    PRIMARY KEY (task_id, service_identifier)
+);
+
 CREATE TABLE compute_manager (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,

@@ -1,0 +1,285 @@
+//! Results end to end over HTTP: upload (C14) as the Python compute client sends it,
+//! listing (U53/U54/U56/U57), download (U55) and the extended-result hand-off (C13), on
+//! SQLite and PostgreSQL, with the local directory and S3 object stores, and the faults.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use alchemiscale_client::{parse_keys, Client, Payload};
+use alchemiscale_model::pdr::{encode_bytes_codec, read_result};
+use alchemiscale_model::{ComputeServiceId, ScopedKey};
+use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
+use alchemiscale_server::ApiKind;
+use alchemiscale_store::identities::IdentityKind;
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const SERVICE: &str = "vecservice-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+struct Setup {
+    user_server: TestServer,
+    compute_server: TestServer,
+    user: Client,
+    compute: Client,
+}
+
+async fn setup(backend: Backend, objects: ObjectsBackend) -> Option<Setup> {
+    let user_server = TestServer::start(backend, objects, ApiKind::User, settings()).await?;
+    let compute_server = user_server.sibling(ApiKind::Compute).await;
+    let user = user_server.client(IdentityKind::User, "alice", &["vecorg-*-*"]).await;
+    let compute = compute_server.client(IdentityKind::Compute, "worker", &["vecorg-*-*"]).await;
+    expect(&submit_vector(&user).await, 200);
+    Some(Setup { user_server, compute_server, user, compute })
+}
+
+/// Create a task for `tf`, action it, register `service` (once) and claim the task for it.
+async fn claimed_task(s: &Setup, tf: &ScopedKey, service: &str, extends: Option<&ScopedKey>) -> ScopedKey {
+    let task = s.user.create_tasks(tf, 1, extends).await.unwrap().remove(0);
+    s.user.action_tasks(&sk(NETWORK), std::slice::from_ref(&task), Some(1.0)).await.unwrap();
+    let id: ComputeServiceId = service.parse().unwrap();
+    let _ = s.compute_server.store.register_compute_service(&id, None).await;
+    let hub = alchemiscale_model::hash::taskhub_key(&sk(NETWORK));
+    // claim exactly this task: it is the only waiting one on the hub with priority 1
+    s.user.post("/bulk/tasks/priority/set", &json!({"tasks": [task.to_dict()], "priority": 1})).await.unwrap();
+    let claimed = s.compute_server.store.claim_taskhub_tasks(&format!("{hub}-{SCOPE}").parse().unwrap(), &id, 1, None).await.unwrap();
+    assert_eq!(claimed, vec![Some(task.clone())]);
+    task
+}
+
+fn c14_gzip() -> Vec<u8> {
+    std::fs::read(vector_path("C14_set_task_result.request.gz")).unwrap()
+}
+
+async fn push_raw(c: &Client, task: &ScopedKey, bytes: Vec<u8>) -> alchemiscale_client::RawResponse {
+    c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::Raw { bytes, content_encoding: Some("gzip".into()) }).await.unwrap()
+}
+
+async fn push_blob(c: &Client, task: &ScopedKey, blob: &[u8], service: &str) -> alchemiscale_client::RawResponse {
+    let body = format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{service}\"}}", encode_bytes_codec(blob).to_python_json());
+    c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body)).await.unwrap()
+}
+
+fn latin1_of(r: &alchemiscale_client::RawResponse) -> Vec<u8> {
+    let v: Vec<String> = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v.len(), 1);
+    v[0].chars().map(|c| c as u32 as u8).collect()
+}
+
+async fn round_trip(s: Setup) {
+    let ok_blob = std::fs::read(vector_path("pdr_ok.json.zst")).unwrap();
+    let tf = sk(TF0);
+    let task = claimed_task(&s, &tf, SERVICE, None).await;
+
+    // the exact request the Python compute client sends
+    let r = push_raw(&s.compute, &task, c14_gzip()).await;
+    expect(&r, 200);
+    let d = r.json();
+    assert!(d["gufe_key"].as_str().unwrap().starts_with("ProtocolDAGResultRef-"));
+    assert_eq!((d["org"].as_str(), d["campaign"].as_str(), d["project"].as_str()), (Some("vecorg"), Some("veccampaign"), Some("vecproject")));
+    let pdrr = format!("{}-{SCOPE}", d["gufe_key"].as_str().unwrap());
+    assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("complete".into())]);
+    assert_eq!(s.user.get(&format!("/transformations/{TF0}/results")).await.unwrap(), json!([pdrr]));
+    assert_eq!(s.user.get(&format!("/tasks/{task}/results")).await.unwrap(), json!([pdrr]));
+
+    // download: the stored blob, byte for byte, as a latin-1 string
+    let r = get(&s.user, &format!("/transformations/{TF0}/results/{pdrr}")).await;
+    expect(&r, 200);
+    assert_eq!(latin1_of(&r), ok_blob);
+    let r = get(&s.user, &format!("/transformations/{TF0}/nonsense/{pdrr}")).await;
+    expect(&r, 400);
+    assert_eq!(detail(&r), "`route` takes 'results' or 'failures', not 'nonsense'");
+    let missing = pdrr.replace("ProtocolDAGResultRef-", "ProtocolDAGResultRef-0");
+    let r = get(&s.user, &format!("/transformations/{TF0}/results/{}", missing.replacen(&missing[21..53], &"0".repeat(32), 1))).await;
+    expect(&r, 400);
+
+    // a task extending the completed one gets its result with the transformation (C13)
+    let child = claimed_task(&s, &tf, SERVICE, Some(&task)).await;
+    let r = get(&s.compute, &format!("/tasks/{child}/transformation/gufe")).await;
+    expect(&r, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v[0].is_array());
+    assert_eq!(v[0].as_array().unwrap().last().unwrap()[0], "Transformation-3c2debf79f5ad85b0bcb6b86e7c390f5");
+    let extended: Vec<u8> = v[1].as_str().unwrap().chars().map(|c| c as u32 as u8).collect();
+    assert_eq!(extended, ok_blob);
+    let r = get(&s.compute, &format!("/tasks/{task}/transformation/gufe")).await;
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()[1], json!(null));
+    assert_eq!(s.compute.get(&format!("/tasks/{child}/transformation")).await.unwrap(), json!(TF0));
+
+    // a failure: tracebacks recorded, task in error, listed under failures
+    let fail_blob = std::fs::read(vector_path("pdr_failure.json.zst")).unwrap();
+    let fail_tf_key = read_result(fail_blob.clone(), 1 << 30).unwrap().summary.transformation_key.unwrap();
+    let fail_tf = sk(&format!("{fail_tf_key}-{SCOPE}"));
+    let ftask = claimed_task(&s, &fail_tf, SERVICE, None).await;
+    let r = push_blob(&s.compute, &ftask, &fail_blob, SERVICE).await;
+    expect(&r, 200);
+    let fpdrr = format!("{}-{SCOPE}", r.json()["gufe_key"].as_str().unwrap());
+    assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&ftask)).await.unwrap(), vec![Some("error".into())]);
+    assert_eq!(s.user.get(&format!("/transformations/{fail_tf}/failures")).await.unwrap(), json!([fpdrr]));
+    assert_eq!(s.user.get(&format!("/tasks/{ftask}/failures")).await.unwrap(), json!([fpdrr]));
+    let counts: std::collections::HashMap<_, _> = s.user_server.store.table_counts().await.unwrap().into_iter().collect();
+    assert_eq!(counts["tracebacks"], 1);
+    let r = get(&s.user, &format!("/transformations/{fail_tf}/failures/{fpdrr}")).await;
+    expect(&r, 200);
+    assert_eq!(latin1_of(&r), fail_blob);
+
+    // refused uploads change nothing
+    let before = s.user_server.store.table_counts().await.unwrap();
+    let other = s.user.create_tasks(&tf, 1, None).await.unwrap().remove(0);
+    let r = push_raw(&s.compute, &other, c14_gzip()).await; // never claimed by this service
+    expect(&r, 409);
+    let wrong_tf = claimed_task(&s, &fail_tf, SERVICE, None).await;
+    let r = push_raw(&s.compute, &wrong_tf, c14_gzip()).await; // a result of another transformation
+    expect(&r, 422);
+    assert!(detail(&r).contains("is for transformation"), "{}", detail(&r));
+    let bad_bodies: Vec<String> = vec![
+        "{}".into(),
+        format!("{{\"compute_service_id\": \"{SERVICE}\"}}"),
+        format!("{{\"protocoldagresult\": \"text\", \"compute_service_id\": \"{SERVICE}\"}}"),
+        format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}", encode_bytes_codec(&[0x28, 0xB5, 0x2F, 0xFD, 9, 9, 9]).to_python_json()),
+        format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}", encode_bytes_codec(b"[[\"A-1\", {}]]").to_python_json()),
+        format!("{{\"protocoldagresult\": {}, \"compute_service_id\": 5}}", encode_bytes_codec(&ok_blob).to_python_json()),
+    ];
+    for b in bad_bodies {
+        let r = s.compute.send(Method::POST, &format!("/tasks/{wrong_tf}/results"), Payload::GzipJson(b.clone())).await.unwrap();
+        assert!(r.status == 422 || r.status == 400, "{b}: {} {}", r.status, r.text());
+    }
+    let r = push_raw(&s.compute, &wrong_tf, b"not gzip".to_vec()).await;
+    expect(&r, 400);
+    let r = s.user.send(Method::POST, &format!("/tasks/{wrong_tf}/results"), Payload::Raw { bytes: c14_gzip(), content_encoding: Some("gzip".into()) }).await.unwrap();
+    expect(&r, 404); // the user API has no result upload route
+    let after = s.user_server.store.table_counts().await.unwrap();
+    let interesting = |c: &Vec<(&str, i64)>| c.iter().filter(|(t, _)| ["pdrr", "task_result", "tracebacks"].contains(t)).cloned().collect::<Vec<_>>();
+    assert_eq!(interesting(&before), interesting(&after));
+    assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&wrong_tf)).await.unwrap(), vec![Some("running".into())]);
+
+    // a foreign-scope caller cannot push or download
+    let stranger = s.compute_server.client(IdentityKind::Compute, "stranger", &["other-*-*"]).await;
+    expect(&push_raw(&stranger, &wrong_tf, c14_gzip()).await, 401);
+    let ustranger = s.user_server.client(IdentityKind::User, "ustranger", &["other-*-*"]).await;
+    expect(&get(&ustranger, &format!("/transformations/{TF0}/results/{pdrr}")).await, 401);
+    let _ = parse_keys(&json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_sqlite_local() {
+    round_trip(setup(Backend::Sqlite, ObjectsBackend::Local).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_postgres_local() {
+    let Some(s) = setup(Backend::Postgres, ObjectsBackend::Local).await else { return };
+    round_trip(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_sqlite_s3() {
+    let Some(s) = setup(Backend::Sqlite, ObjectsBackend::S3).await else { return };
+    round_trip(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_postgres_s3() {
+    let Some(s) = setup(Backend::Postgres, ObjectsBackend::S3).await else { return };
+    round_trip(s).await;
+}
+
+/// An object altered or removed behind the server's back is reported, naming the object;
+/// wrong data is never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_objects_are_reported() {
+    let s = setup(Backend::Sqlite, ObjectsBackend::Local).await.unwrap();
+    let task = claimed_task(&s, &sk(TF0), SERVICE, None).await;
+    let r = push_raw(&s.compute, &task, c14_gzip()).await;
+    expect(&r, 200);
+    let pdrr = format!("{}-{SCOPE}", r.json()["gufe_key"].as_str().unwrap());
+    let record = s.user_server.store.get_pdrr(&sk(&pdrr)).await.unwrap().unwrap();
+    let location = record.location.unwrap();
+    s.user_server.objects.put(&location, bytes::Bytes::from_static(b"tampered")).await.unwrap();
+    let r = get(&s.user, &format!("/transformations/{TF0}/results/{pdrr}")).await;
+    expect(&r, 500);
+    assert!(detail(&r).contains("fails its integrity check") && detail(&r).contains(&location), "{}", detail(&r));
+    s.user_server.objects.delete(&location).await.unwrap();
+    let r = get(&s.user, &format!("/transformations/{TF0}/results/{pdrr}")).await;
+    expect(&r, 500);
+    assert!(detail(&r).contains("missing") && detail(&r).contains(&location), "{}", detail(&r));
+}
+
+/// A TCP proxy to the S3 test server that can be switched off, standing in for an S3
+/// outage.
+async fn switchable_proxy(target: String, up: Arc<AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { break };
+            if !up.load(Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// S3 stops mid-run: uploads answer 503 (clients retry) and record nothing; when S3 is
+/// back the same upload succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outage_is_503_and_recoverable() {
+    let Some(mut cfg) = alchemiscale_objects::testing::s3_config() else { return };
+    let up = Arc::new(AtomicBool::new(true));
+    let target = cfg.endpoint.clone().unwrap().trim_start_matches("http://").to_string();
+    cfg.endpoint = Some(switchable_proxy(target, up.clone()).await);
+    let objects = alchemiscale_objects::Objects::open(&alchemiscale_objects::ObjectStoreConfig::S3(cfg)).unwrap();
+    let ts = alchemiscale_store::testing::sqlite().await;
+    let store = ts.store.clone();
+    let user_state = alchemiscale_server::AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings());
+    let compute_state = alchemiscale_server::AppState::new(ApiKind::Compute, store.clone(), Some(objects.clone()), settings());
+    let serve = |app: axum::Router| async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { alchemiscale_server::serve(l, app, std::future::pending()).await.unwrap() });
+        url
+    };
+    let user_url = serve(alchemiscale_server::user_app(user_state)).await;
+    let compute_url = serve(alchemiscale_server::compute_app(compute_state)).await;
+    for (kind, id) in [(IdentityKind::User, "alice"), (IdentityKind::Compute, "worker")] {
+        store.add_identity(kind, id, &alchemiscale_store::identities::hash_key("k").unwrap(), false).await.unwrap();
+        store.add_scopes(kind, id, &["vecorg-*-*".parse().unwrap()]).await.unwrap();
+    }
+    let mut user = Client::new(&user_url, "alice", "k").unwrap();
+    user.max_retries = 0;
+    let mut compute = Client::new(&compute_url, "worker", "k").unwrap();
+    compute.max_retries = 0;
+    expect(&submit_vector(&user).await, 200);
+    let task = user.create_tasks(&sk(TF0), 1, None).await.unwrap().remove(0);
+    user.action_tasks(&sk(NETWORK), std::slice::from_ref(&task), None).await.unwrap();
+    let id: ComputeServiceId = SERVICE.parse().unwrap();
+    store.register_compute_service(&id, None).await.unwrap();
+    let hub = alchemiscale_model::hash::taskhub_key(&sk(NETWORK));
+    store.claim_taskhub_tasks(&format!("{hub}-{SCOPE}").parse().unwrap(), &id, 1, None).await.unwrap();
+
+    up.store(false, Ordering::SeqCst);
+    let r = push_raw(&compute, &task, c14_gzip()).await;
+    expect(&r, 503);
+    let r = get(&compute, "/check").await;
+    expect(&r, 503);
+    assert!(detail(&r).contains("object store reachable: False"));
+    let counts: std::collections::HashMap<_, _> = store.table_counts().await.unwrap().into_iter().collect();
+    assert_eq!((counts["pdrr"], counts["task_result"]), (0, 0));
+    assert_eq!(user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("running".into())]);
+
+    up.store(true, Ordering::SeqCst);
+    let r = push_raw(&compute, &task, c14_gzip()).await;
+    expect(&r, 200);
+    assert_eq!(user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("complete".into())]);
+    assert_eq!(compute.get("/check").await.unwrap(), json!(null));
+}

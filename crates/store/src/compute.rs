@@ -1,0 +1,1173 @@
+//! Compute services and claiming (model.md §6), compute managers (§10).
+//!
+//! * Service registrations (§3.10, §6.1): register, deregister, heartbeat, expiry, failure
+//!   accounting ("can claim").
+//! * Claiming (§6.2, §6.3): from one TaskHub, or across scopes with a weighted random
+//!   choice of hubs; both hand a task to at most one service under any concurrency.
+//! * Compute managers (§3.11, §10): registration (with steal), status updates and their
+//!   expiry, clearing errors, and the instruction a manager asks for.
+//!
+//! The MANAGES relationship is not stored: a manager manages the service registrations
+//! whose `manager_name` equals its name (§15), which is exactly the set upstream attaches
+//! at manager registration and at service registration.
+//!
+//! # Atomicity of claims
+//!
+//! No task may ever hold two claims, and no task may be handed to two services (§6.3
+//! "concurrency requirement"). Each claim call is one write transaction:
+//!
+//! * SQLite: write transactions run on the single writer connection and start with
+//!   `BEGIN IMMEDIATE`, so claims are serialised by construction; candidates are read and
+//!   claimed inside the transaction.
+//! * PostgreSQL: candidate rows are selected *and locked* by one statement,
+//!   `… ORDER BY priority, <weighted random key> LIMIT n FOR UPDATE OF t SKIP LOCKED`.
+//!   Rows another claimer holds are skipped, rows another claimer has meanwhile claimed
+//!   fail the re-checked `status = 'waiting'` condition (PostgreSQL re-evaluates a locked
+//!   row's conditions against its newest version), so concurrent claimers — on one hub
+//!   or on two hubs actioning the same task — proceed in parallel without a hub lock and
+//!   never share a task. The claiming service's registration is held with `FOR KEY
+//!   SHARE` so an expiry or deregistration cannot interleave (it takes `FOR UPDATE`).
+//! * Both: the `task_claim` primary key on `task_id` is the backstop; claim rows are
+//!   inserted with `ON CONFLICT DO NOTHING RETURNING task_id` and only the rows actually
+//!   inserted are moved to `running` (through [`apply_status`]) and returned.
+//!
+//! # Hub choice across scopes
+//!
+//! Choosing a hub needs the hubs in the search space that have at least one claimable
+//! task. With thousands of hubs that query costs far more than the claim itself, so its
+//! answer is kept per store and search space (scopes, exclusions, protocols) in a small
+//! process-wide *hub pool* for [`HUB_POOL_TTL`]. The pool is only a hint: the hub's
+//! weight and every task condition are re-checked by the claim statement, a hub found
+//! drained is dropped from the pool, and a call that runs out of pooled hubs re-runs the
+//! query inside its transaction before it returns fewer than `count` tasks — so a claim
+//! comes back short only if the store, at that moment, had nothing more to give. What a
+//! pool can delay by up to [`HUB_POOL_TTL`] is how soon a *raised* hub weight or a hub that
+//! newly received claimable tasks takes its share of picks while other pooled hubs still
+//! have work (a hub set to weight 0 is never claimed from, immediately).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use alchemiscale_model::scope::minimise;
+use alchemiscale_model::status::ComputeManagerStatus;
+use alchemiscale_model::{ComputeManagerId, ComputeServiceId, Scope, ScopedKey, TaskStatus};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use sqlx::AnyConnection;
+
+use crate::db::{bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg};
+use crate::error::{Result, StoreError};
+use crate::networks::network_id_by_token;
+use crate::tasks::{apply_status, parse_status};
+use crate::{Backend, Store};
+
+/// How long a hub pool (see the module documentation) is trusted before the hub query is
+/// run again.
+pub const HUB_POOL_TTL: Duration = Duration::from_secs(1);
+
+/// The SHUTDOWN message of a manager instruction (model.md §10, api.md C17).
+pub const MANAGER_NOT_FOUND: &str = "no compute manager was found with the given manager name and UUID";
+
+const PROTOCOL_NAME_ERROR: &str = "Invalid `Protocol` name among `protocols`";
+const EMPTY_PROTOCOLS_ERROR: &str = "`protocols` must be either `None` or not empty";
+
+/// A compute service registration (model.md §3.10), for listings and administration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputeServiceInfo {
+    pub identifier: ComputeServiceId,
+    pub registered: DateTime<Utc>,
+    pub heartbeat: DateTime<Utc>,
+    /// Name of the compute manager that started it (MANAGES is derived from this).
+    pub manager_name: Option<String>,
+    /// Tasks it currently holds a claim on.
+    pub claimed_tasks: i64,
+    /// Failure times currently recorded (pruned by the "can claim" check).
+    pub failures: i64,
+}
+
+/// A compute manager registration (model.md §3.11).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputeManagerInfo {
+    pub id: ComputeManagerId,
+    pub registered: DateTime<Utc>,
+    pub last_status_update: DateTime<Utc>,
+    pub status: ComputeManagerStatus,
+    pub detail: Option<String>,
+    pub saturation: Option<f64>,
+}
+
+/// The answer to a claim across scopes (model.md §6.2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The service has too many recent failures; the API answers JSON `null`.
+    Denied,
+    /// Claimed task keys first, then `None` up to the requested count.
+    Claimed(Vec<Option<ScopedKey>>),
+}
+
+/// What a compute manager should do next (model.md §10). Serialises to the wire form of
+/// api.md C17, e.g. `{"instruction": "OK", "compute_service_ids": [...], "num_tasks": 3}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "instruction")]
+pub enum ManagerInstruction {
+    #[serde(rename = "SHUTDOWN")]
+    Shutdown { message: String },
+    #[serde(rename = "SKIP")]
+    Skip { compute_service_ids: Vec<ComputeServiceId> },
+    #[serde(rename = "OK")]
+    Ok { compute_service_ids: Vec<ComputeServiceId>, num_tasks: i64 },
+}
+
+/// Parse a compute manager status string with upstream's message (api.md C18):
+/// `"<value>" is not a valid ComputeManagerStatus`.
+pub fn parse_compute_manager_status(s: &str) -> Result<ComputeManagerStatus> {
+    s.parse().map_err(|_| StoreError::Invalid(format!("\"{s}\" is not a valid ComputeManagerStatus")))
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| StoreError::Invalid(format!("corrupt timestamp {v} in store")))
+}
+
+/// `now` minus `seconds` (in microseconds), saturating; negative durations are refused.
+fn cutoff(now: i64, seconds: i64, what: &str) -> Result<i64> {
+    if seconds < 0 {
+        return Err(StoreError::Invalid(format!("{what} must not be negative, got {seconds}")));
+    }
+    Ok(now.saturating_sub(seconds.saturating_mul(1_000_000)))
+}
+
+fn service_id(s: &str) -> Result<ComputeServiceId> {
+    s.parse().map_err(|_| StoreError::Invalid(format!("corrupt compute service identifier '{s}' in store")))
+}
+
+fn task_sk(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
+    format!("{gufe_key}-{org}-{campaign}-{project}").parse().map_err(|_| StoreError::Invalid(format!("corrupt task key {gufe_key} in store")))
+}
+
+/// Validate a protocol filter (model.md §6.3): `None` = no filter; otherwise a non-empty
+/// list of names matching `^[a-zA-Z][a-zA-Z0-9_]*$`. Returns the distinct names, sorted.
+fn protocol_filter(protocols: Option<&[String]>) -> Result<Option<Vec<String>>> {
+    let Some(list) = protocols else { return Ok(None) };
+    if list.is_empty() {
+        return Err(StoreError::Invalid(EMPTY_PROTOCOLS_ERROR.into()));
+    }
+    let valid = |p: &str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if !list.iter().all(|p| valid(p)) {
+        return Err(StoreError::Invalid(PROTOCOL_NAME_ERROR.into()));
+    }
+    let mut names = list.to_vec();
+    names.sort();
+    names.dedup();
+    Ok(Some(names))
+}
+
+/// `(alias.org = $i AND …) OR (…)` for the scopes (a `*-*-*` scope is `1 = 1`); `1 = 0`
+/// for no scopes. Parameters are appended to `args`.
+fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg>) -> String {
+    if scopes.is_empty() {
+        return "1 = 0".into();
+    }
+    let mut alternatives = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        let mut parts = vec!["1 = 1".to_string()];
+        for (col, value) in [("org", scope.org()), ("campaign", scope.campaign()), ("project", scope.project())] {
+            if let Some(v) = value {
+                args.push(Arg::from(v));
+                parts.push(format!("{alias}.{col} = ${}", args.len()));
+            }
+        }
+        alternatives.push(format!("({})", parts.join(" AND ")));
+    }
+    alternatives.join(" OR ")
+}
+
+/// The conditions that make an actioned task `t` (joined with its ACTIONS row `a`)
+/// claimable (model.md §6.3 step 1), plus "no claim yet" (step 5). With `protocols`, the
+/// JSON list of protocol names is parameter `$protocols_param`.
+fn claimable_condition(backend: Backend, protocols_param: Option<usize>) -> String {
+    let mut s = String::from(
+        "a.weight > 0 AND t.status = 'waiting' \
+         AND (t.extends_id IS NULL OR EXISTS (SELECT 1 FROM task p WHERE p.id = t.extends_id AND p.status = 'complete')) \
+         AND NOT EXISTS (SELECT 1 FROM task_claim k WHERE k.task_id = t.id)",
+    );
+    if let Some(n) = protocols_param {
+        s.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM transformation f WHERE f.id = t.transformation_id AND f.protocol IN ({}))",
+            json_text_list(backend, n)
+        ));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Hub pools (see the module documentation).
+
+struct HubPool {
+    fetched: Instant,
+    /// (network row id = hub, hub weight > 0)
+    hubs: Vec<(i64, f64)>,
+}
+
+static HUB_POOLS: LazyLock<Mutex<HashMap<String, HubPool>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Most search spaces kept at once; beyond that stale pools are dropped, then all.
+const MAX_POOLS: usize = 256;
+
+enum Pick {
+    Hub(i64),
+    /// The pool is fresh but has no hub left that this call has not tried.
+    Exhausted,
+    /// No pool, or an expired one.
+    Stale,
+}
+
+fn pools() -> std::sync::MutexGuard<'static, HashMap<String, HubPool>> {
+    // a panic while holding the lock cannot leave a pool inconsistent: use it anyway
+    HUB_POOLS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Weighted random choice among the pooled hubs not yet tried in this call (§6.2 6b).
+/// With `any_age`, an expired pool is used too (the caller refreshed it in this call, so
+/// a slow refresh cannot make it loop).
+fn pool_pick(key: &str, tried: &HashSet<i64>, any_age: bool) -> Pick {
+    let map = pools();
+    let Some(pool) = map.get(key) else { return Pick::Stale };
+    if !any_age && pool.fetched.elapsed() > HUB_POOL_TTL {
+        return Pick::Stale;
+    }
+    let total: f64 = pool.hubs.iter().filter(|(h, _)| !tried.contains(h)).map(|(_, w)| *w).sum();
+    if total <= 0.0 || total.is_nan() {
+        return Pick::Exhausted;
+    }
+    let mut x = rand::thread_rng().gen::<f64>() * total;
+    let mut last = None;
+    for (h, w) in pool.hubs.iter().filter(|(h, _)| !tried.contains(h)) {
+        last = Some(*h);
+        if x < *w {
+            return Pick::Hub(*h);
+        }
+        x -= *w;
+    }
+    last.map(Pick::Hub).unwrap_or(Pick::Exhausted)
+}
+
+fn pool_store(key: &str, hubs: Vec<(i64, f64)>) {
+    let mut map = pools();
+    if map.len() >= MAX_POOLS && !map.contains_key(key) {
+        map.retain(|_, p| p.fetched.elapsed() <= HUB_POOL_TTL);
+        if map.len() >= MAX_POOLS {
+            map.clear();
+        }
+    }
+    map.insert(key.to_string(), HubPool { fetched: Instant::now(), hubs });
+}
+
+fn pool_evict(key: &str, hub: i64) {
+    if let Some(pool) = pools().get_mut(key) {
+        pool.hubs.retain(|(h, _)| *h != hub);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Claiming from one hub.
+
+/// One claimed task.
+struct Claimed {
+    id: i64,
+    sk: ScopedKey,
+}
+
+/// What claiming from one hub produced.
+struct HubClaim {
+    claimed: Vec<Claimed>,
+    /// The hub had no claimable task left (for this filter) after the claim.
+    drained: bool,
+}
+
+/// Select up to `count` tasks of hub `hub` by the algorithm of model.md §6.3, claim them
+/// for service row `service` and move them to `running`. Runs inside the caller's write
+/// transaction. With `require_hub_weight`, a hub whose weight is 0 yields nothing.
+async fn claim_from_hub(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    hub: i64,
+    service: i64,
+    count: usize,
+    protocols: Option<&str>,
+    require_hub_weight: bool,
+) -> Result<HubClaim> {
+    if count == 0 {
+        return Ok(HubClaim { claimed: Vec::new(), drained: false });
+    }
+    let (chosen, drained) = match backend {
+        Backend::Postgres => select_locked_pg(conn, hub, count, protocols, require_hub_weight).await?,
+        Backend::Sqlite if count == 1 => select_one_sqlite(conn, hub, protocols, require_hub_weight).await?,
+        Backend::Sqlite => select_many_sqlite(conn, hub, count, protocols, require_hub_weight).await?,
+    };
+    if chosen.is_empty() {
+        return Ok(HubClaim { claimed: Vec::new(), drained });
+    }
+    let now = crate::now_micros();
+    let rows: Vec<Vec<Arg>> = chosen.iter().map(|c| vec![Arg::I64(c.id), Arg::I64(service), Arg::I64(now)]).collect();
+    // the primary key on task_id is the backstop: only rows actually inserted are claims
+    let sql = dialect(
+        backend,
+        &format!("INSERT INTO task_claim (task_id, service_id, claimed) VALUES {} ON CONFLICT DO NOTHING RETURNING task_id", crate::db::values_rows(rows.len(), 3)),
+    );
+    let args: Vec<Arg> = rows.into_iter().flatten().collect();
+    let inserted = bind(sqlx::query(&sql), &args).fetch_all(&mut *conn).await?;
+    let inserted: HashSet<i64> = inserted.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
+    let claimed: Vec<Claimed> = chosen.into_iter().filter(|c| inserted.contains(&c.id)).collect();
+    let transitions: Vec<(i64, TaskStatus)> = claimed.iter().map(|c| (c.id, TaskStatus::Waiting)).collect();
+    apply_status(conn, backend, &transitions, TaskStatus::Running).await?;
+    Ok(HubClaim { claimed, drained })
+}
+
+/// The FROM/WHERE of the candidates of one hub; `$1` is the hub, the protocol list (if
+/// any) is `$2`.
+fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
+    let weight_join = if require_hub_weight { "JOIN network n ON n.id = a.network_id AND n.weight > 0 " } else { "" };
+    format!(
+        "FROM task_action a {weight_join}JOIN task t ON t.id = a.task_id WHERE a.network_id = $1 AND {}",
+        claimable_condition(backend, protocols.then_some(2))
+    )
+}
+
+/// PostgreSQL: choose and lock in one statement. Ordering by priority, then by the
+/// Efraimidis–Spirakis key `-ln(U)/w` (an exponential clock with rate w: the first `k`
+/// to ring are a weighted sample without replacement), is exactly model.md §6.3 steps
+/// 2–4: whole priority groups are taken while they fit and the last group is sampled by
+/// ACTIONS weight. `SKIP LOCKED` passes over rows other claimers hold.
+async fn select_locked_pg(conn: &mut AnyConnection, hub: i64, count: usize, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
+    let limit_param = if protocols.is_some() { 3 } else { 2 };
+    let sql = format!(
+        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} \
+         ORDER BY t.priority, -ln(1.0 - random()) / a.weight LIMIT ${limit_param} FOR UPDATE OF t SKIP LOCKED",
+        hub_candidates(Backend::Postgres, protocols.is_some(), require_hub_weight)
+    );
+    let mut q = sqlx::query(&sql).bind(hub);
+    if let Some(p) = protocols {
+        q = q.bind(p);
+    }
+    let rows = q.bind(count as i64).fetch_all(&mut *conn).await?;
+    let chosen = rows
+        .iter()
+        .map(|r| Ok(Claimed { id: get_i64(r, 0)?, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)? }))
+        .collect::<Result<Vec<_>>>()?;
+    let drained = chosen.len() < count;
+    Ok((chosen, drained))
+}
+
+/// SQLite, one task: the most urgent priority group, then one weighted draw over it by
+/// cumulative weight against `U · Σw` — one statement, one row back, whatever the hub's
+/// size. (SQLite has no `ln`, so the sort-by-key form used on PostgreSQL is not
+/// available; for a single draw this is the same distribution.) Also returns whether the
+/// hub is drained afterwards.
+async fn select_one_sqlite(conn: &mut AnyConnection, hub: i64, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
+    let u_param = if protocols.is_some() { 3 } else { 2 };
+    let sql = format!(
+        "WITH c AS (SELECT t.id AS id, t.priority AS priority, a.weight AS weight {}), \
+         g AS (SELECT id, weight FROM c WHERE priority = (SELECT MIN(priority) FROM c)), \
+         s AS (SELECT id, SUM(weight) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS cum, SUM(weight) OVER () AS tot, \
+               ROW_NUMBER() OVER (ORDER BY id) AS rn, COUNT(*) OVER () AS n FROM g) \
+         SELECT s.id, t.gufe_key, t.org, t.campaign, t.project, (SELECT COUNT(*) FROM c) \
+         FROM s JOIN task t ON t.id = s.id WHERE s.cum > ${u_param} * s.tot OR s.rn = s.n ORDER BY s.rn LIMIT 1",
+        hub_candidates(Backend::Sqlite, protocols.is_some(), require_hub_weight)
+    );
+    let mut q = sqlx::query(&sql).bind(hub);
+    if let Some(p) = protocols {
+        q = q.bind(p);
+    }
+    let u: f64 = rand::thread_rng().gen();
+    let Some(r) = q.bind(u).fetch_optional(&mut *conn).await? else {
+        return Ok((Vec::new(), true));
+    };
+    let claimed = Claimed { id: get_i64(&r, 0)?, sk: task_sk(&get_str(&r, 1)?, &get_str(&r, 2)?, &get_str(&r, 3)?, &get_str(&r, 4)?)? };
+    let drained = get_i64(&r, 5)? <= 1;
+    Ok((vec![claimed], drained))
+}
+
+/// SQLite, several tasks: fetch (id, priority, weight) of just the priority groups needed
+/// to reach `count` (one aggregated row), take whole groups while they fit and sample the
+/// rest of the last group by Efraimidis–Spirakis keys `ln(U)/w` (largest first), then
+/// read the chosen tasks' keys.
+async fn select_many_sqlite(conn: &mut AnyConnection, hub: i64, count: usize, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
+    let k_param = if protocols.is_some() { 3 } else { 2 };
+    let sql = format!(
+        "WITH c AS (SELECT t.id AS id, t.priority AS priority, a.weight AS weight {}), \
+         grp AS (SELECT priority, COUNT(*) AS n FROM c GROUP BY priority), \
+         need AS (SELECT priority FROM (SELECT priority, SUM(n) OVER (ORDER BY priority ROWS UNBOUNDED PRECEDING) - n AS before FROM grp) \
+                  WHERE before < ${k_param}) \
+         {} FROM c WHERE c.priority IN (SELECT priority FROM need)",
+        hub_candidates(Backend::Sqlite, protocols.is_some(), require_hub_weight),
+        json_rows_select(Backend::Sqlite, "c.id, c.priority, c.weight")
+    );
+    let mut args = vec![Arg::I64(hub)];
+    if let Some(p) = protocols {
+        args.push(Arg::from(p));
+    }
+    args.push(Arg::I64(count as i64));
+    let mut rows: Vec<(i64, i64, f64)> = fetch_json_rows(conn, &sql, &args).await?;
+    let available = rows.len();
+    rows.sort_by_key(|r| (r.1, r.0));
+    let chosen_ids = select_by_priority(&rows, count);
+    // only the groups needed were fetched: if they fall short of `count`, that was all
+    let drained = available < count;
+    if chosen_ids.is_empty() {
+        return Ok((Vec::new(), true));
+    }
+    let ids = serde_json::to_string(&chosen_ids).map_err(|e| StoreError::Invalid(format!("cannot encode task ids: {e}")))?;
+    let sql = format!("SELECT id, gufe_key, org, campaign, project FROM task WHERE id IN ({})", json_text_list(Backend::Sqlite, 1));
+    let found = sqlx::query(&sql).bind(ids).fetch_all(&mut *conn).await?;
+    let mut by_id: HashMap<i64, ScopedKey> = HashMap::with_capacity(found.len());
+    for r in &found {
+        by_id.insert(get_i64(r, 0)?, task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)?);
+    }
+    let chosen = chosen_ids.into_iter().filter_map(|id| by_id.remove(&id).map(|sk| Claimed { id, sk })).collect();
+    Ok((chosen, drained))
+}
+
+/// Model.md §6.3 steps 3–4 over (id, priority, weight) rows sorted by priority: whole
+/// priority groups while they fit, then `remaining` tasks of the next group by weighted
+/// sampling without replacement (Efraimidis–Spirakis keys `ln(U)/w`, largest first).
+fn select_by_priority(rows: &[(i64, i64, f64)], count: usize) -> Vec<i64> {
+    let mut rng = rand::thread_rng();
+    let mut chosen: Vec<i64> = Vec::with_capacity(count.min(rows.len()));
+    for group in rows.chunk_by(|a, b| a.1 == b.1) {
+        let remaining = count - chosen.len();
+        if remaining == 0 {
+            break;
+        }
+        if group.len() <= remaining {
+            chosen.extend(group.iter().map(|r| r.0));
+        } else {
+            let mut keyed: Vec<(f64, i64)> = group.iter().map(|&(id, _, w)| (rng.gen::<f64>().max(f64::MIN_POSITIVE).ln() / w, id)).collect();
+            keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+            chosen.extend(keyed.iter().take(remaining).map(|k| k.1));
+        }
+    }
+    chosen
+}
+
+// ---------------------------------------------------------------------------------------
+// Registrations.
+
+/// The registration row of a service: (row id, failures after `forgive` cutoff, failures
+/// at or before it). On PostgreSQL the row is held `FOR KEY SHARE` until commit, so an
+/// expiry or deregistration (which take `FOR UPDATE`) waits for this transaction.
+async fn service_row(conn: &mut AnyConnection, backend: Backend, id: &ComputeServiceId, forgive_cutoff: i64) -> Result<Option<(i64, i64, i64)>> {
+    let lock = if backend == Backend::Postgres { " FOR KEY SHARE" } else { "" };
+    let sql = format!(
+        "SELECT cs.id, \
+         (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id AND f.failed_at > $2), \
+         (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id AND f.failed_at <= $2) \
+         FROM compute_service cs WHERE cs.identifier = $1{lock}"
+    );
+    let row = sqlx::query(&sql).bind(id.to_string()).bind(forgive_cutoff).fetch_optional(&mut *conn).await?;
+    row.map(|r| Ok((get_i64(&r, 0)?, get_i64(&r, 1)?, get_i64(&r, 2)?))).transpose()
+}
+
+/// The "can claim" check of model.md §6.1 on a locked/known service row: drop failure
+/// times at or before the forgive cutoff, then allowed iff at most `max_failures` remain.
+async fn can_claim_row(conn: &mut AnyConnection, row: (i64, i64, i64), forgive_cutoff: i64, max_failures: i64) -> Result<bool> {
+    let (id, recent, old) = row;
+    if old > 0 {
+        sqlx::query("DELETE FROM compute_service_failure WHERE service_id = $1 AND failed_at <= $2").bind(id).bind(forgive_cutoff).execute(&mut *conn).await?;
+    }
+    Ok(recent <= max_failures)
+}
+
+/// Remove service registrations (by row id): their `running` claimed tasks go back to
+/// `waiting` through [`apply_status`], then their claims, failure log and the
+/// registrations themselves are deleted (model.md §6.1, §4.3). The caller holds the
+/// service rows (`FOR UPDATE` on PostgreSQL).
+async fn release_services(conn: &mut AnyConnection, backend: Backend, services: &[i64]) -> Result<()> {
+    if services.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Arg> = services.iter().map(|&i| Arg::I64(i)).collect();
+    // lock the claimed tasks so the statuses read are the ones the update applies to
+    let lock = if backend == Backend::Postgres { " FOR UPDATE OF t" } else { "" };
+    let rows = fetch_in_chunks(
+        conn,
+        backend,
+        &format!("SELECT t.id, t.status FROM task_claim c JOIN task t ON t.id = c.task_id WHERE c.service_id IN ({{}}){lock}"),
+        &[],
+        &ids,
+    )
+    .await?;
+    let mut running = Vec::new();
+    for r in &rows {
+        let (id, status) = (get_i64(r, 0)?, parse_status(&get_str(r, 1)?)?);
+        if status == TaskStatus::Running {
+            running.push((id, status));
+        }
+    }
+    apply_status(conn, backend, &running, TaskStatus::Waiting).await?;
+    execute_in_chunks(conn, backend, "DELETE FROM task_claim WHERE service_id IN ({})", &[], &ids).await?;
+    execute_in_chunks(conn, backend, "DELETE FROM compute_service_failure WHERE service_id IN ({})", &[], &ids).await?;
+    execute_in_chunks(conn, backend, "DELETE FROM compute_service WHERE id IN ({})", &[], &ids).await?;
+    Ok(())
+}
+
+/// Expire every registration whose heartbeat is older than `cutoff`; returns their ids.
+/// On PostgreSQL rows another transaction holds are skipped (a service mid-claim, or one
+/// another expiry is already removing): they are expired by a later call, and expiries
+/// never wait on each other.
+async fn expire_before(conn: &mut AnyConnection, backend: Backend, cutoff: i64) -> Result<Vec<String>> {
+    let lock = if backend == Backend::Postgres { " ORDER BY id FOR UPDATE SKIP LOCKED" } else { "" };
+    let rows = sqlx::query(&format!("SELECT id, identifier FROM compute_service WHERE heartbeat < $1{lock}")).bind(cutoff).fetch_all(&mut *conn).await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut names = Vec::with_capacity(rows.len());
+    for r in &rows {
+        ids.push(get_i64(r, 0)?);
+        names.push(get_str(r, 1)?);
+    }
+    release_services(conn, backend, &ids).await?;
+    Ok(names)
+}
+
+/// PostgreSQL reports a deadlock (40P01) when two transactions wait on each other; the
+/// loser is rolled back and can simply run again.
+fn is_deadlock(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(d)) if d.code().as_deref() == Some("40P01"))
+}
+
+/// Evaluate `$call` (a future-producing expression) again, up to three attempts in all,
+/// while PostgreSQL aborts it as a deadlock victim.
+macro_rules! retry_deadlock {
+    ($call:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $call.await {
+                Err(e) if is_deadlock(&e) && attempt < 2 => attempt += 1,
+                other => break other,
+            }
+        }
+    }};
+}
+
+const MANAGER_COLUMNS: &str = "name, uuid, registered, last_status_update, status, detail, saturation";
+
+fn manager_row(r: &sqlx::any::AnyRow) -> Result<ComputeManagerInfo> {
+    let name = get_str(r, 0)?;
+    let uuid = get_str(r, 1)?;
+    let id = format!("{name}-{uuid}").parse().map_err(|_| StoreError::Invalid(format!("corrupt compute manager '{name}-{uuid}' in store")))?;
+    let status = get_str(r, 4)?;
+    Ok(ComputeManagerInfo {
+        id,
+        registered: from_micros(get_i64(r, 2)?)?,
+        last_status_update: from_micros(get_i64(r, 3)?)?,
+        status: status.parse().map_err(|_| StoreError::Invalid(format!("corrupt compute manager status '{status}' in store")))?,
+        detail: crate::db::get_opt_str(r, 5)?,
+        saturation: sqlx::Row::try_get::<Option<f64>, _>(r, 6)?,
+    })
+}
+
+impl Store {
+    // -- compute service registrations (model.md §6.1) --------------------------------------
+
+    /// Register a compute service (model.md §6.1; api.md C6) with `registered` =
+    /// `heartbeat` = now and no failures. With a manager id, its *name* must belong to a
+    /// registered compute manager (any uuid), else [`StoreError::Invalid`] `Could not find
+    /// ComputeManagerRegistration`; the service is then managed by it (MANAGES is derived
+    /// from `manager_name`). An identifier that is already registered is
+    /// [`StoreError::Conflict`].
+    pub async fn register_compute_service(&self, id: &ComputeServiceId, manager: Option<&ComputeManagerId>) -> Result<()> {
+        self.register_compute_service_at(id, manager, Utc::now()).await
+    }
+
+    /// [`Store::register_compute_service`] at an explicit time.
+    pub async fn register_compute_service_at(&self, id: &ComputeServiceId, manager: Option<&ComputeManagerId>, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if let Some(m) = manager {
+            let lock = if self.backend == Backend::Postgres { " FOR KEY SHARE" } else { "" };
+            let found = sqlx::query(&format!("SELECT id FROM compute_manager WHERE name = $1{lock}")).bind(m.name()).fetch_optional(&mut *tx).await?;
+            if found.is_none() {
+                return Err(StoreError::Invalid("Could not find ComputeManagerRegistration".into()));
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO compute_service (identifier, registered, heartbeat, manager_name) VALUES ($1, $2, $2, $3) ON CONFLICT (identifier) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(micros(now))
+        .bind(manager.map(|m| m.name().to_string()))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!("compute service {id} is already registered")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deregister a compute service (model.md §6.1; api.md C7): its `running` claimed
+    /// tasks go back to `waiting`, its claims and failure log go, the registration is
+    /// deleted. Unknown ids are fine (upstream fails with a server error; services call
+    /// this on every shutdown, so the port makes it idempotent).
+    pub async fn deregister_compute_service(&self, id: &ComputeServiceId) -> Result<()> {
+        retry_deadlock!(self.deregister_once(id))
+    }
+
+    async fn deregister_once(&self, id: &ComputeServiceId) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let row = sqlx::query(&format!("SELECT id FROM compute_service WHERE identifier = $1{lock}")).bind(id.to_string()).fetch_optional(&mut *tx).await?;
+        if let Some(r) = row {
+            release_services(&mut tx, self.backend, &[get_i64(&r, 0)?]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Heartbeat (model.md §6.1; api.md C8): first expire every registration whose
+    /// heartbeat is older than now − `expire_seconds` (as [`Store::expire_compute_services`]),
+    /// then set this service's heartbeat to now. An unknown (e.g. already expired) service
+    /// is not an error: nothing is updated, as upstream.
+    pub async fn heartbeat_compute_service(&self, id: &ComputeServiceId, expire_seconds: i64) -> Result<()> {
+        self.heartbeat_compute_service_at(id, expire_seconds, Utc::now()).await
+    }
+
+    /// [`Store::heartbeat_compute_service`] at an explicit time.
+    pub async fn heartbeat_compute_service_at(&self, id: &ComputeServiceId, expire_seconds: i64, now: DateTime<Utc>) -> Result<()> {
+        let cut = cutoff(micros(now), expire_seconds, "the registration expiry time")?;
+        retry_deadlock!(self.heartbeat_once(id, cut, micros(now)))
+    }
+
+    async fn heartbeat_once(&self, id: &ComputeServiceId, cut: i64, now: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        expire_before(&mut tx, self.backend, cut).await?;
+        sqlx::query("UPDATE compute_service SET heartbeat = $1 WHERE identifier = $2").bind(now).bind(id.to_string()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Expire every registration whose heartbeat is older than now − `expire_seconds`
+    /// (model.md §6.1): each one's `running` claimed tasks go back to `waiting` and the
+    /// registration, its claims and failure log are deleted. Returns the expired ids.
+    ///
+    /// Upstream expires only as a side effect of some service's heartbeat (§14 Q17), so
+    /// with no live services nothing ever expires; the server calls this periodically.
+    pub async fn expire_compute_services(&self, expire_seconds: i64) -> Result<Vec<String>> {
+        self.expire_compute_services_at(expire_seconds, Utc::now()).await
+    }
+
+    /// [`Store::expire_compute_services`] at an explicit time.
+    pub async fn expire_compute_services_at(&self, expire_seconds: i64, now: DateTime<Utc>) -> Result<Vec<String>> {
+        let cut = cutoff(micros(now), expire_seconds, "the registration expiry time")?;
+        retry_deadlock!(self.expire_once(cut))
+    }
+
+    async fn expire_once(&self, cut: i64) -> Result<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let expired = expire_before(&mut tx, self.backend, cut).await?;
+        tx.commit().await?;
+        Ok(expired)
+    }
+
+    /// The "can claim" check of model.md §6.1: failure times at or before now −
+    /// `forgive_seconds` are dropped for good, then the service may claim iff at most
+    /// `max_failures` remain. None if the service is not registered.
+    pub async fn compute_service_can_claim(&self, id: &ComputeServiceId, forgive_seconds: i64, max_failures: i64) -> Result<Option<bool>> {
+        let forgive = cutoff(crate::now_micros(), forgive_seconds, "the failure forgive time")?;
+        let mut tx = self.begin_write().await?;
+        let Some(row) = service_row(&mut tx, self.backend, id, forgive).await? else {
+            return Ok(None);
+        };
+        let ok = can_claim_row(&mut tx, row, forgive, max_failures).await?;
+        tx.commit().await?;
+        Ok(Some(ok))
+    }
+
+    /// Every compute service registration, ordered by identifier.
+    pub async fn list_compute_services(&self) -> Result<Vec<ComputeServiceInfo>> {
+        let rows = sqlx::query(
+            "SELECT cs.identifier, cs.registered, cs.heartbeat, cs.manager_name, \
+             (SELECT COUNT(*) FROM task_claim c WHERE c.service_id = cs.id), \
+             (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id) \
+             FROM compute_service cs ORDER BY cs.identifier",
+        )
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ComputeServiceInfo {
+                    identifier: service_id(&get_str(r, 0)?)?,
+                    registered: from_micros(get_i64(r, 1)?)?,
+                    heartbeat: from_micros(get_i64(r, 2)?)?,
+                    manager_name: crate::db::get_opt_str(r, 3)?,
+                    claimed_tasks: get_i64(r, 4)?,
+                    failures: get_i64(r, 5)?,
+                })
+            })
+            .collect()
+    }
+
+    // -- claiming (model.md §6.2, §6.3) ------------------------------------------------------
+
+    /// Claim up to `count` tasks from one TaskHub for `service` (model.md §6.3; api.md
+    /// C10). Returns the claimed task keys followed by `None` up to `count`; a key that is
+    /// not a TaskHub's, or an unknown hub, yields only `None`s. Claimed tasks are
+    /// `running` with a claim by the service.
+    ///
+    /// The hub's own weight is not consulted (the caller named the hub); ACTIONS weights
+    /// are. Failure accounting is not consulted either, as upstream (only the claim across
+    /// scopes denies).
+    ///
+    /// Errors ([`StoreError::Invalid`]): an empty protocol list or an invalid protocol
+    /// name; a service that is not registered (`compute service <id> is not registered`) —
+    /// deliberate fix of §14 Q8, where upstream hands out the selected keys without
+    /// claiming them.
+    pub async fn claim_taskhub_tasks(&self, hub: &ScopedKey, service: &ComputeServiceId, count: usize, protocols: Option<&[String]>) -> Result<Vec<Option<ScopedKey>>> {
+        let protocols = protocol_filter(protocols)?.map(|p| json_array(p.iter().map(String::as_str)));
+        let mut tx = self.begin_write().await?;
+        let Some((service_row_id, _, _)) = service_row(&mut tx, self.backend, service, 0).await? else {
+            return Err(not_registered(service));
+        };
+        let mut out: Vec<Option<ScopedKey>> = Vec::with_capacity(count);
+        if hub.qualname() == "TaskHub" {
+            if let Some(hub_id) = network_id_by_token(&mut tx, hub.gufe_key().token(), hub.scope()).await? {
+                let got = claim_from_hub(&mut tx, self.backend, hub_id, service_row_id, count, protocols.as_deref(), false).await?;
+                out.extend(got.claimed.into_iter().map(|c| Some(c.sk)));
+            }
+        }
+        tx.commit().await?;
+        out.resize(count, None);
+        Ok(out)
+    }
+
+    /// Claim up to `count` tasks across scopes for `service` (model.md §6.2; api.md C11).
+    ///
+    /// `scopes` is the search space (the API layer has already intersected the requested
+    /// scopes with the caller's token scopes); an empty list claims nothing. Hubs whose
+    /// scope is covered by any of `exclude` are dropped. Then, while fewer than `count`
+    /// tasks are claimed: a hub is chosen at random with probability proportional to its
+    /// weight among the hubs that have claimable tasks and were not tried yet in this call
+    /// (weight-0 hubs are never chosen), and up to the remaining count is claimed from it
+    /// by the algorithm of §6.3. Network state is not consulted.
+    ///
+    /// Restricting the draw to hubs with claimable tasks gives the same distribution as
+    /// upstream's draw over all hubs that skips empty ones (the relative order of any
+    /// subset in a weighted sampling without replacement is itself such a sampling), and
+    /// saves the empty round trips. See the module documentation for the hub pool.
+    ///
+    /// [`ClaimOutcome::Denied`] if the service has more than `max_failures` failures newer
+    /// than now − `forgive_seconds` (older ones are pruned); otherwise
+    /// [`ClaimOutcome::Claimed`] with the claimed keys followed by `None` up to `count`.
+    /// The whole call is one transaction.
+    ///
+    /// Errors ([`StoreError::Invalid`]): protocol list errors as in
+    /// [`Store::claim_taskhub_tasks`]; a service that is not registered — deliberate fix
+    /// of §14 Q9 (upstream answers with a server error; an expired service is told
+    /// clearly, and never handed tasks).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_tasks(
+        &self,
+        scopes: &[Scope],
+        exclude: &[Scope],
+        service: &ComputeServiceId,
+        count: usize,
+        protocols: Option<&[String]>,
+        forgive_seconds: i64,
+        max_failures: i64,
+    ) -> Result<ClaimOutcome> {
+        let protocol_names = protocol_filter(protocols)?;
+        let protocols_json = protocol_names.as_ref().map(|p| json_array(p.iter().map(String::as_str)));
+        let forgive = cutoff(crate::now_micros(), forgive_seconds, "the failure forgive time")?;
+        let scopes = minimise(scopes);
+        let exclude = minimise(exclude);
+        let pool_key = format!(
+            "{}|{}|{}|{}|{}",
+            self.backend.name(),
+            self.location(),
+            scopes.iter().map(Scope::to_string).collect::<Vec<_>>().join(","),
+            exclude.iter().map(Scope::to_string).collect::<Vec<_>>().join(","),
+            protocols_json.as_deref().unwrap_or("*"),
+        );
+
+        let mut tx = self.begin_write().await?;
+        let Some(row) = service_row(&mut tx, self.backend, service, forgive).await? else {
+            return Err(not_registered(service));
+        };
+        if !can_claim_row(&mut tx, row, forgive, max_failures).await? {
+            tx.commit().await?;
+            return Ok(ClaimOutcome::Denied);
+        }
+        let mut out: Vec<Option<ScopedKey>> = Vec::with_capacity(count);
+        if !scopes.is_empty() {
+            let mut tried: HashSet<i64> = HashSet::new();
+            let mut refreshed = false;
+            while out.len() < count {
+                let hub = match pool_pick(&pool_key, &tried, refreshed) {
+                    Pick::Hub(h) => h,
+                    Pick::Exhausted | Pick::Stale if refreshed => break,
+                    Pick::Exhausted | Pick::Stale => {
+                        let hubs = claimable_hubs(&mut tx, self.backend, &scopes, &exclude, protocols_json.as_deref()).await?;
+                        pool_store(&pool_key, hubs);
+                        refreshed = true;
+                        continue;
+                    }
+                };
+                tried.insert(hub);
+                let got = claim_from_hub(&mut tx, self.backend, hub, row.0, count - out.len(), protocols_json.as_deref(), true).await?;
+                if got.drained {
+                    pool_evict(&pool_key, hub);
+                }
+                out.extend(got.claimed.into_iter().map(|c| Some(c.sk)));
+            }
+        }
+        tx.commit().await?;
+        out.resize(count, None);
+        Ok(ClaimOutcome::Claimed(out))
+    }
+
+    /// Number of distinct claimable tasks for a compute manager (model.md §10): `waiting`
+    /// tasks actioned on at least one hub, in one of `scopes`, whose extended task (if
+    /// any) is `complete`, performing a transformation with one of `protocols` (an empty
+    /// list means no filter; names must be valid protocol names). ACTIONS weights, hub
+    /// weights and network state are ignored, as upstream (§14 Q19).
+    pub async fn count_claimable_tasks(&self, scopes: &[Scope], protocols: &[String]) -> Result<i64> {
+        let protocols = if protocols.is_empty() { None } else { protocol_filter(Some(protocols))? };
+        let mut conn = self.reader().acquire().await?;
+        count_claimable(&mut conn, self.backend, &minimise(scopes), protocols.as_deref()).await
+    }
+
+    // -- compute managers (model.md §10) -----------------------------------------------------
+
+    /// Register a compute manager (model.md §10; api.md C15) with status OK, detail "",
+    /// saturation 0. If a manager with the same name is registered:
+    /// [`StoreError::Invalid`] `ComputeManager with this name is already registered with
+    /// status {OK|ERROR}` — unless `steal` is set and that registration's status is OK, in
+    /// which case it is replaced (an ERROR registration is never stolen). `steal` with
+    /// nothing registered simply registers (upstream fails with a server error). The
+    /// services whose `manager_name` is this name are managed by the new registration.
+    pub async fn register_compute_manager(&self, id: &ComputeManagerId, steal: bool) -> Result<()> {
+        self.register_compute_manager_at(id, steal, Utc::now()).await
+    }
+
+    /// [`Store::register_compute_manager`] at an explicit time.
+    pub async fn register_compute_manager_at(&self, id: &ComputeManagerId, steal: bool, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let existing = sqlx::query(&format!("SELECT id, status FROM compute_manager WHERE name = $1{lock}")).bind(id.name()).fetch_optional(&mut *tx).await?;
+        if let Some(r) = existing {
+            let status = get_str(&r, 1)?;
+            if !(steal && status == ComputeManagerStatus::Ok.as_str()) {
+                return Err(already_registered(&status));
+            }
+            sqlx::query("DELETE FROM compute_manager WHERE id = $1").bind(get_i64(&r, 0)?).execute(&mut *tx).await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO compute_manager (name, uuid, registered, last_status_update, status, detail, saturation) \
+             VALUES ($1, $2, $3, $3, 'OK', '', 0.0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(id.name())
+        .bind(id.uuid())
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // a concurrent registration of the same name won
+            let status = sqlx::query("SELECT status FROM compute_manager WHERE name = $1").bind(id.name()).fetch_optional(&mut *tx).await?;
+            let status = status.map(|r| get_str(&r, 0)).transpose()?.unwrap_or_else(|| "OK".into());
+            return Err(already_registered(&status));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deregister a compute manager (model.md §10; api.md C16): its registration (name and
+    /// uuid) is deleted unless its status is ERROR, in which case it silently stays (an
+    /// administrator clears it with [`Store::clear_compute_manager_error`]). Unknown ids
+    /// are a no-op. Services it managed stay registered.
+    pub async fn deregister_compute_manager(&self, id: &ComputeManagerId) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM compute_manager WHERE name = $1 AND uuid = $2 AND status <> 'ERROR'").bind(id.name()).bind(id.uuid()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record a manager's status (model.md §10; api.md C18), then expire manager
+    /// registrations: OK ones whose last update is older than now − `expire_ok_seconds`,
+    /// ERROR ones older than now − `expire_error_seconds`.
+    ///
+    /// Validation ([`StoreError::Invalid`], upstream's messages and order): OK requires a
+    /// saturation (`saturation is required for the 'OK' status`) and forbids a non-empty
+    /// detail (`detail should only be provided for the 'ERROR' status`); ERROR forbids a
+    /// saturation (`saturation should only be provided for the 'OK' status`) and requires
+    /// a non-empty detail (`detail is required for the 'ERROR' status`); saturation must
+    /// be within [0, 1] (`saturation must be between 0 and 1`); an unknown name/uuid is
+    /// `No record for ComputeManager: <id>`. Parse status strings with
+    /// [`parse_compute_manager_status`] for the invalid-status message.
+    ///
+    /// An OK update stores detail null (§3.11).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_compute_manager_status(
+        &self,
+        id: &ComputeManagerId,
+        status: ComputeManagerStatus,
+        detail: Option<&str>,
+        saturation: Option<f64>,
+        expire_ok_seconds: i64,
+        expire_error_seconds: i64,
+    ) -> Result<()> {
+        self.update_compute_manager_status_at(id, status, detail, saturation, expire_ok_seconds, expire_error_seconds, Utc::now()).await
+    }
+
+    /// [`Store::update_compute_manager_status`] at an explicit time.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_compute_manager_status_at(
+        &self,
+        id: &ComputeManagerId,
+        status: ComputeManagerStatus,
+        detail: Option<&str>,
+        saturation: Option<f64>,
+        expire_ok_seconds: i64,
+        expire_error_seconds: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let detail = detail.filter(|d| !d.is_empty());
+        match status {
+            ComputeManagerStatus::Ok => {
+                if saturation.is_none() {
+                    return Err(StoreError::Invalid("saturation is required for the 'OK' status".into()));
+                }
+                if detail.is_some() {
+                    return Err(StoreError::Invalid("detail should only be provided for the 'ERROR' status".into()));
+                }
+            }
+            ComputeManagerStatus::Error => {
+                if saturation.is_some() {
+                    return Err(StoreError::Invalid("saturation should only be provided for the 'OK' status".into()));
+                }
+                if detail.is_none() {
+                    return Err(StoreError::Invalid("detail is required for the 'ERROR' status".into()));
+                }
+            }
+        }
+        if let Some(s) = saturation {
+            if !(0.0..=1.0).contains(&s) {
+                return Err(StoreError::Invalid("saturation must be between 0 and 1".into()));
+            }
+        }
+        let now_us = micros(now);
+        let ok_cut = cutoff(now_us, expire_ok_seconds, "the manager expiry time")?;
+        let error_cut = cutoff(now_us, expire_error_seconds, "the manager error expiry time")?;
+        let mut tx = self.begin_write().await?;
+        // One statement per status, so no NULL float is ever bound: sqlx 0.8's `Any`
+        // driver sends a NULL f64 as a float4 to PostgreSQL, which then fixes the cached
+        // statement's parameter type and rejects later real f64 values (22P03).
+        let update = match (status, saturation, detail) {
+            (ComputeManagerStatus::Ok, Some(s), _) => sqlx::query(
+                "UPDATE compute_manager SET status = 'OK', detail = NULL, saturation = $1, last_status_update = $2 WHERE name = $3 AND uuid = $4",
+            )
+            .bind(s),
+            (_, _, Some(d)) => sqlx::query(
+                "UPDATE compute_manager SET status = 'ERROR', detail = $1, saturation = NULL, last_status_update = $2 WHERE name = $3 AND uuid = $4",
+            )
+            .bind(d),
+            _ => return Err(StoreError::Invalid("inconsistent compute manager status update".into())),
+        };
+        let updated = update.bind(now_us).bind(id.name()).bind(id.uuid()).execute(&mut *tx).await?.rows_affected();
+        if updated == 0 {
+            return Err(StoreError::Invalid(format!("No record for ComputeManager: {id}")));
+        }
+        sqlx::query(
+            "DELETE FROM compute_manager WHERE (status = 'OK' AND last_status_update < $1) OR (status = 'ERROR' AND last_status_update < $2)",
+        )
+        .bind(ok_cut)
+        .bind(error_cut)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Remove the registration named `name` if its status is ERROR (model.md §10; api.md
+    /// C19); otherwise [`StoreError::Invalid`] `Could not find an ERROR compute manager
+    /// with the provided name and UUID` (also for an unknown or invalid name).
+    pub async fn clear_compute_manager_error(&self, name: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM compute_manager WHERE name = $1 AND status = 'ERROR'").bind(name).execute(&mut *tx).await?.rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::Invalid("Could not find an ERROR compute manager with the provided name and UUID".into()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The registration of the manager named `name`, if any.
+    pub async fn get_compute_manager(&self, name: &str) -> Result<Option<ComputeManagerInfo>> {
+        let row = sqlx::query(&format!("SELECT {MANAGER_COLUMNS} FROM compute_manager WHERE name = $1")).bind(name).fetch_optional(self.reader()).await?;
+        row.map(|r| manager_row(&r)).transpose()
+    }
+
+    /// Every compute manager registration, ordered by name.
+    pub async fn list_compute_managers(&self) -> Result<Vec<ComputeManagerInfo>> {
+        let rows = sqlx::query(&format!("SELECT {MANAGER_COLUMNS} FROM compute_manager ORDER BY name")).fetch_all(self.reader()).await?;
+        rows.iter().map(manager_row).collect()
+    }
+
+    /// The instruction for a compute manager (model.md §10; api.md C17):
+    /// 1. no registration with this name *and* uuid → [`ManagerInstruction::Shutdown`];
+    /// 2. any service it manages fails the "can claim" check (§6.1, pruning old failures)
+    ///    → [`ManagerInstruction::Skip`] with the managed service ids;
+    /// 3. else [`ManagerInstruction::Ok`] with the managed service ids and
+    ///    [`Store::count_claimable_tasks`] over `scopes` (the search space, already
+    ///    intersected with the token) and `protocols`.
+    ///
+    /// Protocol names are validated first ([`StoreError::Invalid`]).
+    pub async fn compute_manager_instruction(
+        &self,
+        id: &ComputeManagerId,
+        scopes: &[Scope],
+        protocols: &[String],
+        forgive_seconds: i64,
+        max_failures: i64,
+    ) -> Result<ManagerInstruction> {
+        let protocols = if protocols.is_empty() { None } else { protocol_filter(Some(protocols))? };
+        let forgive = cutoff(crate::now_micros(), forgive_seconds, "the failure forgive time")?;
+        let mut tx = self.begin_write().await?;
+        let found = sqlx::query("SELECT id FROM compute_manager WHERE name = $1 AND uuid = $2").bind(id.name()).bind(id.uuid()).fetch_optional(&mut *tx).await?;
+        if found.is_none() {
+            return Ok(ManagerInstruction::Shutdown { message: MANAGER_NOT_FOUND.into() });
+        }
+        let rows = sqlx::query(
+            "SELECT cs.id, cs.identifier, \
+             (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id AND f.failed_at > $2), \
+             (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id AND f.failed_at <= $2) \
+             FROM compute_service cs WHERE cs.manager_name = $1 ORDER BY cs.identifier",
+        )
+        .bind(id.name())
+        .bind(forgive)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut all_ok = true;
+        for r in &rows {
+            ids.push(service_id(&get_str(r, 1)?)?);
+            all_ok &= can_claim_row(&mut tx, (get_i64(r, 0)?, get_i64(r, 2)?, get_i64(r, 3)?), forgive, max_failures).await?;
+        }
+        if !all_ok {
+            tx.commit().await?;
+            return Ok(ManagerInstruction::Skip { compute_service_ids: ids });
+        }
+        let num_tasks = count_claimable(&mut tx, self.backend, &minimise(scopes), protocols.as_deref()).await?;
+        tx.commit().await?;
+        Ok(ManagerInstruction::Ok { compute_service_ids: ids, num_tasks })
+    }
+}
+
+fn not_registered(service: &ComputeServiceId) -> StoreError {
+    StoreError::Invalid(format!("compute service {service} is not registered"))
+}
+
+fn already_registered(status: &str) -> StoreError {
+    StoreError::Invalid(format!("ComputeManager with this name is already registered with status {status}"))
+}
+
+/// Hubs (network row id, weight) in `scopes`, not covered by `exclude`, with weight > 0
+/// and at least one claimable task: one statement, one aggregated row back.
+async fn claimable_hubs(conn: &mut AnyConnection, backend: Backend, scopes: &[Scope], exclude: &[Scope], protocols: Option<&str>) -> Result<Vec<(i64, f64)>> {
+    let mut args = Vec::new();
+    let include = scopes_condition("o", scopes, &mut args);
+    let excluded = if exclude.is_empty() { "1 = 0".to_string() } else { scopes_condition("o", exclude, &mut args) };
+    let protocols_param = protocols.map(|p| {
+        args.push(Arg::from(p));
+        args.len()
+    });
+    let sql = dialect(
+        backend,
+        &format!(
+            "{} FROM network n JOIN gufe_object o ON o.id = n.id WHERE n.weight > 0 AND ({include}) AND NOT ({excluded}) \
+             AND EXISTS (SELECT 1 FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = n.id AND {})",
+            json_rows_select(backend, "n.id, n.weight"),
+            claimable_condition(backend, protocols_param)
+        ),
+    );
+    fetch_json_rows(conn, &sql, &args).await
+}
+
+/// See [`Store::count_claimable_tasks`].
+async fn count_claimable(conn: &mut AnyConnection, backend: Backend, scopes: &[Scope], protocols: Option<&[String]>) -> Result<i64> {
+    if scopes.is_empty() {
+        return Ok(0);
+    }
+    let mut args = Vec::new();
+    let include = scopes_condition("t", scopes, &mut args);
+    let protocol_cond = match protocols {
+        Some(p) => {
+            args.push(Arg::Text(json_array(p.iter().map(String::as_str))));
+            format!(
+                " AND EXISTS (SELECT 1 FROM transformation f WHERE f.id = t.transformation_id AND f.protocol IN ({}))",
+                json_text_list(backend, args.len())
+            )
+        }
+        None => String::new(),
+    };
+    let sql = dialect(
+        backend,
+        &format!(
+            "SELECT COUNT(*) FROM task t WHERE t.status = 'waiting' AND ({include}) \
+             AND EXISTS (SELECT 1 FROM task_action a WHERE a.task_id = t.id) \
+             AND (t.extends_id IS NULL OR EXISTS (SELECT 1 FROM task p WHERE p.id = t.extends_id AND p.status = 'complete')){protocol_cond}"
+        ),
+    );
+    let row = bind(sqlx::query(&sql), &args).fetch_one(&mut *conn).await?;
+    get_i64(&row, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_filters() {
+        assert_eq!(protocol_filter(None).unwrap(), None);
+        assert!(matches!(protocol_filter(Some(&[])), Err(StoreError::Invalid(m)) if m == EMPTY_PROTOCOLS_ERROR));
+        for bad in ["", "1abc", "a-b", "a b", "é"] {
+            assert!(matches!(protocol_filter(Some(&[bad.to_string()])), Err(StoreError::Invalid(m)) if m == PROTOCOL_NAME_ERROR), "{bad:?}");
+        }
+        let ok = protocol_filter(Some(&["b_1".to_string(), "A".to_string(), "b_1".to_string()])).unwrap().unwrap();
+        assert_eq!(ok, vec!["A".to_string(), "b_1".to_string()]);
+    }
+
+    #[test]
+    fn cutoffs() {
+        assert_eq!(cutoff(10_000_000, 3, "x").unwrap(), 7_000_000);
+        assert_eq!(cutoff(0, i64::MAX, "x").unwrap(), -i64::MAX);
+        assert!(cutoff(0, -1, "x").is_err());
+    }
+
+    #[test]
+    fn manager_status_messages() {
+        assert_eq!(parse_compute_manager_status("OK").unwrap(), ComputeManagerStatus::Ok);
+        assert!(matches!(parse_compute_manager_status("ok"), Err(StoreError::Invalid(m)) if m == "\"ok\" is not a valid ComputeManagerStatus"));
+    }
+
+    #[test]
+    fn instruction_wire_form() {
+        let id: ComputeServiceId = "svc-0123456789abcdef0123456789abcdef".parse().unwrap();
+        let ok = ManagerInstruction::Ok { compute_service_ids: vec![id.clone()], num_tasks: 3 };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"instruction":"OK","compute_service_ids":["svc-0123456789abcdef0123456789abcdef"],"num_tasks":3}"#
+        );
+        let skip = ManagerInstruction::Skip { compute_service_ids: vec![id] };
+        assert_eq!(serde_json::to_string(&skip).unwrap(), r#"{"instruction":"SKIP","compute_service_ids":["svc-0123456789abcdef0123456789abcdef"]}"#);
+        let stop = ManagerInstruction::Shutdown { message: MANAGER_NOT_FOUND.into() };
+        assert_eq!(serde_json::to_string(&stop).unwrap(), format!(r#"{{"instruction":"SHUTDOWN","message":"{MANAGER_NOT_FOUND}"}}"#));
+    }
+}

@@ -1,0 +1,813 @@
+//! Compute services, claiming and compute managers (model.md §6, §10; api.md C6–C11,
+//! C15–C19).
+//!
+//! Claiming is random by design (§6.3 "tie-breaking"): tests assert set membership,
+//! counts and the priority/weight-driven guarantees only.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use alchemiscale_model::status::ComputeManagerStatus;
+use alchemiscale_model::synthetic::network_chain_json;
+use alchemiscale_model::{ComputeManagerId, ComputeServiceId, NetworkState, Scope, ScopedKey, TaskStatus};
+use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome, ManagerInstruction, MANAGER_NOT_FOUND};
+use alchemiscale_store::results::RecordedResult;
+use alchemiscale_store::tasks::{TaskRequest, Weights};
+use alchemiscale_store::{store_test, Store, StoreError, StoreOptions};
+use chrono::{DateTime, Duration, Utc};
+use common::*;
+
+fn scope() -> Scope {
+    "corg-ccampaign-cproject".parse().unwrap()
+}
+
+fn all() -> Vec<Scope> {
+    vec![Scope::all()]
+}
+
+/// A network with `n_tf` transformations in `scope`: (network, hub, transformations).
+async fn network_in(store: &Store, scope: &Scope, tag: &str, n_tf: usize) -> (ScopedKey, ScopedKey, Vec<ScopedKey>) {
+    let created = store.create_network(&chain_of(&network_chain_json(4, n_tf, tag)), scope, NetworkState::Active).await.unwrap();
+    let mut tfs = store.network_transformations(&created.network).await.unwrap();
+    tfs.sort();
+    (created.network, created.taskhub, tfs)
+}
+
+async fn network(store: &Store, tag: &str) -> (ScopedKey, ScopedKey, Vec<ScopedKey>) {
+    network_in(store, &scope(), tag, 4).await
+}
+
+/// `n` tasks per transformation (round robin over `tfs`).
+async fn tasks(store: &Store, tfs: &[ScopedKey], n: usize) -> Vec<ScopedKey> {
+    let reqs: Vec<TaskRequest> = (0..n).map(|i| TaskRequest { transformation: tfs[i % tfs.len()].clone(), extends: None }).collect();
+    store.create_tasks(&reqs, Some("alice")).await.unwrap()
+}
+
+fn some(ts: &[ScopedKey]) -> Vec<Option<ScopedKey>> {
+    ts.iter().cloned().map(Some).collect()
+}
+
+async fn action(store: &Store, network: &ScopedKey, ts: &[ScopedKey]) {
+    assert_eq!(store.action_tasks(network, &some(ts), None).await.unwrap(), some(ts));
+}
+
+async fn status(store: &Store, task: &ScopedKey) -> TaskStatus {
+    store.get_task_status(&[Some(task.clone())]).await.unwrap()[0].unwrap()
+}
+
+async fn statuses(store: &Store, ts: &[ScopedKey]) -> Vec<TaskStatus> {
+    store.get_task_status(&some(ts)).await.unwrap().into_iter().map(Option::unwrap).collect()
+}
+
+async fn set(store: &Store, ts: &[ScopedKey], s: TaskStatus) {
+    assert_eq!(store.set_task_status(&some(ts), s, true).await.unwrap(), some(ts));
+}
+
+fn sid(n: usize) -> ComputeServiceId {
+    format!("svc{n}-{:032x}", n + 1).parse().unwrap()
+}
+
+fn mid(name: &str, n: u128) -> ComputeManagerId {
+    format!("{name}-{:032x}", n + 1).parse().unwrap()
+}
+
+/// Claim across all scopes (no exclusions, no protocol filter, lenient failure policy).
+async fn claim(store: &Store, service: &ComputeServiceId, count: usize) -> Vec<Option<ScopedKey>> {
+    match store.claim_tasks(&all(), &[], service, count, None, 600, 3).await.unwrap() {
+        ClaimOutcome::Claimed(v) => v,
+        ClaimOutcome::Denied => panic!("claim denied"),
+    }
+}
+
+/// The claimed keys of a claim answer, checking its shape: exactly `count` entries,
+/// keys first, then `None`s.
+fn keys(answer: &[Option<ScopedKey>], count: usize) -> Vec<ScopedKey> {
+    assert_eq!(answer.len(), count);
+    let n = answer.iter().take_while(|k| k.is_some()).count();
+    assert!(answer[n..].iter().all(Option::is_none), "claimed keys must come first: {answer:?}");
+    answer[..n].iter().cloned().map(Option::unwrap).collect()
+}
+
+fn set_of(ts: &[ScopedKey]) -> HashSet<ScopedKey> {
+    ts.iter().cloned().collect()
+}
+
+fn result(n: u32, ok: bool, creator: &ComputeServiceId) -> RecordedResult {
+    let obj_key = format!("ProtocolDAGResult-{n:032x}");
+    RecordedResult {
+        location: format!("protocoldagresult/corg/ccampaign/cproject/x/{obj_key}/obj.json.zst"),
+        obj_key,
+        ok,
+        content_sha256: format!("{n:064x}"),
+        size: 10,
+        creator: Some(creator.to_string()),
+        tracebacks: None,
+    }
+}
+
+/// Claims held per service identifier, and the total number of claim rows.
+async fn claims_by_service(store: &Store) -> (HashMap<String, i64>, i64) {
+    let list = store.list_compute_services().await.unwrap();
+    let total = list.iter().map(|s| s.claimed_tasks).sum();
+    (list.into_iter().map(|s| (s.identifier.to_string(), s.claimed_tasks)).collect(), total)
+}
+
+fn invalid(e: StoreError) -> String {
+    match e {
+        StoreError::Invalid(m) => m,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+// -- registrations (model.md §6.1) -------------------------------------------------------
+
+store_test!(registration_lifecycle, |store| async move {
+    let a = sid(1);
+    let t0 = Utc::now();
+    store.register_compute_service(&a, None).await.unwrap();
+    let list = store.list_compute_services().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].identifier, a);
+    assert_eq!(list[0].registered, list[0].heartbeat);
+    assert!(list[0].registered >= t0 - Duration::seconds(1));
+    assert_eq!((list[0].manager_name.as_deref(), list[0].claimed_tasks, list[0].failures), (None, 0, 0));
+
+    // duplicate identifier
+    assert!(matches!(store.register_compute_service(&a, None).await, Err(StoreError::Conflict(_))));
+
+    // manager by name: unknown → Invalid, nothing stored
+    let m = mid("mgr", 1);
+    let b = sid(2);
+    assert_eq!(invalid(store.register_compute_service(&b, Some(&m)).await.unwrap_err()), "Could not find ComputeManagerRegistration");
+    assert_eq!(store.list_compute_services().await.unwrap().len(), 1);
+    // any uuid of a registered manager's name will do
+    store.register_compute_manager(&m, false).await.unwrap();
+    store.register_compute_service(&b, Some(&mid("mgr", 99))).await.unwrap();
+    let list = store.list_compute_services().await.unwrap();
+    assert_eq!(list.iter().find(|s| s.identifier == b).unwrap().manager_name.as_deref(), Some("mgr"));
+
+    // heartbeat moves the heartbeat only
+    let later = Utc::now() + Duration::seconds(5);
+    store.heartbeat_compute_service_at(&a, 1800, later).await.unwrap();
+    let info = store.list_compute_services().await.unwrap().into_iter().find(|s| s.identifier == a).unwrap();
+    assert_eq!(info.heartbeat.timestamp_micros(), later.timestamp_micros());
+    assert!(info.registered < info.heartbeat);
+    // heartbeat of an unknown service: no error, nothing created
+    store.heartbeat_compute_service(&sid(3), 1800).await.unwrap();
+    assert_eq!(store.list_compute_services().await.unwrap().len(), 2);
+
+    // deregistration is idempotent
+    store.deregister_compute_service(&a).await.unwrap();
+    store.deregister_compute_service(&a).await.unwrap();
+    store.deregister_compute_service(&sid(4)).await.unwrap();
+    let left: Vec<ComputeServiceId> = store.list_compute_services().await.unwrap().into_iter().map(|s| s.identifier).collect();
+    assert_eq!(left, vec![b.clone()]);
+    // and the id can be registered again
+    store.register_compute_service(&a, None).await.unwrap();
+
+    // negative durations are refused
+    assert!(matches!(store.expire_compute_services(-1).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.heartbeat_compute_service(&a, -1).await, Err(StoreError::Invalid(_))));
+});
+
+store_test!(deregistration_returns_running_tasks_to_waiting, |store| async move {
+    let (net, _, tfs) = network(&store, "dereg").await;
+    let ts = tasks(&store, &tfs, 6).await;
+    action(&store, &net, &ts).await;
+    let (a, b) = (sid(1), sid(2));
+    store.register_compute_service(&a, None).await.unwrap();
+    store.register_compute_service(&b, None).await.unwrap();
+    let mine = keys(&claim(&store, &a, 4).await, 4);
+    let theirs = keys(&claim(&store, &b, 2).await, 2);
+    assert_eq!(claims_by_service(&store).await.1, 6);
+    // one of a's tasks finished with an error meanwhile (its claim went with it)
+    set(&store, &mine[..1], TaskStatus::Error).await;
+    assert_eq!(claims_by_service(&store).await.0[&a.to_string()], 3);
+
+    store.deregister_compute_service(&a).await.unwrap();
+    assert_eq!(statuses(&store, &mine[1..]).await, vec![TaskStatus::Waiting; 3]);
+    assert_eq!(status(&store, &mine[0]).await, TaskStatus::Error);
+    assert_eq!(statuses(&store, &theirs).await, vec![TaskStatus::Running; 2]);
+    let (by, total) = claims_by_service(&store).await;
+    assert_eq!((by.len(), total), (1, 2));
+    // the released tasks can be claimed again
+    let again = keys(&claim(&store, &b, 5).await, 5);
+    assert_eq!(set_of(&again), set_of(&mine[1..]));
+});
+
+store_test!(expiry_returns_running_tasks_to_waiting, |store| async move {
+    let (net, _, tfs) = network(&store, "expire").await;
+    let ts = tasks(&store, &tfs, 4).await;
+    action(&store, &net, &ts).await;
+    let (old, fresh, live) = (sid(1), sid(2), sid(3));
+    let now = Utc::now();
+    store.register_compute_service_at(&old, None, now - Duration::hours(2)).await.unwrap();
+    store.register_compute_service_at(&fresh, None, now - Duration::minutes(10)).await.unwrap();
+    store.register_compute_service(&live, None).await.unwrap();
+    let held = keys(&claim(&store, &old, 3).await, 3);
+    let other = keys(&claim(&store, &fresh, 1).await, 1);
+
+    // nothing is stale yet for a one-day expiry
+    assert!(store.expire_compute_services(86_400).await.unwrap().is_empty());
+    // a heartbeat by anyone expires the stale registrations first (upstream behaviour)
+    store.heartbeat_compute_service(&live, 1800).await.unwrap();
+    let left: HashSet<ComputeServiceId> = store.list_compute_services().await.unwrap().into_iter().map(|s| s.identifier).collect();
+    assert_eq!(left, HashSet::from([fresh.clone(), live.clone()]));
+    assert_eq!(statuses(&store, &held).await, vec![TaskStatus::Waiting; 3]);
+    assert_eq!(status(&store, &other[0]).await, TaskStatus::Running);
+    assert_eq!(claims_by_service(&store).await.1, 1);
+    // an expired service is told it is not registered, and gets no task (fix of Q8/Q9)
+    let e = store.claim_tasks(&all(), &[], &old, 1, None, 600, 3).await.unwrap_err();
+    assert_eq!(invalid(e), format!("compute service {old} is not registered"));
+    // its heartbeat does not resurrect it
+    store.heartbeat_compute_service(&old, 1800).await.unwrap();
+    assert_eq!(store.list_compute_services().await.unwrap().len(), 2);
+
+    // expiry alone (the reaper), with the expired ids
+    let expired = store.expire_compute_services_at(300, Utc::now()).await.unwrap();
+    assert_eq!(expired, vec![fresh.to_string()]);
+    assert_eq!(status(&store, &other[0]).await, TaskStatus::Waiting);
+    assert_eq!(claims_by_service(&store).await.1, 0);
+    assert!(store.expire_compute_services(300).await.unwrap().is_empty());
+});
+
+store_test!(failures_deny_claims_until_forgiven, |store| async move {
+    let (net, _, tfs) = network(&store, "fail").await;
+    let ts = tasks(&store, &tfs, 8).await;
+    action(&store, &net, &ts).await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    assert_eq!(store.compute_service_can_claim(&sid(9), 600, 3).await.unwrap(), None);
+    assert_eq!(store.compute_service_can_claim(&s, 600, 3).await.unwrap(), Some(true));
+
+    // three recent failures are still allowed (≤ max), the fourth denies
+    let now = Utc::now();
+    for (i, t) in ts[..3].iter().enumerate() {
+        store.record_result_at(t, &result(i as u32, false, &s), now - Duration::seconds(100)).await.unwrap();
+    }
+    assert_eq!(store.compute_service_can_claim(&s, 600, 3).await.unwrap(), Some(true));
+    assert!(matches!(store.claim_tasks(&all(), &[], &s, 1, None, 600, 3).await.unwrap(), ClaimOutcome::Claimed(_)));
+    store.record_result_at(&ts[3], &result(3, false, &s), now - Duration::seconds(5)).await.unwrap();
+    assert_eq!(store.compute_service_can_claim(&s, 600, 3).await.unwrap(), Some(false));
+    assert_eq!(store.claim_tasks(&all(), &[], &s, 2, None, 600, 3).await.unwrap(), ClaimOutcome::Denied);
+    // a stricter or laxer policy is the caller's
+    assert_eq!(store.compute_service_can_claim(&s, 600, 4).await.unwrap(), Some(true));
+    assert_eq!(store.list_compute_services().await.unwrap()[0].failures, 4);
+
+    // failures older than the forgive window are dropped for good
+    assert_eq!(store.compute_service_can_claim(&s, 50, 3).await.unwrap(), Some(true));
+    assert_eq!(store.list_compute_services().await.unwrap()[0].failures, 1);
+    assert_eq!(store.compute_service_can_claim(&s, 600, 0).await.unwrap(), Some(false));
+    assert_eq!(store.compute_service_can_claim(&s, 600, 1).await.unwrap(), Some(true));
+    let old = now - Duration::hours(1);
+    for (i, t) in ts.iter().enumerate().skip(4) {
+        store.record_result_at(t, &result(i as u32, false, &s), old).await.unwrap();
+    }
+    assert_eq!(store.list_compute_services().await.unwrap()[0].failures, 5);
+    match store.claim_tasks(&all(), &[], &s, 1, None, 600, 3).await.unwrap() {
+        ClaimOutcome::Claimed(v) => assert_eq!(v.len(), 1),
+        ClaimOutcome::Denied => panic!("old failures must be forgiven"),
+    }
+    assert_eq!(store.list_compute_services().await.unwrap()[0].failures, 1);
+});
+
+// -- claiming (model.md §6.2, §6.3) -------------------------------------------------------
+
+store_test!(unregistered_service_is_refused, |store| async move {
+    let (net, hub, tfs) = network(&store, "unreg").await;
+    let ts = tasks(&store, &tfs, 2).await;
+    action(&store, &net, &ts).await;
+    let s = sid(1);
+    let msg = format!("compute service {s} is not registered");
+    assert_eq!(invalid(store.claim_tasks(&all(), &[], &s, 1, None, 600, 3).await.unwrap_err()), msg);
+    assert_eq!(invalid(store.claim_taskhub_tasks(&hub, &s, 1, None).await.unwrap_err()), msg);
+    // nothing was claimed (upstream Q8 handed out the keys anyway)
+    assert_eq!(statuses(&store, &ts).await, vec![TaskStatus::Waiting; 2]);
+});
+
+store_test!(claims_are_padded_to_count, |store| async move {
+    let (net, hub, tfs) = network(&store, "pad").await;
+    let ts = tasks(&store, &tfs, 2).await;
+    action(&store, &net, &ts).await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    assert!(claim(&store, &s, 0).await.is_empty());
+    let got = claim(&store, &s, 5).await;
+    assert_eq!(set_of(&keys(&got, 5)), set_of(&ts));
+    assert_eq!(got.iter().filter(|k| k.is_none()).count(), 3);
+    assert_eq!(statuses(&store, &ts).await, vec![TaskStatus::Running; 2]);
+    let (by, total) = claims_by_service(&store).await;
+    assert_eq!((by[&s.to_string()], total), (2, 2));
+    // nothing left: all None, on both routes
+    assert_eq!(claim(&store, &s, 3).await, vec![None; 3]);
+    assert_eq!(store.claim_taskhub_tasks(&hub, &s, 2, None).await.unwrap(), vec![None; 2]);
+    // an empty search space claims nothing
+    assert_eq!(store.claim_tasks(&[], &[], &s, 2, None, 600, 3).await.unwrap(), ClaimOutcome::Claimed(vec![None; 2]));
+});
+
+store_test!(claim_from_a_specific_hub, |store| async move {
+    let (net_a, hub_a, tfs_a) = network(&store, "hubA").await;
+    let (net_b, hub_b, tfs_b) = network(&store, "hubB").await;
+    let ta = tasks(&store, &tfs_a, 4).await;
+    let tb = tasks(&store, &tfs_b, 4).await;
+    action(&store, &net_a, &ta).await;
+    action(&store, &net_b, &tb).await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+
+    let got = keys(&store.claim_taskhub_tasks(&hub_b, &s, 3, None).await.unwrap(), 3);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|k| tb.contains(k)));
+    let rest = keys(&store.claim_taskhub_tasks(&hub_b, &s, 3, None).await.unwrap(), 3);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(set_of(&[got, rest].concat()), set_of(&tb));
+    assert_eq!(statuses(&store, &ta).await, vec![TaskStatus::Waiting; 4]);
+
+    // unknown hubs and keys that are not hubs yield only None
+    let missing: ScopedKey = format!("TaskHub-00000000000000000000000000000000-{}", scope()).parse().unwrap();
+    assert_eq!(store.claim_taskhub_tasks(&missing, &s, 2, None).await.unwrap(), vec![None; 2]);
+    let elsewhere: ScopedKey = format!("{}-o-c-p", hub_a.gufe_key()).parse().unwrap();
+    assert_eq!(store.claim_taskhub_tasks(&elsewhere, &s, 1, None).await.unwrap(), vec![None]);
+    assert_eq!(store.claim_taskhub_tasks(&net_a, &s, 1, None).await.unwrap(), vec![None]);
+    assert_eq!(statuses(&store, &ta).await, vec![TaskStatus::Waiting; 4]);
+});
+
+store_test!(most_urgent_priority_groups_first, |store| async move {
+    let (net, hub, tfs) = network(&store, "prio").await;
+    let ts = tasks(&store, &tfs, 12).await;
+    action(&store, &net, &ts).await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+
+    // count 1 with a unique most urgent task: always that task, on both routes
+    store.set_task_priority(&some(&ts[5..6]), 1).await.unwrap();
+    for round in 0..10 {
+        let got = if round % 2 == 0 { claim(&store, &s, 1).await } else { store.claim_taskhub_tasks(&hub, &s, 1, None).await.unwrap() };
+        assert_eq!(got, vec![Some(ts[5].clone())]);
+        set(&store, &ts[5..6], TaskStatus::Waiting).await;
+    }
+
+    // groups: p1 = {0, 1}, p5 = {2, 3, 4, 5, 6}, p10 = the rest
+    store.set_task_priority(&some(&ts[0..2]), 1).await.unwrap();
+    store.set_task_priority(&some(&ts[2..7]), 5).await.unwrap();
+    for _ in 0..5 {
+        let got = keys(&claim(&store, &s, 4).await, 4);
+        assert_eq!(got.len(), 4);
+        assert!(got.contains(&ts[0]) && got.contains(&ts[1]), "{got:?}");
+        assert_eq!(got.iter().filter(|k| ts[2..7].contains(k)).count(), 2);
+        set(&store, &got, TaskStatus::Waiting).await;
+    }
+    // whole groups that fit are taken: 1 + 5 + 3 of the ten-priority group
+    let got = keys(&store.claim_taskhub_tasks(&hub, &s, 10, None).await.unwrap(), 10);
+    assert!(set_of(&ts[0..7]).is_subset(&set_of(&got)));
+    assert_eq!(got.len(), 10);
+    let last = keys(&claim(&store, &s, 10).await, 10);
+    assert_eq!(last.len(), 2);
+    assert_eq!(set_of(&[got, last].concat()), set_of(&ts));
+});
+
+store_test!(actions_weights_drive_the_choice, |store| async move {
+    let (net, hub, tfs) = network(&store, "wsample").await;
+    let ts = tasks(&store, &tfs, 4).await;
+    store.action_tasks(&net, &some(&ts), Some(Weights::Each(vec![1.0, 1.0, 0.001, 0.0]))).await.unwrap();
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    let mut rare = 0;
+    for round in 0..40 {
+        // single draws and multi-task samples, through both routes
+        let count = 1 + round % 2;
+        let got = if round % 4 < 2 { claim(&store, &s, count).await } else { store.claim_taskhub_tasks(&hub, &s, count, None).await.unwrap() };
+        let got = keys(&got, count);
+        assert_eq!(got.len(), count);
+        assert!(!got.contains(&ts[3]), "a weight-0 task was claimed");
+        rare += got.iter().filter(|k| **k == ts[2]).count();
+        set(&store, &got, TaskStatus::Waiting).await;
+    }
+    assert!(rare <= 3, "a task with weight 0.001 was drawn {rare} times in 40 rounds");
+    // when it is the only candidate left with weight > 0 it is taken; weight 0 never is
+    let got = keys(&claim(&store, &s, 4).await, 4);
+    assert_eq!(set_of(&got), set_of(&ts[..3]));
+    assert_eq!(status(&store, &ts[3]).await, TaskStatus::Waiting);
+    assert_eq!(store.claim_taskhub_tasks(&hub, &s, 1, None).await.unwrap(), vec![None]);
+});
+
+store_test!(hub_weights_drive_the_choice, |store| async move {
+    let (net_a, _, tfs_a) = network(&store, "heavy").await;
+    let (net_b, hub_b, tfs_b) = network(&store, "light").await;
+    let (net_z, hub_z, tfs_z) = network(&store, "zero").await;
+    let ta = tasks(&store, &tfs_a, 60).await;
+    let tb = tasks(&store, &tfs_b, 60).await;
+    let tz = tasks(&store, &tfs_z, 10).await;
+    action(&store, &net_a, &ta).await;
+    action(&store, &net_b, &tb).await;
+    action(&store, &net_z, &tz).await;
+    store.set_network_weights(&[(net_a.clone(), 1.0), (net_b.clone(), 0.1), (net_z.clone(), 0.0)]).await.unwrap();
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    let mut from_a = 0;
+    for _ in 0..50 {
+        let got = keys(&claim(&store, &s, 1).await, 1);
+        assert_eq!(got.len(), 1);
+        assert!(!tz.contains(&got[0]), "claimed from a weight-0 hub");
+        from_a += ta.contains(&got[0]) as usize;
+    }
+    assert!(from_a >= 35, "hub weights 1.0 : 0.1, yet only {from_a} of 50 claims came from the heavy hub");
+    // a weight-0 hub is never picked, even when it is all that is left…
+    let rest = keys(&claim(&store, &s, 200).await, 200);
+    assert_eq!(rest.len(), 70);
+    assert!(rest.iter().all(|k| !tz.contains(k)));
+    assert_eq!(claim(&store, &s, 2).await, vec![None; 2]);
+    // …and a hub set to 0 stops at once, although a hub pool may still list it
+    store.set_network_weights(&[(net_z.clone(), 1.0)]).await.unwrap();
+    assert_eq!(keys(&claim(&store, &s, 2).await, 2).len(), 2);
+    store.set_network_weights(&[(net_z.clone(), 0.0)]).await.unwrap();
+    assert_eq!(claim(&store, &s, 3).await, vec![None; 3]);
+    // naming the hub claims regardless of its weight (only ACTIONS weights count there)
+    assert_eq!(keys(&store.claim_taskhub_tasks(&hub_z, &s, 3, None).await.unwrap(), 3).len(), 3);
+    assert_eq!(store.claim_taskhub_tasks(&hub_b, &s, 1, None).await.unwrap(), vec![None]);
+});
+
+store_test!(extending_tasks_wait_for_their_parents, |store| async move {
+    let (net, hub, tfs) = network(&store, "chain").await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    let root = tasks(&store, &tfs[..1], 1).await.remove(0);
+    let mut layers = vec![vec![root.clone()]];
+    for _ in 0..2 {
+        let parent = layers.last().unwrap()[0].clone();
+        let reqs: Vec<TaskRequest> = (0..2).map(|_| TaskRequest { transformation: tfs[0].clone(), extends: Some(parent.clone()) }).collect();
+        layers.push(store.create_tasks(&reqs, None).await.unwrap());
+    }
+    let everything: Vec<ScopedKey> = layers.concat();
+    action(&store, &net, &everything).await;
+    assert_eq!(store.count_claimable_tasks(&all(), &[]).await.unwrap(), 1);
+
+    for (i, layer) in layers.iter().enumerate() {
+        let got = keys(&claim(&store, &s, 5).await, 5);
+        assert_eq!(set_of(&got), set_of(layer), "layer {i}");
+        // a failed parent does not unblock its children
+        store.record_result(&layer[0], &result(100 + i as u32, false, &sid(7))).await.unwrap();
+        set(&store, &layer[..1], TaskStatus::Waiting).await;
+        assert_eq!(store.claim_taskhub_tasks(&hub, &s, 5, None).await.unwrap().iter().flatten().cloned().collect::<Vec<_>>(), vec![layer[0].clone()]);
+        // completing the first task of the layer unblocks the next layer
+        store.record_result(&layer[0], &result(i as u32, true, &s)).await.unwrap();
+        assert_eq!(status(&store, &layer[0]).await, TaskStatus::Complete);
+    }
+    assert_eq!(claim(&store, &s, 1).await, vec![None]);
+});
+
+store_test!(protocol_filter, |store| async move {
+    let other_text = network_chain_json(4, 4, "otherproto").replace("SyntheticProtocol", "OtherProtocol");
+    let created = store.create_network(&chain_of(&other_text), &scope(), NetworkState::Active).await.unwrap();
+    let other_tfs = store.network_transformations(&created.network).await.unwrap();
+    let (net, hub, tfs) = network(&store, "synthproto").await;
+    let synth = tasks(&store, &tfs, 3).await;
+    let other = tasks(&store, &other_tfs, 3).await;
+    action(&store, &net, &synth).await;
+    action(&store, &created.network, &other).await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+
+    let p = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    // validation
+    for bad in [p(&[]), p(&["9Bad"]), p(&["Has-Hyphen"]), p(&["OK", "with space"])] {
+        assert!(matches!(store.claim_tasks(&all(), &[], &s, 1, Some(&bad), 600, 3).await, Err(StoreError::Invalid(_))), "{bad:?}");
+        assert!(matches!(store.claim_taskhub_tasks(&hub, &s, 1, Some(&bad)).await, Err(StoreError::Invalid(_))), "{bad:?}");
+    }
+    assert_eq!(invalid(store.claim_taskhub_tasks(&hub, &s, 1, Some(&p(&["a.b"]))).await.unwrap_err()), "Invalid `Protocol` name among `protocols`");
+    assert!(matches!(store.count_claimable_tasks(&all(), &p(&["a b"])).await, Err(StoreError::Invalid(_))));
+
+    assert_eq!(store.count_claimable_tasks(&all(), &[]).await.unwrap(), 6);
+    assert_eq!(store.count_claimable_tasks(&all(), &p(&["OtherProtocol"])).await.unwrap(), 3);
+    assert_eq!(store.count_claimable_tasks(&all(), &p(&["Nope", "SyntheticProtocol"])).await.unwrap(), 3);
+
+    let f = p(&["OtherProtocol", "Unrelated"]);
+    let got = match store.claim_tasks(&all(), &[], &s, 10, Some(&f), 600, 3).await.unwrap() {
+        ClaimOutcome::Claimed(v) => keys(&v, 10),
+        ClaimOutcome::Denied => panic!(),
+    };
+    assert_eq!(set_of(&got), set_of(&other));
+    assert_eq!(store.claim_taskhub_tasks(&hub, &s, 2, Some(&p(&["OtherProtocol"]))).await.unwrap(), vec![None; 2]);
+    let got = keys(&store.claim_taskhub_tasks(&hub, &s, 2, Some(&p(&["SyntheticProtocol"]))).await.unwrap(), 2);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|k| synth.contains(k)));
+});
+
+store_test!(scopes_and_exclusions, |store| async move {
+    let s1: Scope = "orgA-camp1-proj1".parse().unwrap();
+    let s2: Scope = "orgA-camp2-proj1".parse().unwrap();
+    let s3: Scope = "orgB-camp1-proj1".parse().unwrap();
+    let mut by_scope = Vec::new();
+    for (i, sc) in [&s1, &s2, &s3].into_iter().enumerate() {
+        let (net, _, tfs) = network_in(&store, sc, &format!("scoped{i}"), 2).await;
+        let ts = tasks(&store, &tfs, 3).await;
+        action(&store, &net, &ts).await;
+        by_scope.push(ts);
+    }
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    let claim_in = |scopes: Vec<Scope>, exclude: Vec<Scope>| {
+        let store = store.clone();
+        let s = s.clone();
+        async move {
+            match store.claim_tasks(&scopes, &exclude, &s, 20, None, 600, 3).await.unwrap() {
+                ClaimOutcome::Claimed(v) => set_of(&keys(&v, 20)),
+                ClaimOutcome::Denied => panic!(),
+            }
+        }
+    };
+    let org_a: Scope = "orgA-*-*".parse().unwrap();
+    assert_eq!(store.count_claimable_tasks(std::slice::from_ref(&org_a), &[]).await.unwrap(), 6);
+    assert_eq!(store.count_claimable_tasks(&[s1.clone(), s3.clone(), org_a.clone()], &[]).await.unwrap(), 9);
+
+    // everything in orgA except campaign 2
+    let got = claim_in(vec![org_a.clone()], vec!["orgA-camp2-*".parse().unwrap()]).await;
+    assert_eq!(got, set_of(&by_scope[0]));
+    // excluding everything claims nothing
+    assert!(claim_in(all(), all()).await.is_empty());
+    // an exclusion that covers no hub changes nothing
+    let got = claim_in(vec![s3.clone(), s2.clone()], vec!["orgC-*-*".parse().unwrap()]).await;
+    assert_eq!(got, set_of(&[by_scope[1].clone(), by_scope[2].clone()].concat()));
+    assert!(claim_in(all(), vec![]).await.is_empty());
+});
+
+/// Many services draining many hubs at once: every task is claimed exactly once.
+async fn concurrent_claimers(store: Store) {
+    const CLAIMERS: usize = 32;
+    // 6 networks × 50 tasks; networks 0–2 have twins sharing their transformations, so
+    // every task of those is actioned on two hubs (claims race across hubs too)
+    let mut all_tasks = Vec::new();
+    for i in 0..3 {
+        let text = network_chain_json(4, 10, &format!("conc{i}"));
+        let root = chain_of(&text).root().key.to_string();
+        let twin = text.replace(&root, &format!("AlchemicalNetwork-{:032x}", i + 1));
+        let a = store.create_network(&chain_of(&text), &scope(), NetworkState::Active).await.unwrap();
+        let b = store.create_network(&chain_of(&twin), &scope(), NetworkState::Active).await.unwrap();
+        let tfs = store.network_transformations(&a.network).await.unwrap();
+        let ts = tasks(&store, &tfs, 50).await;
+        action(&store, &a.network, &ts).await;
+        action(&store, &b.network, &ts).await;
+        all_tasks.extend(ts);
+    }
+    for i in 3..6 {
+        let (net, _, tfs) = network_in(&store, &scope(), &format!("conc{i}"), 10).await;
+        let ts = tasks(&store, &tfs, 50).await;
+        action(&store, &net, &ts).await;
+        all_tasks.extend(ts);
+    }
+    assert_eq!(all_tasks.len(), 300);
+    let hubs: Vec<ScopedKey> = store.query_taskhubs(&all()).await.unwrap().into_iter().map(|(h, _, _)| h).collect();
+    assert_eq!(hubs.len(), 9);
+
+    let mut handles = Vec::new();
+    for c in 0..CLAIMERS {
+        let store = store.clone();
+        let hubs = hubs.clone();
+        handles.push(tokio::spawn(async move {
+            let me = sid(100 + c);
+            store.register_compute_service(&me, None).await.unwrap();
+            let mut mine = Vec::new();
+            let mut empty_in_a_row = 0;
+            let mut round = 0usize;
+            while empty_in_a_row < 3 {
+                round += 1;
+                let count = 1 + (c + round) % 3;
+                let named_hub = (c + round).is_multiple_of(4);
+                let answer = if named_hub {
+                    store.claim_taskhub_tasks(&hubs[(c + round) % hubs.len()], &me, count, None).await.unwrap()
+                } else {
+                    match store.claim_tasks(&all(), &[], &me, count, None, 600, 3).await.unwrap() {
+                        ClaimOutcome::Claimed(v) => v,
+                        ClaimOutcome::Denied => panic!("denied"),
+                    }
+                };
+                let got = keys(&answer, count);
+                if got.is_empty() && !named_hub {
+                    empty_in_a_row += 1;
+                    tokio::task::yield_now().await;
+                } else if !got.is_empty() {
+                    empty_in_a_row = 0;
+                }
+                mine.extend(got);
+            }
+            (me, mine)
+        }));
+    }
+    let mut seen: HashMap<ScopedKey, ComputeServiceId> = HashMap::new();
+    let mut per_service = HashMap::new();
+    for h in handles {
+        let (me, mine) = h.await.unwrap();
+        per_service.insert(me.to_string(), mine.len() as i64);
+        for t in mine {
+            if let Some(first) = seen.insert(t.clone(), me.clone()) {
+                panic!("task {t} was claimed by both {first} and {me}");
+            }
+        }
+    }
+    // no duplicates, no losses
+    assert_eq!(seen.len(), 300);
+    assert_eq!(set_of(&seen.keys().cloned().collect::<Vec<_>>()), set_of(&all_tasks));
+    assert_eq!(statuses(&store, &all_tasks).await, vec![TaskStatus::Running; 300]);
+    // task_claim rows == running tasks, each held by the service that was told
+    let (by, total) = claims_by_service(&store).await;
+    assert_eq!(total, 300);
+    for (svc, n) in per_service {
+        assert_eq!(by[&svc], n, "{svc}");
+    }
+    assert!(store.count_claimable_tasks(&all(), &[]).await.unwrap() == 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_sqlite() {
+    let ts = alchemiscale_store::testing::sqlite().await;
+    concurrent_claimers(ts.store.clone()).await;
+    ts.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_postgres() {
+    let Some(location) = alchemiscale_store::testing::postgres_location().await else {
+        eprintln!("note: PostgreSQL test skipped (set ALCHEMISCALE_TEST_POSTGRES_URL to run it)");
+        return;
+    };
+    // enough connections for the claimers to really run side by side
+    let store = Store::connect(&location, &StoreOptions { max_connections: 16, ..Default::default() }).await.unwrap();
+    store.init().await.unwrap();
+    concurrent_claimers(store.clone()).await;
+    store.close().await;
+}
+
+// -- compute managers (model.md §10) -------------------------------------------------------
+
+store_test!(manager_registration_steal_and_deregistration, |store| async move {
+    let m1 = mid("mgr", 1);
+    let m2 = mid("mgr", 2);
+    store.register_compute_manager(&m1, false).await.unwrap();
+    let info = store.get_compute_manager("mgr").await.unwrap().unwrap();
+    assert_eq!((info.id.clone(), info.status, info.detail.as_deref(), info.saturation), (m1.clone(), ComputeManagerStatus::Ok, Some(""), Some(0.0)));
+    assert_eq!(info.registered, info.last_status_update);
+
+    // same name, any uuid: refused with the status
+    let msg = "ComputeManager with this name is already registered with status OK";
+    assert_eq!(invalid(store.register_compute_manager(&m2, false).await.unwrap_err()), msg);
+    assert_eq!(invalid(store.register_compute_manager(&m1, false).await.unwrap_err()), msg);
+    // steal replaces an OK registration
+    store.register_compute_manager(&m2, true).await.unwrap();
+    assert_eq!(store.get_compute_manager("mgr").await.unwrap().unwrap().id, m2);
+    // deregistering the stolen id is a no-op; the owner's works
+    store.deregister_compute_manager(&m1).await.unwrap();
+    assert!(store.get_compute_manager("mgr").await.unwrap().is_some());
+    store.deregister_compute_manager(&m2).await.unwrap();
+    assert!(store.get_compute_manager("mgr").await.unwrap().is_none());
+    store.deregister_compute_manager(&m2).await.unwrap();
+    // steal with nothing registered just registers (upstream: server error)
+    store.register_compute_manager(&m1, true).await.unwrap();
+
+    // an ERROR registration can be neither stolen nor deregistered, only cleared
+    store.update_compute_manager_status(&m1, ComputeManagerStatus::Error, Some("boom"), None, 3600, 86400).await.unwrap();
+    let err_msg = "ComputeManager with this name is already registered with status ERROR";
+    assert_eq!(invalid(store.register_compute_manager(&m2, true).await.unwrap_err()), err_msg);
+    store.deregister_compute_manager(&m1).await.unwrap();
+    let info = store.get_compute_manager("mgr").await.unwrap().unwrap();
+    assert_eq!((info.status, info.detail.as_deref(), info.saturation), (ComputeManagerStatus::Error, Some("boom"), None));
+    let clear_msg = "Could not find an ERROR compute manager with the provided name and UUID";
+    assert_eq!(invalid(store.clear_compute_manager_error("other").await.unwrap_err()), clear_msg);
+    store.clear_compute_manager_error("mgr").await.unwrap();
+    assert!(store.list_compute_managers().await.unwrap().is_empty());
+    assert_eq!(invalid(store.clear_compute_manager_error("mgr").await.unwrap_err()), clear_msg);
+    // clearing an OK manager is refused
+    store.register_compute_manager(&m2, false).await.unwrap();
+    assert_eq!(invalid(store.clear_compute_manager_error("mgr").await.unwrap_err()), clear_msg);
+    assert_eq!(store.list_compute_managers().await.unwrap().len(), 1);
+
+    // services started by a manager stay registered when it goes, and are managed again
+    // by the next registration of that name
+    let s = sid(1);
+    store.register_compute_service(&s, Some(&m2)).await.unwrap();
+    store.deregister_compute_manager(&m2).await.unwrap();
+    assert_eq!(store.list_compute_services().await.unwrap()[0].manager_name.as_deref(), Some("mgr"));
+    let m3 = mid("mgr", 3);
+    store.register_compute_manager(&m3, false).await.unwrap();
+    match store.compute_manager_instruction(&m3, &all(), &[], 600, 3).await.unwrap() {
+        ManagerInstruction::Ok { compute_service_ids, .. } => assert_eq!(compute_service_ids, vec![s]),
+        other => panic!("{other:?}"),
+    }
+});
+
+store_test!(manager_status_validation_and_expiry, |store| async move {
+    let m = mid("mgr", 1);
+    let up = |status: ComputeManagerStatus, detail: Option<&'static str>, saturation: Option<f64>| {
+        let store = store.clone();
+        let m = m.clone();
+        async move { store.update_compute_manager_status(&m, status, detail, saturation, 3600, 86400).await }
+    };
+    use ComputeManagerStatus::{Error as E, Ok as K};
+    let cases: [(ComputeManagerStatus, Option<&'static str>, Option<f64>, &str); 7] = [
+        (K, None, None, "saturation is required for the 'OK' status"),
+        (K, Some("hi"), Some(0.5), "detail should only be provided for the 'ERROR' status"),
+        (E, Some("bad"), Some(0.5), "saturation should only be provided for the 'OK' status"),
+        (E, None, None, "detail is required for the 'ERROR' status"),
+        (E, Some(""), None, "detail is required for the 'ERROR' status"),
+        (K, None, Some(1.5), "saturation must be between 0 and 1"),
+        (K, None, Some(f64::NAN), "saturation must be between 0 and 1"),
+    ];
+    for (status, detail, saturation, msg) in cases {
+        assert_eq!(invalid(up(status, detail, saturation).await.unwrap_err()), msg);
+    }
+    assert_eq!(invalid(up(K, None, Some(-0.1)).await.unwrap_err()), "saturation must be between 0 and 1");
+    // validation comes first; then an unknown manager
+    assert_eq!(invalid(up(K, None, Some(0.5)).await.unwrap_err()), format!("No record for ComputeManager: {m}"));
+    assert_eq!(invalid(parse_compute_manager_status("WARN").unwrap_err()), "\"WARN\" is not a valid ComputeManagerStatus");
+
+    store.register_compute_manager(&m, false).await.unwrap();
+    up(K, None, Some(0.25)).await.unwrap();
+    up(K, Some(""), Some(1.0)).await.unwrap(); // an empty detail counts as none
+    let info = store.get_compute_manager("mgr").await.unwrap().unwrap();
+    assert_eq!((info.status, info.detail, info.saturation), (ComputeManagerStatus::Ok, None, Some(1.0)));
+    // the same name with another uuid is not this registration
+    let other = mid("mgr", 2);
+    assert!(store.update_compute_manager_status(&other, K, None, Some(0.0), 3600, 86400).await.is_err());
+
+    // expiry after each update: OK ones after the OK window, ERROR ones after theirs
+    let now: DateTime<Utc> = Utc::now();
+    let (ok_old, err_old, err_recent) = (mid("okold", 1), mid("errold", 1), mid("errnew", 1));
+    for x in [&ok_old, &err_old, &err_recent] {
+        store.register_compute_manager(x, false).await.unwrap();
+    }
+    // (each update expires relative to its own time, so the oldest goes last)
+    store.update_compute_manager_status_at(&ok_old, K, None, Some(0.1), 3600, 86400, now - Duration::hours(2)).await.unwrap();
+    store.update_compute_manager_status_at(&err_recent, E, Some("y"), None, 3600, 86400, now - Duration::hours(2)).await.unwrap();
+    store.update_compute_manager_status_at(&err_old, E, Some("x"), None, 3600, 86400, now - Duration::hours(30)).await.unwrap();
+    assert_eq!(store.list_compute_managers().await.unwrap().len(), 4);
+    up(K, None, Some(0.5)).await.unwrap();
+    let names: Vec<String> = store.list_compute_managers().await.unwrap().into_iter().map(|i| i.id.name().to_string()).collect();
+    assert_eq!(names, vec!["errnew".to_string(), "mgr".to_string()]);
+    // a failed update expires nothing
+    store.update_compute_manager_status_at(&m, K, None, Some(0.5), 3600, 86400, now - Duration::hours(5)).await.unwrap();
+    assert!(up(K, None, None).await.is_err());
+    assert_eq!(store.list_compute_managers().await.unwrap().len(), 2);
+    // a status update by another manager expires the stale one
+    store.update_compute_manager_status(&err_recent, E, Some("z"), None, 3600, 3600).await.unwrap();
+    let names: Vec<String> = store.list_compute_managers().await.unwrap().into_iter().map(|i| i.id.name().to_string()).collect();
+    assert_eq!(names, vec!["errnew".to_string()]);
+});
+
+store_test!(manager_instructions, |store| async move {
+    let m = mid("mgr", 1);
+    let stop = ManagerInstruction::Shutdown { message: MANAGER_NOT_FOUND.into() };
+    assert_eq!(store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(), stop);
+    store.register_compute_manager(&m, false).await.unwrap();
+    // right name, wrong uuid
+    assert_eq!(store.compute_manager_instruction(&mid("mgr", 2), &all(), &[], 600, 3).await.unwrap(), stop);
+    assert_eq!(
+        store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(),
+        ManagerInstruction::Ok { compute_service_ids: vec![], num_tasks: 0 }
+    );
+
+    let (net, _, tfs) = network(&store, "instr").await;
+    let ts = tasks(&store, &tfs, 6).await;
+    let ext = store.create_tasks(&[TaskRequest { transformation: tfs[0].clone(), extends: Some(ts[0].clone()) }], None).await.unwrap();
+    action(&store, &net, &ts[..5]).await; // ts[5] is not actioned
+    action(&store, &net, &ext).await; // blocked by its parent
+    // weights are ignored (Q19)
+    store.action_tasks(&net, &some(&ts[4..5]), Some(Weights::All(0.0))).await.unwrap();
+    let (s1, s2, s3) = (sid(1), sid(2), sid(3));
+    store.register_compute_service(&s1, Some(&m)).await.unwrap();
+    store.register_compute_service(&s2, Some(&m)).await.unwrap();
+    store.register_compute_service(&s3, None).await.unwrap();
+    keys(&claim(&store, &s3, 1).await, 1); // a running task does not count
+    let ok = |n: i64| ManagerInstruction::Ok { compute_service_ids: vec![s1.clone(), s2.clone()], num_tasks: n };
+    assert_eq!(store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(), ok(4));
+    let p = vec!["SyntheticProtocol".to_string()];
+    assert_eq!(store.compute_manager_instruction(&m, &all(), &p, 600, 3).await.unwrap(), ok(4));
+    assert_eq!(store.compute_manager_instruction(&m, &all(), &["Other".to_string()], 600, 3).await.unwrap(), ok(0));
+    assert_eq!(store.compute_manager_instruction(&m, &["zz-*-*".parse().unwrap()], &[], 600, 3).await.unwrap(), ok(0));
+    assert_eq!(store.compute_manager_instruction(&m, &[], &[], 600, 3).await.unwrap(), ok(0));
+    assert!(matches!(store.compute_manager_instruction(&m, &all(), &["bad name".to_string()], 600, 3).await, Err(StoreError::Invalid(_))));
+
+    // one managed service over the failure limit: SKIP
+    for i in 0..4 {
+        store.record_result(&ts[5], &result(i, false, &s2)).await.unwrap();
+    }
+    assert_eq!(
+        store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(),
+        ManagerInstruction::Skip { compute_service_ids: vec![s1.clone(), s2.clone()] }
+    );
+    assert_eq!(store.compute_manager_instruction(&m, &all(), &[], 600, 4).await.unwrap(), ok(4));
+    // an unmanaged service's failures do not matter
+    for i in 10..15 {
+        store.record_result(&ts[5], &result(i, false, &s3)).await.unwrap();
+    }
+    store.deregister_compute_service(&s2).await.unwrap();
+    assert_eq!(
+        store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(),
+        ManagerInstruction::Ok { compute_service_ids: vec![s1.clone()], num_tasks: 4 }
+    );
+    // the task s3 holds counts again once s3 is gone
+    store.deregister_compute_service(&s3).await.unwrap();
+    assert_eq!(
+        store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(),
+        ManagerInstruction::Ok { compute_service_ids: vec![s1.clone()], num_tasks: 5 }
+    );
+});
