@@ -160,3 +160,88 @@ mod tests {
         assert_ne!(network_chain_json(3, 3, "a"), network_chain_json(3, 3, "b"));
     }
 }
+
+/// Pseudo-random text of `n` characters from a 64-symbol alphabet (about 6 bits of
+/// entropy per byte, so it barely compresses): payloads of a chosen stored size.
+pub fn noise(n: usize, seed: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x & 63) as usize] as char
+        })
+        .collect()
+}
+
+/// Keyed chain JSON of a ProtocolDAGResult for `transformation_key` with one unit whose
+/// result carries `payload_bytes` of incompressible text; a failure when `!ok` (its
+/// traceback ends with "RuntimeError: synthetic failure"). `seed` varies keys and payload.
+pub fn result_chain_json(transformation_key: &str, ok: bool, payload_bytes: usize, seed: u64) -> String {
+    let uid = |salt: u64| format!("{:016x}{:016x}", seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ salt, seed.rotate_left(17) ^ salt.wrapping_mul(31));
+    let unit_key = format!("SyntheticUnit-{}", uid(1));
+    let unit = object([
+        ("name", Value::from("synthetic unit")),
+        ("inputs", Value::Object(Object::new())),
+        ("_key", Value::from(unit_key.clone())),
+        ("__qualname__", Value::from("SyntheticUnit")),
+        ("__module__", Value::from("alchemiscale_rs.protocols")),
+        (":version:", Value::from(1i64)),
+    ]);
+    let qualname = if ok { "ProtocolUnitResult" } else { "ProtocolUnitFailure" };
+    let result_key = format!("{qualname}-{}", uid(2));
+    let mut result = object([
+        ("name", Value::from("synthetic unit")),
+        ("_key", Value::from(result_key.clone())),
+        ("source_key", Value::from(unit_key.clone())),
+        ("inputs", Value::Object(Object::new())),
+        ("outputs", Value::Object(object([("payload", Value::from(noise(payload_bytes, seed))), ("estimate", Value::from(1.25f64))]))),
+        ("start_time", Value::Null),
+        ("end_time", Value::Null),
+        ("stdout", Value::Null),
+        ("stderr", Value::Null),
+        ("__qualname__", Value::from(qualname)),
+        ("__module__", Value::from("gufe.protocols.protocolunit")),
+        (":version:", Value::from(1i64)),
+    ]);
+    if !ok {
+        result.insert("exception", Value::Array(vec![Value::from("RuntimeError"), Value::Array(vec![Value::from("synthetic failure")])]));
+        result.insert(
+            "traceback",
+            Value::from("Traceback (most recent call last):\n  File \"synthetic.py\", line 1, in execute\nRuntimeError: synthetic failure"),
+        );
+    }
+    let (pdr_key, pdr) = finish(
+        object([
+            ("name", Value::Null),
+            ("protocol_units", Value::Array(vec![reference(&GufeKey::new(&unit_key).expect("key"))])),
+            ("protocol_unit_results", Value::Array(vec![reference(&GufeKey::new(&result_key).expect("key"))])),
+            ("transformation_key", Value::from(transformation_key)),
+            ("extends_key", Value::Null),
+        ]),
+        "ProtocolDAGResult",
+        "gufe.protocols.protocoldag",
+    );
+    let parts = [(unit_key, unit.to_python_json()), (result_key, result.to_python_json()), (pdr_key.to_string(), pdr.to_python_json())];
+    chain_json_from_parts(parts.iter().map(|(k, d)| (k.as_str(), d.as_str())))
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+    use crate::pdr::{read_result, zstd_compress};
+
+    #[test]
+    fn synthetic_results_analyse() {
+        let ok = read_result(zstd_compress(result_chain_json("Transformation-abc", true, 10_000, 1).as_bytes()), 1 << 30).unwrap();
+        assert!(ok.summary.ok && ok.summary.failures.is_empty());
+        assert_eq!(ok.summary.transformation_key.as_deref(), Some("Transformation-abc"));
+        assert!(ok.blob.len() > 7_000, "payload barely compresses: {}", ok.blob.len());
+        let failed = read_result(result_chain_json("Transformation-abc", false, 10, 2).into_bytes(), 1 << 30).unwrap();
+        assert!(!failed.summary.ok);
+        assert!(failed.summary.tracebacks().unwrap().tracebacks[0].ends_with("RuntimeError: synthetic failure"));
+        assert_ne!(ok.summary.key, read_result(result_chain_json("Transformation-abc", true, 10_000, 3).into_bytes(), 1 << 30).unwrap().summary.key);
+    }
+}

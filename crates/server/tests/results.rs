@@ -149,9 +149,11 @@ async fn round_trip(s: Setup) {
     let r = push_raw(&s.compute, &wrong_tf, b"not gzip".to_vec()).await;
     expect(&r, 400);
     let r = s.user.send(Method::POST, &format!("/tasks/{wrong_tf}/results"), Payload::Raw { bytes: c14_gzip(), content_encoding: Some("gzip".into()) }).await.unwrap();
-    expect(&r, 404); // the user API has no result upload route
+    expect(&r, 405); // the user API has no result upload route (GET only)
     let after = s.user_server.store.table_counts().await.unwrap();
-    let interesting = |c: &Vec<(&str, i64)>| c.iter().filter(|(t, _)| ["pdrr", "task_result", "tracebacks"].contains(t)).cloned().collect::<Vec<_>>();
+    fn interesting(c: &[(&'static str, i64)]) -> Vec<(&'static str, i64)> {
+        c.iter().filter(|(t, _)| ["pdrr", "task_result", "tracebacks"].contains(t)).cloned().collect()
+    }
     assert_eq!(interesting(&before), interesting(&after));
     assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&wrong_tf)).await.unwrap(), vec![Some("running".into())]);
 

@@ -3,7 +3,9 @@
 //! * Service registrations (§3.10, §6.1): register, deregister, heartbeat, expiry, failure
 //!   accounting ("can claim").
 //! * Claiming (§6.2, §6.3): from one TaskHub, or across scopes with a weighted random
-//!   choice of hubs; both hand a task to at most one service under any concurrency.
+//!   choice of hubs; both hand a task to at most one service under any concurrency, and
+//!   record every claim in the claim log (`task_claim_log`, which outlives the claim and
+//!   decides whose results are accepted).
 //! * Compute managers (§3.11, §10): registration (with steal), status updates and their
 //!   expiry, clearing errors, and the instruction a manager asks for.
 //!
@@ -14,46 +16,69 @@
 //! # Atomicity of claims
 //!
 //! No task may ever hold two claims, and no task may be handed to two services (§6.3
-//! "concurrency requirement"). Each claim call is one write transaction:
+//! "concurrency requirement"). Claims happen inside write transactions:
 //!
 //! * SQLite: write transactions run on the single writer connection and start with
 //!   `BEGIN IMMEDIATE`, so claims are serialised by construction; candidates are read and
 //!   claimed inside the transaction.
-//! * PostgreSQL: candidate rows are selected *and locked* by one statement,
-//!   `… ORDER BY priority, <weighted random key> LIMIT n FOR UPDATE OF t SKIP LOCKED`.
-//!   Rows another claimer holds are skipped, rows another claimer has meanwhile claimed
-//!   fail the re-checked `status = 'waiting'` condition (PostgreSQL re-evaluates a locked
-//!   row's conditions against its newest version), so concurrent claimers — on one hub
-//!   or on two hubs actioning the same task — proceed in parallel without a hub lock and
-//!   never share a task. The claiming service's registration is held with `FOR KEY
-//!   SHARE` so an expiry or deregistration cannot interleave (it takes `FOR UPDATE`).
+//! * PostgreSQL: candidate rows are selected *and locked* with `FOR UPDATE OF t SKIP
+//!   LOCKED`, in the order of a weighted random rank (see `select_locked_pg`). Rows
+//!   another claimer holds are skipped; a row another claimer claimed meanwhile fails
+//!   the re-checked `status = 'waiting'` (PostgreSQL re-evaluates a locked row's
+//!   conditions against its newest version). So claimers — on one hub, or on two hubs
+//!   actioning the same task, in one server process or several — never wait on each
+//!   other and never share a task; there is no hub lock. The claiming services'
+//!   registrations are held `FOR KEY SHARE`, so an expiry or deregistration (which takes
+//!   `FOR UPDATE`) cannot interleave with a claim.
 //! * Both: the `task_claim` primary key on `task_id` is the backstop; claim rows are
-//!   inserted with `ON CONFLICT DO NOTHING RETURNING task_id` and only the rows actually
-//!   inserted are moved to `running` (through [`apply_status`]) and returned.
+//!   inserted with `ON CONFLICT DO NOTHING RETURNING task_id` and only the tasks actually
+//!   inserted move to `running` (through `tasks::apply_status`) and are returned.
+//!
+//! # Throughput: combining concurrent claims
+//!
+//! Selecting from a hub is one pass over its actioned tasks (priority groups and
+//! weighted sampling need all candidates), so its cost grows with the hub. Concurrent
+//! [`Store::claim_tasks`] calls for the same search space (scopes, exclusions, protocols,
+//! failure policy) in this process are therefore *combined*: each caller queues its
+//! request; whoever gets the search space's batch permit runs every queued request in
+//! one transaction and answers each. Within a batch each request still draws its own
+//! hub(s) by weight and is answered on its own (not registered / denied / its tasks);
+//! requests that drew the same hub share one selection of their combined count, whose
+//! tasks are dealt out in random order, and one round of selections over all drawn hubs
+//! costs a fixed number of statements however many hubs it touches. One pass, one
+//! commit (one fsync) then serve many claims. A batch runs in its own task, so it
+//! completes even if the caller that started it goes away (should a batch fail or be
+//! lost, its callers resubmit). Batches of one search space run one at a time per process
+//! (on SQLite they would queue for the single writer anyway; on PostgreSQL one batch at a
+//! time measured faster than two); other search spaces, other processes and
+//! [`Store::claim_taskhub_tasks`] (not combined) run in parallel as above.
 //!
 //! # Hub choice across scopes
 //!
 //! Choosing a hub needs the hubs in the search space that have at least one claimable
 //! task. With thousands of hubs that query costs far more than the claim itself, so its
-//! answer is kept per store and search space (scopes, exclusions, protocols) in a small
-//! process-wide *hub pool* for [`HUB_POOL_TTL`]. The pool is only a hint: the hub's
-//! weight and every task condition are re-checked by the claim statement, a hub found
-//! drained is dropped from the pool, and a call that runs out of pooled hubs re-runs the
-//! query inside its transaction before it returns fewer than `count` tasks — so a claim
-//! comes back short only if the store, at that moment, had nothing more to give. What a
-//! pool can delay by up to [`HUB_POOL_TTL`] is how soon a *raised* hub weight or a hub that
-//! newly received claimable tasks takes its share of picks while other pooled hubs still
-//! have work (a hub set to weight 0 is never claimed from, immediately).
+//! answer is kept per store and search space in a small process-wide *hub pool* for
+//! [`HUB_POOL_TTL`]. The pool is only a hint: the hub's weight and every task condition
+//! are re-checked when selecting, a hub found drained is dropped from the pool, and a
+//! batch that runs out of pooled hubs re-runs the query inside its transaction before any
+//! request gets fewer than its count — so a claim comes back short only if the store, at
+//! that moment, had nothing more to give. What a pool can delay by up to
+//! [`HUB_POOL_TTL`] is how soon a *raised* hub weight, or a hub that newly received
+//! claimable tasks, takes its share of picks while other pooled hubs still have work (a
+//! hub set to weight 0 is never claimed from, immediately). Priorities, ACTIONS weights
+//! and task states are always read fresh.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use alchemiscale_model::scope::minimise;
 use alchemiscale_model::status::ComputeManagerStatus;
 use alchemiscale_model::{ComputeManagerId, ComputeServiceId, Scope, ScopedKey, TaskStatus};
 use chrono::{DateTime, Utc};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sqlx::AnyConnection;
 
@@ -66,6 +91,11 @@ use crate::{Backend, Store};
 /// How long a hub pool (see the module documentation) is trusted before the hub query is
 /// run again.
 pub const HUB_POOL_TTL: Duration = Duration::from_secs(1);
+
+/// The largest `count` one claim may ask for (the answer has exactly `count` entries, so
+/// an unbounded count is a way to make the server allocate without limit). Upstream has
+/// no limit; compute services ask for a handful (`claim_limit`, default 1).
+pub const MAX_CLAIM_COUNT: usize = 10_000;
 
 /// The SHUTDOWN message of a manager instruction (model.md §10, api.md C17).
 pub const MANAGER_NOT_FOUND: &str = "no compute manager was found with the given manager name and UUID";
@@ -170,6 +200,15 @@ fn protocol_filter(protocols: Option<&[String]>) -> Result<Option<Vec<String>>> 
     Ok(Some(names))
 }
 
+/// A subquery yielding the integers of a JSON array bound as parameter `$n` (the
+/// integer counterpart of `db::json_text_list`).
+fn json_id_list(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        Backend::Postgres => format!("SELECT CAST(jsonb_array_elements_text(CAST(${n} AS jsonb)) AS BIGINT)"),
+    }
+}
+
 /// `(alias.org = $i AND …) OR (…)` for the scopes (a `*-*-*` scope is `1 = 1`); `1 = 0`
 /// for no scopes. Parameters are appended to `args`.
 fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg>) -> String {
@@ -235,10 +274,10 @@ fn pools() -> std::sync::MutexGuard<'static, HashMap<String, HubPool>> {
     HUB_POOLS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Weighted random choice among the pooled hubs not yet tried in this call (§6.2 6b).
+/// Weighted random choice among the pooled hubs not yet tried by a request (§6.2 6b).
 /// With `any_age`, an expired pool is used too (the caller refreshed it in this call, so
 /// a slow refresh cannot make it loop).
-fn pool_pick(key: &str, tried: &HashSet<i64>, any_age: bool) -> Pick {
+fn pool_pick(key: &str, tried: &HashSet<i64>, any_age: bool, rng: &mut StdRng) -> Pick {
     let map = pools();
     let Some(pool) = map.get(key) else { return Pick::Stale };
     if !any_age && pool.fetched.elapsed() > HUB_POOL_TTL {
@@ -248,7 +287,7 @@ fn pool_pick(key: &str, tried: &HashSet<i64>, any_age: bool) -> Pick {
     if total <= 0.0 || total.is_nan() {
         return Pick::Exhausted;
     }
-    let mut x = rand::thread_rng().gen::<f64>() * total;
+    let mut x = rng.gen::<f64>() * total;
     let mut last = None;
     for (h, w) in pool.hubs.iter().filter(|(h, _)| !tried.contains(h)) {
         last = Some(*h);
@@ -278,87 +317,242 @@ fn pool_evict(key: &str, hub: i64) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Combining concurrent claims (see the module documentation).
+
+/// What a claim across scopes searches: everything that makes two requests combinable.
+#[derive(Clone)]
+struct ClaimSpace {
+    scopes: Vec<Scope>,
+    exclude: Vec<Scope>,
+    /// JSON list of protocol names, or None for no filter.
+    protocols: Option<String>,
+    forgive_seconds: i64,
+    max_failures: i64,
+}
+
+impl ClaimSpace {
+    /// Identifies the store and the search space (hub pools and combiners are keyed by it).
+    fn key(&self, store: &Store) -> String {
+        let list = |v: &[Scope]| v.iter().map(Scope::to_string).collect::<Vec<_>>().join(",");
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            store.backend().name(),
+            store.location(),
+            list(&self.scopes),
+            list(&self.exclude),
+            self.protocols.as_deref().unwrap_or("*"),
+            self.forgive_seconds,
+            self.max_failures
+        )
+    }
+}
+
+/// One caller's claim, waiting to be run in a batch.
+struct ClaimRequest {
+    service: ComputeServiceId,
+    count: usize,
+    reply: Option<tokio::sync::oneshot::Sender<Result<ClaimOutcome>>>,
+}
+
+/// A request being served within a batch.
+struct Active {
+    index: usize,
+    service_row: i64,
+    remaining: usize,
+    tried: HashSet<i64>,
+    claimed: Vec<ScopedKey>,
+}
+
+/// The queue of claims for one search space and the permits to run batches of it.
+struct Combiner {
+    queue: Mutex<Vec<ClaimRequest>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Combiner {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<ClaimRequest>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+static COMBINERS: LazyLock<Mutex<HashMap<String, Arc<Combiner>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Batches of one search space that may run at once: one on SQLite (there is one writer
+/// anyway), a few on PostgreSQL (they proceed in parallel under `SKIP LOCKED`).
+fn batch_permits(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 1,
+    }
+}
+
+fn combiner(key: &str, backend: Backend) -> Arc<Combiner> {
+    let mut map = COMBINERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = map.get(key) {
+        return c.clone();
+    }
+    if map.len() >= MAX_POOLS {
+        // forget idle combiners (nobody holds them)
+        map.retain(|_, c| Arc::strong_count(c) > 1);
+    }
+    let c = Arc::new(Combiner { queue: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(batch_permits(backend)) });
+    map.insert(key.to_string(), c.clone());
+    c
+}
+
+/// The same error again, for every request of a failed batch.
+fn replicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Schema(m) => StoreError::Schema(m.clone()),
+        StoreError::Dump(m) => StoreError::Dump(m.clone()),
+        other => StoreError::Database(sqlx::Error::Protocol(other.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Claiming from one hub.
 
-/// One claimed task.
+/// One selected (and, once recorded, claimed) task.
 struct Claimed {
     id: i64,
     sk: ScopedKey,
 }
 
-/// What claiming from one hub produced.
-struct HubClaim {
-    claimed: Vec<Claimed>,
-    /// The hub had no claimable task left (for this filter) after the claim.
-    drained: bool,
-}
-
-/// Select up to `count` tasks of hub `hub` by the algorithm of model.md §6.3, claim them
-/// for service row `service` and move them to `running`. Runs inside the caller's write
-/// transaction. With `require_hub_weight`, a hub whose weight is 0 yields nothing.
-async fn claim_from_hub(
+/// Select claimable tasks from several hubs, up to the given count from each, by the
+/// algorithm of model.md §6.3 steps 1–4, inside the caller's write transaction. Returns,
+/// per requested hub, the tasks and whether the hub has no claimable task left afterwards
+/// (for this filter). A task actioned on two of the hubs is handed out once. With
+/// `require_hub_weight`, hubs whose weight is 0 yield nothing. On PostgreSQL the returned
+/// rows are locked.
+async fn select_from_hubs(
     conn: &mut AnyConnection,
     backend: Backend,
-    hub: i64,
-    service: i64,
-    count: usize,
+    wants: &[(i64, usize)],
     protocols: Option<&str>,
     require_hub_weight: bool,
-) -> Result<HubClaim> {
-    if count == 0 {
-        return Ok(HubClaim { claimed: Vec::new(), drained: false });
+) -> Result<Vec<(Vec<Claimed>, bool)>> {
+    match backend {
+        Backend::Sqlite => select_sqlite(conn, wants, protocols, require_hub_weight).await,
+        Backend::Postgres => {
+            let mut out = Vec::with_capacity(wants.len());
+            let mut taken: HashSet<i64> = HashSet::new();
+            for &(hub, count) in wants {
+                if count == 0 {
+                    out.push((Vec::new(), false));
+                    continue;
+                }
+                let (chosen, drained) = select_locked_pg(conn, hub, count, protocols, require_hub_weight).await?;
+                // a row this transaction already locked through another hub is not skipped
+                out.push((chosen.into_iter().filter(|c| taken.insert(c.id)).collect(), drained));
+            }
+            Ok(out)
+        }
     }
-    let (chosen, drained) = match backend {
-        Backend::Postgres => select_locked_pg(conn, hub, count, protocols, require_hub_weight).await?,
-        Backend::Sqlite if count == 1 => select_one_sqlite(conn, hub, protocols, require_hub_weight).await?,
-        Backend::Sqlite => select_many_sqlite(conn, hub, count, protocols, require_hub_weight).await?,
-    };
-    if chosen.is_empty() {
-        return Ok(HubClaim { claimed: Vec::new(), drained });
-    }
-    let now = crate::now_micros();
-    let rows: Vec<Vec<Arg>> = chosen.iter().map(|c| vec![Arg::I64(c.id), Arg::I64(service), Arg::I64(now)]).collect();
-    // the primary key on task_id is the backstop: only rows actually inserted are claims
-    let sql = dialect(
-        backend,
-        &format!("INSERT INTO task_claim (task_id, service_id, claimed) VALUES {} ON CONFLICT DO NOTHING RETURNING task_id", crate::db::values_rows(rows.len(), 3)),
-    );
-    let args: Vec<Arg> = rows.into_iter().flatten().collect();
-    let inserted = bind(sqlx::query(&sql), &args).fetch_all(&mut *conn).await?;
-    let inserted: HashSet<i64> = inserted.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
-    let claimed: Vec<Claimed> = chosen.into_iter().filter(|c| inserted.contains(&c.id)).collect();
-    let transitions: Vec<(i64, TaskStatus)> = claimed.iter().map(|c| (c.id, TaskStatus::Waiting)).collect();
-    apply_status(conn, backend, &transitions, TaskStatus::Running).await?;
-    Ok(HubClaim { claimed, drained })
 }
 
-/// The FROM/WHERE of the candidates of one hub; `$1` is the hub, the protocol list (if
+/// Record claims (task row id, service row id) and move the claimed tasks from `waiting`
+/// to `running` through [`apply_status`] (model.md §6.3 step 5). The `task_claim` primary
+/// key is the backstop: rows are inserted with `ON CONFLICT DO NOTHING RETURNING task_id`
+/// and only the tasks actually claimed change status; their ids are returned.
+async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64, i64)]) -> Result<HashSet<i64>> {
+    let mut inserted = HashSet::with_capacity(pairs.len());
+    if pairs.is_empty() {
+        return Ok(inserted);
+    }
+    let now = crate::now_micros();
+    for chunk in pairs.chunks(crate::db::MAX_PARAMS / 3) {
+        let sql = dialect(
+            backend,
+            &format!(
+                "INSERT INTO task_claim (task_id, service_id, claimed) VALUES {} ON CONFLICT DO NOTHING RETURNING task_id",
+                crate::db::values_rows(chunk.len(), 3)
+            ),
+        );
+        let args: Vec<Arg> = chunk.iter().flat_map(|&(t, s)| [Arg::I64(t), Arg::I64(s), Arg::I64(now)]).collect();
+        for r in bind(sqlx::query(&sql), &args).persistent(false).fetch_all(&mut *conn).await? {
+            inserted.insert(get_i64(&r, 0)?);
+        }
+    }
+    let transitions: Vec<(i64, TaskStatus)> = inserted.iter().map(|&id| (id, TaskStatus::Waiting)).collect();
+    apply_status(conn, backend, &transitions, TaskStatus::Running).await?;
+    // the claim log outlives the claim: results are accepted from any service that
+    // claimed the task (`Store::check_result_submitter`)
+    let ids: Vec<i64> = inserted.iter().copied().collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(format!("cannot encode task ids: {e}")))?;
+    let log = format!(
+        "INSERT INTO task_claim_log (task_id, service_identifier, claimed) \
+         SELECT c.task_id, s.identifier, c.claimed FROM task_claim c JOIN compute_service s ON s.id = c.service_id \
+         WHERE c.task_id IN ({}) ON CONFLICT DO NOTHING",
+        json_id_list(backend, 1)
+    );
+    sqlx::query(&log).bind(ids).execute(&mut *conn).await?;
+    Ok(inserted)
+}
+
+/// The FROM/WHERE of the candidates of one hub: `$1` is the hub, the protocol list (if
 /// any) is `$2`.
 fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
-    let weight_join = if require_hub_weight { "JOIN network n ON n.id = a.network_id AND n.weight > 0 " } else { "" };
+    // uncorrelated, so evaluated once per statement rather than once per candidate
+    let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = $1 AND n.weight > 0)" } else { "" };
     format!(
-        "FROM task_action a {weight_join}JOIN task t ON t.id = a.task_id WHERE a.network_id = $1 AND {}",
+        "FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1{weight_check} AND {}",
         claimable_condition(backend, protocols.then_some(2))
     )
 }
 
-/// PostgreSQL: choose and lock in one statement. Ordering by priority, then by the
-/// Efraimidis–Spirakis key `-ln(U)/w` (an exponential clock with rate w: the first `k`
-/// to ring are a weighted sample without replacement), is exactly model.md §6.3 steps
-/// 2–4: whole priority groups are taken while they fit and the last group is sampled by
-/// ACTIONS weight. `SKIP LOCKED` passes over rows other claimers hold.
+/// Rows beyond the requested count that the PostgreSQL preselection keeps, so rows held
+/// by concurrent claimers can be skipped without a second statement.
+const PG_PRESELECT_MARGIN: usize = 64;
+
+/// PostgreSQL: choose and lock. Ordering by priority, then by the Efraimidis–Spirakis
+/// key `-ln(U)/w` (an exponential clock with rate w: the first `k` to ring are a weighted
+/// sample without replacement), is exactly model.md §6.3 steps 2–4: whole priority groups
+/// are taken while they fit and the last group is sampled by ACTIONS weight.
+///
+/// The first statement keeps only the `count + margin` best-ranked candidates (a bounded
+/// top-N sort of narrow rows) and locks the first `count` of them, in rank order, that are
+/// still `waiting` and not held by another claimer (`SKIP LOCKED`; a row another claimer
+/// claimed meanwhile fails the re-checked `status = 'waiting'`). Only if contention left
+/// it short while more candidates exist does a second statement rank and lock over all
+/// candidates. Either way the result is the first `count` unlocked candidates in rank
+/// order.
 async fn select_locked_pg(conn: &mut AnyConnection, hub: i64, count: usize, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
-    let limit_param = if protocols.is_some() { 3 } else { 2 };
-    let sql = format!(
-        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} \
-         ORDER BY t.priority, -ln(1.0 - random()) / a.weight LIMIT ${limit_param} FOR UPDATE OF t SKIP LOCKED",
-        hub_candidates(Backend::Postgres, protocols.is_some(), require_hub_weight)
+    let next = if protocols.is_some() { 3 } else { 2 };
+    let candidates = hub_candidates(Backend::Postgres, protocols.is_some(), require_hub_weight);
+    let preselect = format!(
+        "WITH pick AS MATERIALIZED (SELECT t.id, t.priority, -ln(1.0 - random()) / a.weight AS rank {candidates} \
+         ORDER BY t.priority, rank LIMIT ${next}), \
+         seen AS (SELECT COUNT(*) AS n FROM pick) \
+         SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, seen.n FROM pick JOIN task t ON t.id = pick.id CROSS JOIN seen \
+         WHERE t.status = 'waiting' ORDER BY pick.priority, pick.rank LIMIT ${} FOR UPDATE OF t SKIP LOCKED",
+        next + 1
     );
-    let mut q = sqlx::query(&sql).bind(hub);
+    let window = count.saturating_add(PG_PRESELECT_MARGIN);
+    let mut q = sqlx::query(&preselect).bind(hub);
     if let Some(p) = protocols {
         q = q.bind(p);
     }
-    let rows = q.bind(count as i64).fetch_all(&mut *conn).await?;
+    let rows = q.bind(window as i64).bind(count as i64).fetch_all(&mut *conn).await?;
+    // how many candidates the preselection ranked (unknown if every one was skipped)
+    let seen = rows.first().map(|r| get_i64(r, 5)).transpose()?;
+    let rows = if rows.len() < count && seen.is_none_or(|n| n as usize >= window) {
+        // contention: rank and lock over every candidate
+        let full = format!(
+            "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {candidates} \
+             ORDER BY t.priority, -ln(1.0 - random()) / a.weight LIMIT ${next} FOR UPDATE OF t SKIP LOCKED"
+        );
+        let mut q = sqlx::query(&full).bind(hub);
+        if let Some(p) = protocols {
+            q = q.bind(p);
+        }
+        q.bind(count as i64).fetch_all(&mut *conn).await?
+    } else {
+        rows
+    };
     let chosen = rows
         .iter()
         .map(|r| Ok(Claimed { id: get_i64(r, 0)?, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)? }))
@@ -367,73 +561,58 @@ async fn select_locked_pg(conn: &mut AnyConnection, hub: i64, count: usize, prot
     Ok((chosen, drained))
 }
 
-/// SQLite, one task: the most urgent priority group, then one weighted draw over it by
-/// cumulative weight against `U · Σw` — one statement, one row back, whatever the hub's
-/// size. (SQLite has no `ln`, so the sort-by-key form used on PostgreSQL is not
-/// available; for a single draw this is the same distribution.) Also returns whether the
-/// hub is drained afterwards.
-async fn select_one_sqlite(conn: &mut AnyConnection, hub: i64, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
-    let u_param = if protocols.is_some() { 3 } else { 2 };
-    let sql = format!(
-        "WITH c AS (SELECT t.id AS id, t.priority AS priority, a.weight AS weight {}), \
-         g AS (SELECT id, weight FROM c WHERE priority = (SELECT MIN(priority) FROM c)), \
-         s AS (SELECT id, SUM(weight) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS cum, SUM(weight) OVER () AS tot, \
-               ROW_NUMBER() OVER (ORDER BY id) AS rn, COUNT(*) OVER () AS n FROM g) \
-         SELECT s.id, t.gufe_key, t.org, t.campaign, t.project, (SELECT COUNT(*) FROM c) \
-         FROM s JOIN task t ON t.id = s.id WHERE s.cum > ${u_param} * s.tot OR s.rn = s.n ORDER BY s.rn LIMIT 1",
-        hub_candidates(Backend::Sqlite, protocols.is_some(), require_hub_weight)
-    );
-    let mut q = sqlx::query(&sql).bind(hub);
-    if let Some(p) = protocols {
-        q = q.bind(p);
+/// SQLite (claims are serialised on the single writer): one pass over the candidates of
+/// all requested hubs returns (hub, id, priority, weight) as one aggregated JSON value;
+/// the selection of §6.3 runs in Rust per hub ([`select_by_priority`]); one more
+/// statement reads the chosen tasks' keys. (SQLite has no `ln`, so the PostgreSQL form is
+/// not available.)
+async fn select_sqlite(conn: &mut AnyConnection, wants: &[(i64, usize)], protocols: Option<&str>, require_hub_weight: bool) -> Result<Vec<(Vec<Claimed>, bool)>> {
+    let hubs: Vec<i64> = wants.iter().filter(|w| w.1 > 0).map(|w| w.0).collect();
+    if hubs.is_empty() {
+        return Ok(wants.iter().map(|_| (Vec::new(), false)).collect());
     }
-    let u: f64 = rand::thread_rng().gen();
-    let Some(r) = q.bind(u).fetch_optional(&mut *conn).await? else {
-        return Ok((Vec::new(), true));
-    };
-    let claimed = Claimed { id: get_i64(&r, 0)?, sk: task_sk(&get_str(&r, 1)?, &get_str(&r, 2)?, &get_str(&r, 3)?, &get_str(&r, 4)?)? };
-    let drained = get_i64(&r, 5)? <= 1;
-    Ok((vec![claimed], drained))
-}
-
-/// SQLite, several tasks: fetch (id, priority, weight) of just the priority groups needed
-/// to reach `count` (one aggregated row), take whole groups while they fit and sample the
-/// rest of the last group by Efraimidis–Spirakis keys `ln(U)/w` (largest first), then
-/// read the chosen tasks' keys.
-async fn select_many_sqlite(conn: &mut AnyConnection, hub: i64, count: usize, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
-    let k_param = if protocols.is_some() { 3 } else { 2 };
+    let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = a.network_id AND n.weight > 0)" } else { "" };
     let sql = format!(
-        "WITH c AS (SELECT t.id AS id, t.priority AS priority, a.weight AS weight {}), \
-         grp AS (SELECT priority, COUNT(*) AS n FROM c GROUP BY priority), \
-         need AS (SELECT priority FROM (SELECT priority, SUM(n) OVER (ORDER BY priority ROWS UNBOUNDED PRECEDING) - n AS before FROM grp) \
-                  WHERE before < ${k_param}) \
-         {} FROM c WHERE c.priority IN (SELECT priority FROM need)",
-        hub_candidates(Backend::Sqlite, protocols.is_some(), require_hub_weight),
-        json_rows_select(Backend::Sqlite, "c.id, c.priority, c.weight")
+        "{} FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id IN ({}){weight_check} AND {}",
+        json_rows_select(Backend::Sqlite, "a.network_id, t.id, t.priority, a.weight"),
+        json_id_list(Backend::Sqlite, 1),
+        claimable_condition(Backend::Sqlite, protocols.map(|_| 2))
     );
-    let mut args = vec![Arg::I64(hub)];
+    let encode = |v: &[i64]| serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode ids: {e}")));
+    let mut args = vec![Arg::Text(encode(&hubs)?)];
     if let Some(p) = protocols {
         args.push(Arg::from(p));
     }
-    args.push(Arg::I64(count as i64));
-    let mut rows: Vec<(i64, i64, f64)> = fetch_json_rows(conn, &sql, &args).await?;
-    let available = rows.len();
-    rows.sort_by_key(|r| (r.1, r.0));
-    let chosen_ids = select_by_priority(&rows, count);
-    // only the groups needed were fetched: if they fall short of `count`, that was all
-    let drained = available < count;
-    if chosen_ids.is_empty() {
-        return Ok((Vec::new(), true));
+    let rows: Vec<(i64, i64, i64, f64)> = fetch_json_rows(conn, &sql, &args).await?;
+    let mut by_hub: HashMap<i64, Vec<(i64, i64, f64)>> = HashMap::new();
+    for (hub, id, priority, weight) in rows {
+        by_hub.entry(hub).or_default().push((id, priority, weight));
     }
-    let ids = serde_json::to_string(&chosen_ids).map_err(|e| StoreError::Invalid(format!("cannot encode task ids: {e}")))?;
-    let sql = format!("SELECT id, gufe_key, org, campaign, project FROM task WHERE id IN ({})", json_text_list(Backend::Sqlite, 1));
-    let found = sqlx::query(&sql).bind(ids).fetch_all(&mut *conn).await?;
-    let mut by_id: HashMap<i64, ScopedKey> = HashMap::with_capacity(found.len());
-    for r in &found {
-        by_id.insert(get_i64(r, 0)?, task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)?);
+    let mut taken: HashSet<i64> = HashSet::new();
+    let mut picks: Vec<(Vec<i64>, bool)> = Vec::with_capacity(wants.len());
+    for &(hub, count) in wants {
+        if count == 0 {
+            picks.push((Vec::new(), false));
+            continue;
+        }
+        let mut candidates: Vec<(i64, i64, f64)> = by_hub.remove(&hub).unwrap_or_default().into_iter().filter(|c| !taken.contains(&c.0)).collect();
+        candidates.sort_unstable_by_key(|r| (r.1, r.0));
+        let chosen = select_by_priority(&candidates, count);
+        taken.extend(chosen.iter().copied());
+        picks.push((chosen.clone(), chosen.len() == candidates.len()));
     }
-    let chosen = chosen_ids.into_iter().filter_map(|id| by_id.remove(&id).map(|sk| Claimed { id, sk })).collect();
-    Ok((chosen, drained))
+    let all: Vec<i64> = picks.iter().flat_map(|p| p.0.iter().copied()).collect();
+    let mut keys: HashMap<i64, ScopedKey> = HashMap::with_capacity(all.len());
+    if !all.is_empty() {
+        let sql = format!("SELECT id, gufe_key, org, campaign, project FROM task WHERE id IN ({})", json_id_list(Backend::Sqlite, 1));
+        for r in &sqlx::query(&sql).bind(encode(&all)?).fetch_all(&mut *conn).await? {
+            keys.insert(get_i64(r, 0)?, task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)?);
+        }
+    }
+    Ok(picks
+        .into_iter()
+        .map(|(ids, drained)| (ids.into_iter().filter_map(|id| keys.remove(&id).map(|sk| Claimed { id, sk })).collect(), drained))
+        .collect())
 }
 
 /// Model.md §6.3 steps 3–4 over (id, priority, weight) rows sorted by priority: whole
@@ -474,6 +653,31 @@ async fn service_row(conn: &mut AnyConnection, backend: Backend, id: &ComputeSer
     );
     let row = sqlx::query(&sql).bind(id.to_string()).bind(forgive_cutoff).fetch_optional(&mut *conn).await?;
     row.map(|r| Ok((get_i64(&r, 0)?, get_i64(&r, 1)?, get_i64(&r, 2)?))).transpose()
+}
+
+/// [`service_row`] for several services at once, by identifier (locked in row order on
+/// PostgreSQL).
+async fn service_rows<'a>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ids: impl Iterator<Item = &'a ComputeServiceId>,
+    forgive_cutoff: i64,
+) -> Result<HashMap<String, (i64, i64, i64)>> {
+    let names: Vec<String> = ids.map(|i| i.to_string()).collect::<HashSet<_>>().into_iter().collect();
+    let lock = if backend == Backend::Postgres { " ORDER BY cs.id FOR KEY SHARE" } else { "" };
+    let sql = format!(
+        "SELECT cs.id, cs.identifier, \
+         (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id AND f.failed_at > $1), \
+         (SELECT COUNT(*) FROM compute_service_failure f WHERE f.service_id = cs.id AND f.failed_at <= $1) \
+         FROM compute_service cs WHERE cs.identifier IN ({}){lock}",
+        json_text_list(backend, 2)
+    );
+    let rows = sqlx::query(&sql).bind(forgive_cutoff).bind(json_array(names.iter().map(String::as_str))).fetch_all(&mut *conn).await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        out.insert(get_str(r, 1)?, (get_i64(r, 0)?, get_i64(r, 2)?, get_i64(r, 3)?));
+    }
+    Ok(out)
 }
 
 /// The "can claim" check of model.md §6.1 on a locked/known service row: drop failure
@@ -719,7 +923,7 @@ impl Store {
     /// Claim up to `count` tasks from one TaskHub for `service` (model.md §6.3; api.md
     /// C10). Returns the claimed task keys followed by `None` up to `count`; a key that is
     /// not a TaskHub's, or an unknown hub, yields only `None`s. Claimed tasks are
-    /// `running` with a claim by the service.
+    /// `running` with a claim by the service. One transaction.
     ///
     /// The hub's own weight is not consulted (the caller named the hub); ACTIONS weights
     /// are. Failure accounting is not consulted either, as upstream (only the claim across
@@ -730,6 +934,7 @@ impl Store {
     /// deliberate fix of §14 Q8, where upstream hands out the selected keys without
     /// claiming them.
     pub async fn claim_taskhub_tasks(&self, hub: &ScopedKey, service: &ComputeServiceId, count: usize, protocols: Option<&[String]>) -> Result<Vec<Option<ScopedKey>>> {
+        check_count(count)?;
         let protocols = protocol_filter(protocols)?.map(|p| json_array(p.iter().map(String::as_str)));
         let mut tx = self.begin_write().await?;
         let Some((service_row_id, _, _)) = service_row(&mut tx, self.backend, service, 0).await? else {
@@ -738,8 +943,10 @@ impl Store {
         let mut out: Vec<Option<ScopedKey>> = Vec::with_capacity(count);
         if hub.qualname() == "TaskHub" {
             if let Some(hub_id) = network_id_by_token(&mut tx, hub.gufe_key().token(), hub.scope()).await? {
-                let got = claim_from_hub(&mut tx, self.backend, hub_id, service_row_id, count, protocols.as_deref(), false).await?;
-                out.extend(got.claimed.into_iter().map(|c| Some(c.sk)));
+                let (chosen, _) = select_from_hubs(&mut tx, self.backend, &[(hub_id, count)], protocols.as_deref(), false).await?.pop().unwrap_or_default();
+                let pairs: Vec<(i64, i64)> = chosen.iter().map(|c| (c.id, service_row_id)).collect();
+                let claimed = record_claims(&mut tx, self.backend, &pairs).await?;
+                out.extend(chosen.into_iter().filter(|c| claimed.contains(&c.id)).map(|c| Some(c.sk)));
             }
         }
         tx.commit().await?;
@@ -760,12 +967,12 @@ impl Store {
     /// Restricting the draw to hubs with claimable tasks gives the same distribution as
     /// upstream's draw over all hubs that skips empty ones (the relative order of any
     /// subset in a weighted sampling without replacement is itself such a sampling), and
-    /// saves the empty round trips. See the module documentation for the hub pool.
+    /// saves the empty round trips. See the module documentation for the hub pool and for
+    /// how concurrent calls for the same search space are combined into one transaction.
     ///
     /// [`ClaimOutcome::Denied`] if the service has more than `max_failures` failures newer
     /// than now − `forgive_seconds` (older ones are pruned); otherwise
     /// [`ClaimOutcome::Claimed`] with the claimed keys followed by `None` up to `count`.
-    /// The whole call is one transaction.
     ///
     /// Errors ([`StoreError::Invalid`]): protocol list errors as in
     /// [`Store::claim_taskhub_tasks`]; a service that is not registered — deliberate fix
@@ -782,54 +989,175 @@ impl Store {
         forgive_seconds: i64,
         max_failures: i64,
     ) -> Result<ClaimOutcome> {
+        check_count(count)?;
         let protocol_names = protocol_filter(protocols)?;
-        let protocols_json = protocol_names.as_ref().map(|p| json_array(p.iter().map(String::as_str)));
-        let forgive = cutoff(crate::now_micros(), forgive_seconds, "the failure forgive time")?;
-        let scopes = minimise(scopes);
-        let exclude = minimise(exclude);
-        let pool_key = format!(
-            "{}|{}|{}|{}|{}",
-            self.backend.name(),
-            self.location(),
-            scopes.iter().map(Scope::to_string).collect::<Vec<_>>().join(","),
-            exclude.iter().map(Scope::to_string).collect::<Vec<_>>().join(","),
-            protocols_json.as_deref().unwrap_or("*"),
-        );
-
-        let mut tx = self.begin_write().await?;
-        let Some(row) = service_row(&mut tx, self.backend, service, forgive).await? else {
-            return Err(not_registered(service));
+        cutoff(0, forgive_seconds, "the failure forgive time")?;
+        let space = ClaimSpace {
+            scopes: minimise(scopes),
+            exclude: minimise(exclude),
+            protocols: protocol_names.as_ref().map(|p| json_array(p.iter().map(String::as_str))),
+            forgive_seconds,
+            max_failures,
         };
-        if !can_claim_row(&mut tx, row, forgive, max_failures).await? {
-            tx.commit().await?;
-            return Ok(ClaimOutcome::Denied);
-        }
-        let mut out: Vec<Option<ScopedKey>> = Vec::with_capacity(count);
-        if !scopes.is_empty() {
-            let mut tried: HashSet<i64> = HashSet::new();
-            let mut refreshed = false;
-            while out.len() < count {
-                let hub = match pool_pick(&pool_key, &tried, refreshed) {
-                    Pick::Hub(h) => h,
-                    Pick::Exhausted | Pick::Stale if refreshed => break,
-                    Pick::Exhausted | Pick::Stale => {
-                        let hubs = claimable_hubs(&mut tx, self.backend, &scopes, &exclude, protocols_json.as_deref()).await?;
-                        pool_store(&pool_key, hubs);
-                        refreshed = true;
+        let key = space.key(self);
+        let combiner = combiner(&key, self.backend);
+        let mut request = Some(ClaimRequest { service: service.clone(), count, reply: None });
+        loop {
+            let (tx, mut rx) = tokio::sync::oneshot::channel();
+            if let Some(mut r) = request.take() {
+                r.reply = Some(tx);
+                combiner.queue().push(r);
+            }
+            {
+                let _permit = combiner.permits.acquire().await.map_err(|_| StoreError::Unavailable("claim combiner closed".into()))?;
+                match rx.try_recv() {
+                    Ok(answer) => return answer,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        // the batch that held our request was abandoned: submit it again
+                        request = Some(ClaimRequest { service: service.clone(), count, reply: None });
                         continue;
                     }
-                };
-                tried.insert(hub);
-                let got = claim_from_hub(&mut tx, self.backend, hub, row.0, count - out.len(), protocols_json.as_deref(), true).await?;
-                if got.drained {
-                    pool_evict(&pool_key, hub);
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
                 }
-                out.extend(got.claimed.into_iter().map(|c| Some(c.sk)));
+                let batch: Vec<ClaimRequest> = std::mem::take(&mut *combiner.queue());
+                let batch: Vec<ClaimRequest> = batch.into_iter().filter(|r| r.reply.as_ref().is_some_and(|s| !s.is_closed())).collect();
+                if !batch.is_empty() {
+                    // the batch runs in its own task: if this caller goes away (a client
+                    // disconnects), the batch still completes and answers the others
+                    let (store, space, key) = (self.clone(), space.clone(), key.clone());
+                    let _ = tokio::spawn(async move { store.claim_batch(&space, &key, batch).await }).await;
+                }
+            }
+            // answered by the batch just run, or in a batch another caller is running
+            match rx.await {
+                Ok(answer) => return answer,
+                Err(_) => request = Some(ClaimRequest { service: service.clone(), count, reply: None }),
+            }
+        }
+    }
+
+    /// Run a batch of claim requests for one search space in one transaction and answer
+    /// each (model.md §6.2 per request): registration and failure checks per request, then
+    /// rounds in which every unsatisfied request draws a hub by weight among the pooled
+    /// hubs it has not tried; requests that drew the same hub are served by one selection
+    /// of their combined count, whose tasks are dealt out in random order.
+    async fn claim_batch(&self, space: &ClaimSpace, key: &str, mut batch: Vec<ClaimRequest>) {
+        let result = self.claim_batch_tx(space, key, &batch).await;
+        match result {
+            Ok(answers) => {
+                for (r, a) in batch.iter_mut().zip(answers) {
+                    if let Some(reply) = r.reply.take() {
+                        let _ = reply.send(a);
+                    }
+                }
+            }
+            Err(e) => {
+                for r in batch.iter_mut() {
+                    if let Some(reply) = r.reply.take() {
+                        let _ = reply.send(Err(replicate(&e)));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn claim_batch_tx(&self, space: &ClaimSpace, key: &str, batch: &[ClaimRequest]) -> Result<Vec<Result<ClaimOutcome>>> {
+        let forgive = cutoff(crate::now_micros(), space.forgive_seconds, "the failure forgive time")?;
+        let mut tx = self.begin_write().await?;
+        let services = service_rows(&mut tx, self.backend, batch.iter().map(|r| &r.service), forgive).await?;
+        let mut answers: Vec<Option<Result<ClaimOutcome>>> = Vec::with_capacity(batch.len());
+        let mut active: Vec<Active> = Vec::new();
+        let mut checked: HashMap<i64, bool> = HashMap::new();
+        for (i, r) in batch.iter().enumerate() {
+            let Some(&row) = services.get(&r.service.to_string()) else {
+                answers.push(Some(Err(not_registered(&r.service))));
+                continue;
+            };
+            let allowed = match checked.get(&row.0) {
+                Some(&ok) => ok,
+                None => {
+                    let ok = can_claim_row(&mut tx, row, forgive, space.max_failures).await?;
+                    checked.insert(row.0, ok);
+                    ok
+                }
+            };
+            if !allowed {
+                answers.push(Some(Ok(ClaimOutcome::Denied)));
+                continue;
+            }
+            answers.push(None);
+            if r.count > 0 && !space.scopes.is_empty() {
+                active.push(Active { index: i, service_row: row.0, remaining: r.count, tried: HashSet::new(), claimed: Vec::new() });
+            }
+        }
+
+        let mut refreshed = false;
+        let mut rng = StdRng::from_entropy();
+        loop {
+            let mut by_hub: HashMap<i64, Vec<usize>> = HashMap::new();
+            let mut need_refresh = false;
+            for (ai, a) in active.iter_mut().enumerate().filter(|(_, a)| a.remaining > 0) {
+                match pool_pick(key, &a.tried, refreshed, &mut rng) {
+                    Pick::Hub(h) => by_hub.entry(h).or_default().push(ai),
+                    Pick::Exhausted | Pick::Stale if refreshed => a.remaining = 0,
+                    Pick::Exhausted | Pick::Stale => need_refresh = true,
+                }
+            }
+            if need_refresh {
+                let hubs = claimable_hubs(&mut tx, self.backend, &space.scopes, &space.exclude, space.protocols.as_deref()).await?;
+                pool_store(key, hubs);
+                refreshed = true;
+                continue;
+            }
+            if by_hub.is_empty() {
+                break;
+            }
+            let rounds: Vec<(i64, Vec<usize>)> = by_hub.into_iter().collect();
+            let wants: Vec<(i64, usize)> = rounds.iter().map(|(hub, takers)| (*hub, takers.iter().map(|&ai| active[ai].remaining).sum())).collect();
+            let selections = select_from_hubs(&mut tx, self.backend, &wants, space.protocols.as_deref(), true).await?;
+            let mut pairs = Vec::new();
+            let mut dealt: Vec<(usize, Claimed)> = Vec::new();
+            for ((hub, mut takers), (mut chosen, drained)) in rounds.into_iter().zip(selections) {
+                if drained {
+                    pool_evict(key, hub);
+                }
+                // deal the tasks out in random order (the most urgent ones are all among them)
+                chosen.shuffle(&mut rng);
+                takers.shuffle(&mut rng);
+                let mut tasks = chosen.into_iter();
+                for &ai in &takers {
+                    let a = &mut active[ai];
+                    a.tried.insert(hub);
+                    for c in tasks.by_ref().take(a.remaining) {
+                        pairs.push((c.id, a.service_row));
+                        dealt.push((ai, c));
+                    }
+                }
+            }
+            let claimed = record_claims(&mut tx, self.backend, &pairs).await?;
+            for (ai, c) in dealt {
+                if claimed.contains(&c.id) {
+                    let a = &mut active[ai];
+                    a.remaining -= 1;
+                    a.claimed.push(c.sk);
+                }
             }
         }
         tx.commit().await?;
-        out.resize(count, None);
-        Ok(ClaimOutcome::Claimed(out))
+        for a in active {
+            answers[a.index] = Some(Ok(ClaimOutcome::Claimed(a.claimed.into_iter().map(Some).collect())));
+        }
+        Ok(batch
+            .iter()
+            .zip(answers)
+            .map(|(r, a)| match a.unwrap_or_else(|| Ok(ClaimOutcome::Claimed(Vec::new()))) {
+                Ok(ClaimOutcome::Claimed(mut v)) => {
+                    v.resize(r.count, None);
+                    Ok(ClaimOutcome::Claimed(v))
+                }
+                other => other,
+            })
+            .collect())
     }
 
     /// Number of distinct claimable tasks for a compute manager (model.md §10): `waiting`
@@ -1068,6 +1396,13 @@ impl Store {
         tx.commit().await?;
         Ok(ManagerInstruction::Ok { compute_service_ids: ids, num_tasks })
     }
+}
+
+fn check_count(count: usize) -> Result<()> {
+    if count > MAX_CLAIM_COUNT {
+        return Err(StoreError::Invalid(format!("count must be at most {MAX_CLAIM_COUNT}, got {count}")));
+    }
+    Ok(())
 }
 
 fn not_registered(service: &ComputeServiceId) -> StoreError {

@@ -167,11 +167,24 @@ impl Store {
     }
 
     /// Start a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    ///
+    /// The begin runs in its own task so that a caller dropped while it is under way (a
+    /// client that disconnects, an aborted claimer) cannot interrupt it halfway: sqlx
+    /// 0.8's SQLite `begin_with` issues the `BEGIN` and only then awaits a connection
+    /// check, and a future dropped in between leaves the single writer connection inside a
+    /// transaction nothing rolls back — every later write would fail. Completed in a task,
+    /// the transaction is handed over, or dropped and rolled back properly.
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.write.begin().await?,
-        })
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = self.write.clone();
+                tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("could not start a write transaction: {e}")))?
+                    .map_err(StoreError::from)
+            }
+            Backend::Postgres => Ok(self.write.begin().await?),
+        }
     }
 
     /// Start a read transaction that sees one consistent snapshot.

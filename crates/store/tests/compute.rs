@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use alchemiscale_model::status::ComputeManagerStatus;
 use alchemiscale_model::synthetic::network_chain_json;
 use alchemiscale_model::{ComputeManagerId, ComputeServiceId, NetworkState, Scope, ScopedKey, TaskStatus};
-use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome, ManagerInstruction, MANAGER_NOT_FOUND};
+use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome, ManagerInstruction, MANAGER_NOT_FOUND, MAX_CLAIM_COUNT};
 use alchemiscale_store::results::RecordedResult;
 use alchemiscale_store::tasks::{TaskRequest, Weights};
 use alchemiscale_store::{store_test, Store, StoreError, StoreOptions};
@@ -304,6 +304,34 @@ store_test!(claims_are_padded_to_count, |store| async move {
     assert_eq!(store.claim_taskhub_tasks(&hub, &s, 2, None).await.unwrap(), vec![None; 2]);
     // an empty search space claims nothing
     assert_eq!(store.claim_tasks(&[], &[], &s, 2, None, 600, 3).await.unwrap(), ClaimOutcome::Claimed(vec![None; 2]));
+    // an unbounded count is refused rather than allocated
+    let too_many = MAX_CLAIM_COUNT + 1;
+    assert!(matches!(store.claim_tasks(&all(), &[], &s, too_many, None, 600, 3).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.claim_taskhub_tasks(&hub, &s, usize::MAX, None).await, Err(StoreError::Invalid(_))));
+    assert_eq!(claim(&store, &s, MAX_CLAIM_COUNT).await.len(), MAX_CLAIM_COUNT);
+});
+
+store_test!(claims_are_logged_for_result_submission, |store| async move {
+    let (net, hub, tfs) = network(&store, "log").await;
+    let ts = tasks(&store, &tfs, 3).await;
+    action(&store, &net, &ts).await;
+    let (a, b) = (sid(1), sid(2));
+    store.register_compute_service(&a, None).await.unwrap();
+    store.register_compute_service(&b, None).await.unwrap();
+    let first = keys(&claim(&store, &a, 1).await, 1).remove(0);
+    let second = keys(&store.claim_taskhub_tasks(&hub, &b, 1, None).await.unwrap(), 1).remove(0);
+    store.check_result_submitter(&first, &a.to_string()).await.unwrap();
+    store.check_result_submitter(&second, &b.to_string()).await.unwrap();
+    assert!(matches!(store.check_result_submitter(&first, &b.to_string()).await, Err(StoreError::Conflict(_))));
+    // the log outlives the claim (expiry, deregistration) …
+    store.deregister_compute_service(&a).await.unwrap();
+    assert_eq!(status(&store, &first).await, TaskStatus::Waiting);
+    store.check_result_submitter(&first, &a.to_string()).await.unwrap();
+    // … and a task claimed again by someone else is logged for both
+    let again = keys(&claim(&store, &b, 2).await, 2);
+    assert!(again.contains(&first));
+    store.check_result_submitter(&first, &b.to_string()).await.unwrap();
+    store.check_result_submitter(&first, &a.to_string()).await.unwrap();
 });
 
 store_test!(claim_from_a_specific_hub, |store| async move {
@@ -810,4 +838,82 @@ store_test!(manager_instructions, |store| async move {
         store.compute_manager_instruction(&m, &all(), &[], 600, 3).await.unwrap(),
         ManagerInstruction::Ok { compute_service_ids: vec![s1.clone()], num_tasks: 5 }
     );
+});
+
+store_test!(concurrent_requests_get_their_own_answers, |store| async move {
+    // concurrent claims are combined into shared transactions; each still gets its own
+    // answer: not registered, denied, or its tasks
+    let (net, _, tfs) = network(&store, "mixed").await;
+    let ts = tasks(&store, &tfs, 40).await;
+    action(&store, &net, &ts).await;
+    let (ok, denied, unknown) = (sid(1), sid(2), sid(3));
+    store.register_compute_service(&ok, None).await.unwrap();
+    store.register_compute_service(&denied, None).await.unwrap();
+    for i in 0..4 {
+        store.record_result(&ts[39], &result(i, false, &denied)).await.unwrap();
+    }
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let store = store.clone();
+        let me = [&ok, &denied, &unknown][i % 3].clone();
+        handles.push(tokio::spawn(async move { (me.clone(), store.claim_tasks(&all(), &[], &me, 1 + i % 2, None, 600, 3).await) }));
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            (me, Ok(ClaimOutcome::Claimed(v))) if me == ok => got.extend(v.into_iter().flatten()),
+            (me, Ok(ClaimOutcome::Denied)) if me == denied => {}
+            (me, Err(StoreError::Invalid(m))) if me == unknown => assert_eq!(m, format!("compute service {unknown} is not registered")),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(got.len(), 15); // 10 requests for 1 task, 5 for 2... from service `ok` (i % 3 == 0)
+    assert_eq!(set_of(&got).len(), got.len());
+    let (by, total) = claims_by_service(&store).await;
+    assert_eq!((by[&ok.to_string()], total), (15, 15));
+});
+
+store_test!(cancelled_claimers_leave_consistent_claims, |store| async move {
+    let (net, _, tfs) = network(&store, "cancel").await;
+    let ts = tasks(&store, &tfs, 120).await;
+    action(&store, &net, &ts).await;
+    let mut handles = Vec::new();
+    for c in 0..24 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let me = sid(200 + c);
+            store.register_compute_service(&me, None).await.unwrap();
+            let mut mine = Vec::new();
+            loop {
+                match store.claim_tasks(&all(), &[], &me, 2, None, 600, 3).await.unwrap() {
+                    ClaimOutcome::Claimed(v) if v.iter().all(Option::is_none) => break,
+                    ClaimOutcome::Claimed(v) => mine.extend(v.into_iter().flatten()),
+                    ClaimOutcome::Denied => panic!("denied"),
+                }
+            }
+            mine
+        }));
+    }
+    // abort every other claimer at some point in its work (possibly mid-batch)
+    for (i, h) in handles.iter().enumerate() {
+        if i % 2 == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            h.abort();
+        }
+    }
+    let mut told = Vec::new();
+    for h in handles {
+        if let Ok(mine) = h.await {
+            told.extend(mine);
+        }
+    }
+    // the survivors drained the hub; nobody was told a task twice; every running task has
+    // exactly one claim (claims of aborted callers were committed or rolled back whole)
+    assert_eq!(set_of(&told).len(), told.len());
+    let running = statuses(&store, &ts).await.into_iter().filter(|s| *s == TaskStatus::Running).count();
+    assert_eq!(claims_by_service(&store).await.1, running as i64);
+    assert_eq!(running + statuses(&store, &ts).await.into_iter().filter(|s| *s == TaskStatus::Waiting).count(), 120);
+    // nothing is left waiting: whatever an aborted claimer did not commit was claimed by others
+    assert_eq!(running, 120);
+    assert!(told.iter().all(|t| ts.contains(t)));
 });

@@ -29,6 +29,12 @@ pub enum BenchCommand {
     /// against a bare axum /ping measured in the same run. Last line: a JSON object with
     /// submit_s, retrieve_s, create_tasks_s, action_s, status_s, ping_rps ….
     Api(super::bench_api::ApiBench),
+    /// Claiming over HTTP with auth: simulated compute services each claiming one task
+    /// per request, then pushing results; the store's bare claim transaction rate is
+    /// measured in the same run, double claims are counted, and a phase with many hubs
+    /// is compared with the one-hub rate. Last line: a JSON object with claims_per_s,
+    /// raw_claims_per_s, pushes_per_s, double_claims, backend ….
+    Claims(super::bench_claims::ClaimsBench),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +94,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(b) => store_bench(b).await,
         BenchCommand::Api(b) => super::bench_api::run(b).await,
+        BenchCommand::Claims(b) => super::bench_claims::run(b).await,
     }
 }
 

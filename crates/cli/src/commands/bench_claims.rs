@@ -1,0 +1,273 @@
+//! `alchemiscale bench claims`: claiming and result pushes over HTTP with auth, against
+//! servers this command starts itself, compared with the store's bare claim transaction
+//! measured in the same run.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use alchemiscale_client::{Client, Payload};
+use alchemiscale_model::chain::KeyedChain;
+use alchemiscale_model::json::parse;
+use alchemiscale_model::pdr::{encode_bytes_codec, zstd_compress};
+use alchemiscale_model::synthetic::{network_chain_json, result_chain_json};
+use alchemiscale_model::{ComputeServiceId, NetworkState, Scope, ScopedKey};
+use alchemiscale_objects::{ObjectStoreConfig, Objects};
+use alchemiscale_server::{ApiKind, ApiSettings, AppState};
+use alchemiscale_store::identities::{hash_key, IdentityKind};
+use alchemiscale_store::tasks::TaskRequest;
+use alchemiscale_store::Store;
+use anyhow::{ensure, Context};
+use clap::Args;
+use serde_json::json;
+
+use super::bench::BenchStore;
+use crate::store_args::StoreArgs;
+
+#[derive(Debug, Args)]
+pub struct ClaimsBench {
+    /// Tasks to claim (and push results for) in the one-hub phase.
+    #[arg(long, default_value_t = 3000)]
+    pub tasks: usize,
+    /// Concurrent simulated compute services.
+    #[arg(long, default_value_t = 16)]
+    pub services: usize,
+    /// Size of each pushed result, bytes of incompressible payload.
+    #[arg(long, default_value_t = 10_000)]
+    pub result_bytes: usize,
+    /// Hubs (networks) holding waiting tasks in the many-hubs phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    pub hubs: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// User and compute APIs on random ports over a bench store and a temporary object store.
+pub struct BenchServers {
+    pub bench: BenchStore,
+    pub store: Store,
+    #[allow(dead_code)]
+    pub user: Client,
+    pub compute_url: String,
+    _objects_dir: tempfile::TempDir,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn serve(router: axum::Router) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = alchemiscale_server::serve(listener, router, async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Ok((url, tx))
+}
+
+impl BenchServers {
+    pub async fn start(args: &StoreArgs) -> anyhow::Result<BenchServers> {
+        let bench = BenchStore::open(args).await?;
+        let store = bench.store.clone();
+        let objects_dir = tempfile::tempdir()?;
+        let objects = Objects::open(&ObjectStoreConfig::Local { root: objects_dir.path().to_path_buf() })?;
+        let settings = ApiSettings { jwt_secret: "bench-secret".into(), ..Default::default() };
+        let (user_url, s1) = serve(alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone()))).await?;
+        let (compute_url, s2) = serve(alchemiscale_server::compute_app(AppState::new(ApiKind::Compute, store.clone(), Some(objects), settings))).await?;
+        let all: Scope = "*-*-*".parse()?;
+        for (kind, id) in [(IdentityKind::User, "bench-user"), (IdentityKind::Compute, "bench-compute")] {
+            store.add_identity(kind, id, &hash_key("bench-key")?, false).await?;
+            store.add_scopes(kind, id, std::slice::from_ref(&all)).await?;
+        }
+        let user = Client::new(&user_url, "bench-user", "bench-key")?;
+        user.login().await?;
+        Ok(BenchServers { bench, store, user, compute_url, _objects_dir: objects_dir, stops: vec![s1, s2] })
+    }
+
+    pub async fn compute_client(&self) -> anyhow::Result<Client> {
+        let c = Client::new(&self.compute_url, "bench-compute", "bench-key")?;
+        c.login().await?;
+        Ok(c)
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        self.bench.close().await
+    }
+}
+
+/// A network with `tasks` actioned tasks spread over its transformations, via the store.
+async fn network_with_tasks(store: &Store, tag: &str, scope: &Scope, transformations: usize, tasks: usize) -> anyhow::Result<(ScopedKey, Vec<ScopedKey>)> {
+    let chain = KeyedChain::from_value(parse(&network_chain_json(transformations.max(2), transformations, tag))?)?;
+    let created = store.create_network(&chain, scope, NetworkState::Active).await?;
+    let tfs = store.network_transformations(&created.network).await?;
+    let requests: Vec<TaskRequest> = (0..tasks).map(|i| TaskRequest { transformation: tfs[i % tfs.len()].clone(), extends: None }).collect();
+    let keys = store.create_tasks(&requests, None).await?;
+    let opt: Vec<Option<ScopedKey>> = keys.iter().cloned().map(Some).collect();
+    store.action_tasks(&created.network, &opt, None).await?;
+    Ok((created.network, keys))
+}
+
+/// `services` workers claim one task per request over HTTP until nothing is left (or
+/// `limit` claims are made); returns ((task, claiming service) pairs, seconds).
+async fn http_claims(servers: &BenchServers, ids: &[ComputeServiceId], limit: usize) -> anyhow::Result<(Vec<(ScopedKey, String)>, f64)> {
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    let start = Instant::now();
+    for id in ids {
+        let client = servers.compute_client().await?;
+        let (id, done) = (id.to_string(), done.clone());
+        handles.push(tokio::spawn(async move {
+            let body = json!({"scopes": [{"org": null, "campaign": null, "project": null}], "compute_service_id": id, "count": 1, "protocols": null});
+            let mut mine = Vec::new();
+            while done.load(std::sync::atomic::Ordering::Relaxed) < limit {
+                let v = client.post("/claim", &body).await?;
+                match v.as_array().and_then(|a| a.first()).and_then(|x| x.as_str()) {
+                    Some(k) => {
+                        mine.push((k.parse::<ScopedKey>().map_err(|e| anyhow::anyhow!("{e}"))?, id.clone()));
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => break,
+                }
+            }
+            anyhow::Ok(mine)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    Ok((all, start.elapsed().as_secs_f64()))
+}
+
+pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
+    ensure!(b.tasks >= b.services && b.services >= 1, "need at least one task per service");
+    let servers = BenchServers::start(&b.store).await?;
+    let store = servers.store.clone();
+    let backend = store.backend().name();
+    println!("bench claims: {backend} backend, {} services, {} tasks on one hub, {} B results", b.services, b.tasks, b.result_bytes);
+
+    // one hub
+    let scope: Scope = "bench-claims-one".parse()?;
+    let (_network, _tasks) = network_with_tasks(&store, "claims-one", &scope, 50, b.tasks).await?;
+    let compute = servers.compute_client().await?;
+    let mut ids = Vec::new();
+    for i in 0..b.services {
+        let id = ComputeServiceId::mint(&format!("bench{i}"))?;
+        compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
+        ids.push(id);
+    }
+    let (claimed, claim_s) = http_claims(&servers, &ids, usize::MAX).await.context("claiming over HTTP")?;
+    let distinct: HashSet<&ScopedKey> = claimed.iter().map(|(t, _)| t).collect();
+    let double_claims = claimed.len() - distinct.len();
+    ensure!(claimed.len() == b.tasks, "claimed {} of {} tasks", claimed.len(), b.tasks);
+    let claims_per_s = claimed.len() as f64 / claim_s;
+
+    // result pushes: a result per claimed task, by the service that claimed it
+    let mut work = Vec::with_capacity(claimed.len());
+    for (t, id) in &claimed {
+        work.push((t.clone(), store.get_task_transformation(t).await?, id.clone()));
+    }
+    let per_worker = work.len().div_ceil(b.services);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for (w, chunk) in work.chunks(per_worker).enumerate() {
+        let client = servers.compute_client().await?;
+        let chunk = chunk.to_vec();
+        let result_bytes = b.result_bytes;
+        handles.push(tokio::spawn(async move {
+            for (i, (task, tf, holder)) in chunk.iter().enumerate() {
+                let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, result_bytes, (w * 1_000_000 + i) as u64).as_bytes());
+                let body = format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{holder}\"}}", encode_bytes_codec(&blob).to_python_json());
+                client.post_payload(&format!("/tasks/{task}/results"), Payload::GzipJson(body)).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let push_s = start.elapsed().as_secs_f64();
+    let pushes_per_s = claimed.len() as f64 / push_s;
+    let complete = store.query_tasks(&[scope.clone()], Some("complete")).await?.len();
+    ensure!(complete == b.tasks, "{complete} of {} tasks complete after the pushes", b.tasks);
+
+    // the store's bare claim transaction, same shape, same concurrency, no HTTP
+    let raw_scope: Scope = "bench-claims-raw".parse()?;
+    network_with_tasks(&store, "claims-raw", &raw_scope, 50, b.tasks).await?;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..b.services {
+        let store = store.clone();
+        let id = ComputeServiceId::mint(&format!("raw{i}"))?;
+        store.register_compute_service(&id, None).await?;
+        let scopes = vec![raw_scope.clone()];
+        handles.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            loop {
+                match store.claim_tasks(&scopes, &[], &id, 1, None, 600, 3).await? {
+                    alchemiscale_store::compute::ClaimOutcome::Claimed(v) if v[0].is_some() => n += 1,
+                    _ => break,
+                }
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut raw_claims = 0;
+    for h in handles {
+        raw_claims += h.await??;
+    }
+    let raw_claims_per_s = raw_claims as f64 / start.elapsed().as_secs_f64();
+
+    // many hubs: one small network (hub) per scope-less slot, each with waiting tasks
+    let (many_hub_claims_per_s, setup_s) = if b.hubs > 0 {
+        let t = Instant::now();
+        let many: Scope = "bench-claims-many".parse()?;
+        for h in 0..b.hubs {
+            network_with_tasks(&store, &format!("hub{h}"), &many, 1, 2).await?;
+        }
+        let setup_s = t.elapsed().as_secs_f64();
+        let mut ids2 = Vec::new();
+        for i in 0..b.services {
+            let id = ComputeServiceId::mint(&format!("many{i}"))?;
+            compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
+            ids2.push(id);
+        }
+        let (claimed2, s2) = http_claims(&servers, &ids2, b.tasks.min(b.hubs)).await?;
+        (claimed2.len() as f64 / s2, setup_s)
+    } else {
+        (0.0, 0.0)
+    };
+
+    println!("  claims over HTTP (1 task/request)        {claims_per_s:>9.0} claims/s  ({} claims in {claim_s:.2} s, {double_claims} double claims)", claimed.len());
+    println!("  bare store claim transactions            {raw_claims_per_s:>9.0} claims/s  (ratio HTTP/bare {:.2})", claims_per_s / raw_claims_per_s);
+    println!("  result pushes ({} B, gzip)             {pushes_per_s:>9.0} pushes/s", b.result_bytes);
+    if b.hubs > 0 {
+        println!(
+            "  claims over HTTP with {} hubs          {many_hub_claims_per_s:>9.0} claims/s  ({:.0}% of the one-hub rate; setup {setup_s:.1} s)",
+            b.hubs,
+            100.0 * many_hub_claims_per_s / claims_per_s
+        );
+    }
+    println!("  (QCFractal claimed 45-75 tasks/s one per request on this machine; upstream serialises claimers per hub)");
+    let summary = json!({
+        "bench": "claims",
+        "backend": backend,
+        "services": b.services,
+        "tasks": b.tasks,
+        "claims_per_s": claims_per_s,
+        "raw_claims_per_s": raw_claims_per_s,
+        "claims_vs_raw": claims_per_s / raw_claims_per_s,
+        "pushes_per_s": pushes_per_s,
+        "double_claims": double_claims,
+        "hubs": b.hubs,
+        "many_hubs_claims_per_s": many_hub_claims_per_s,
+        "many_hubs_vs_one_hub": if b.hubs > 0 { many_hub_claims_per_s / claims_per_s } else { 0.0 },
+    });
+    servers.close().await?;
+    println!("{summary}");
+    Ok(())
+}
