@@ -30,6 +30,11 @@ enum ComputeCommand {
     /// ALCHEMISCALE_COMPUTE_API_PORT and ALCHEMISCALE_COMPUTE_API_LOGLEVEL when the
     /// corresponding options are not given.
     Api(ComputeApiCommand),
+    /// Run one compute service from a YAML settings file (exit 0 after a signal or a limit).
+    Synchronous(commands::compute::SynchronousCommand),
+    /// Run one task's protocol natively (started by the compute service).
+    #[command(hide = true)]
+    Execute(commands::compute::ExecuteCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +72,8 @@ fn main() -> std::process::ExitCode {
             Command::Serve(cmd) => commands::server::run_serve(cmd, &data_dir).await,
             Command::Api(cmd) => commands::server::run_user_api(cmd, &data_dir).await,
             Command::Compute(ComputeCommand::Api(cmd)) => commands::server::run_compute_api(cmd, &data_dir).await,
+            Command::Compute(ComputeCommand::Synchronous(cmd)) => commands::compute::run_synchronous(cmd).await,
+            Command::Compute(ComputeCommand::Execute(cmd)) => commands::compute::run_execute(cmd).await,
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
             Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,
             Command::Bench(cmd) => commands::bench::run(cmd).await,

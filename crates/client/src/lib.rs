@@ -6,6 +6,8 @@
 //! `Status Code <code> : <reason> : <detail>`. Responses holding gufe payloads are parsed
 //! with the model's Python-dialect JSON reader so `NaN` and big integers survive.
 
+pub mod compute;
+
 use std::io::Write;
 use std::time::Duration;
 
