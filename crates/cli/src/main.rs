@@ -7,7 +7,10 @@ mod store_args;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand, server::ApiCommand, server::ComputeApiCommand, server::ServeCommand};
+use commands::{
+    bench::BenchCommand, database::DatabaseCommand, identity::IdentityCommand, server::ApiCommand, server::ComputeApiCommand,
+    server::ServeCommand,
+};
 use store_args::DataDirArgs;
 
 /// alchemiscale-rs: high-throughput execution of alchemical free energy calculations.
@@ -29,7 +32,7 @@ enum ComputeCommand {
     /// Run the compute API (for deployments). Uses ALCHEMISCALE_COMPUTE_API_HOST,
     /// ALCHEMISCALE_COMPUTE_API_PORT and ALCHEMISCALE_COMPUTE_API_LOGLEVEL when the
     /// corresponding options are not given.
-    Api(ComputeApiCommand),
+    Api(Box<ComputeApiCommand>),
     /// Run one compute service from a YAML settings file (exit 0 after a signal or a limit).
     Synchronous(commands::compute::SynchronousCommand),
     /// Run one task's protocol natively (started by the compute service).
@@ -42,10 +45,10 @@ enum Command {
     /// Run the embedded all-in-one server: user API and compute API over the data
     /// directory's SQLite store; creates and migrates the store on first start, and on an
     /// empty store creates a user and a compute identity and prints how to connect.
-    Serve(ServeCommand),
+    Serve(Box<ServeCommand>),
     /// Run the user-facing API (for deployments; see README.md).
-    Api(ApiCommand),
-    /// Compute-side commands: the compute API.
+    Api(Box<ApiCommand>),
+    /// Compute side: the compute API, and compute services that claim and run tasks.
     #[command(subcommand)]
     Compute(ComputeCommand),
     /// Manage user, compute and admin identities and their scopes.
@@ -69,9 +72,9 @@ fn main() -> std::process::ExitCode {
     let data_dir = cli.data.data_dir.clone();
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(cmd) => commands::server::run_serve(cmd, &data_dir).await,
-            Command::Api(cmd) => commands::server::run_user_api(cmd, &data_dir).await,
-            Command::Compute(ComputeCommand::Api(cmd)) => commands::server::run_compute_api(cmd, &data_dir).await,
+            Command::Serve(cmd) => commands::server::run_serve(*cmd, &data_dir).await,
+            Command::Api(cmd) => commands::server::run_user_api(*cmd, &data_dir).await,
+            Command::Compute(ComputeCommand::Api(cmd)) => commands::server::run_compute_api(*cmd, &data_dir).await,
             Command::Compute(ComputeCommand::Synchronous(cmd)) => commands::compute::run_synchronous(cmd).await,
             Command::Compute(ComputeCommand::Execute(cmd)) => commands::compute::run_execute(cmd).await,
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,

@@ -119,7 +119,9 @@ impl ObjectArgs {
                 session_token: self.session_token.clone(),
                 endpoint: self.s3_endpoint.clone(),
             }),
-            None => alchemiscale_objects::ObjectStoreConfig::Local { root: self.objects_dir.clone().unwrap_or_else(|| data_dir.join("objects")) },
+            None => alchemiscale_objects::ObjectStoreConfig::Local {
+                root: self.objects_dir.clone().unwrap_or_else(|| data_dir.join("objects")),
+            },
         }
     }
 

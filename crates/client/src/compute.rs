@@ -77,7 +77,9 @@ impl Client {
 
     /// C6: register a compute service, optionally under a compute manager.
     pub async fn register(&self, id: &ComputeServiceId, manager: Option<&ComputeManagerId>) -> Result<ComputeServiceId> {
-        let v = self.post(&format!("/computeservice/{id}/register"), &json!({ "compute_manager_id": manager.map(ToString::to_string) })).await?;
+        let v = self
+            .post(&format!("/computeservice/{id}/register"), &json!({ "compute_manager_id": manager.map(ToString::to_string) }))
+            .await?;
         service_id(&v)
     }
 
@@ -128,7 +130,13 @@ impl Client {
     }
 
     /// C10: claim up to `count` tasks from one TaskHub; claimed keys first, then `None`s.
-    pub async fn claim_taskhub_tasks(&self, hub: &ScopedKey, id: &ComputeServiceId, count: usize, protocols: Option<&[String]>) -> Result<Vec<Option<ScopedKey>>> {
+    pub async fn claim_taskhub_tasks(
+        &self,
+        hub: &ScopedKey,
+        id: &ComputeServiceId,
+        count: usize,
+        protocols: Option<&[String]>,
+    ) -> Result<Vec<Option<ScopedKey>>> {
         let body = json!({ "compute_service_id": id.to_string(), "count": count, "protocols": protocols });
         parse_opt_keys(&self.post(&format!("/taskhubs/{hub}/claim"), &body).await?)
     }

@@ -64,7 +64,10 @@ pub enum Payload {
     /// JSON text, gzip-compressed with `Content-Encoding: gzip`.
     GzipJson(String),
     /// Arbitrary bytes with optional Content-Encoding, for tests.
-    Raw { bytes: Vec<u8>, content_encoding: Option<String> },
+    Raw {
+        bytes: Vec<u8>,
+        content_encoding: Option<String>,
+    },
 }
 
 /// A client of one API (user or compute).
@@ -245,7 +248,9 @@ impl Client {
 
     /// U22: create tasks for a transformation.
     pub async fn create_tasks(&self, transformation: &ScopedKey, count: i64, extends: Option<&ScopedKey>) -> Result<Vec<ScopedKey>> {
-        let v = self.post(&format!("/transformations/{transformation}/tasks"), &json!({"count": count, "extends": extends.map(|e| e.to_dict())})).await?;
+        let v = self
+            .post(&format!("/transformations/{transformation}/tasks"), &json!({"count": count, "extends": extends.map(|e| e.to_dict())}))
+            .await?;
         parse_keys(&v)
     }
 
@@ -267,7 +272,9 @@ impl Client {
 /// Parse a JSON array of ScopedKey strings.
 pub fn parse_keys(v: &serde_json::Value) -> Result<Vec<ScopedKey>> {
     let arr = v.as_array().ok_or_else(|| ClientError::Decode("expected an array".into()))?;
-    arr.iter().map(|x| x.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| ClientError::Decode(format!("not a ScopedKey: {x}")))).collect()
+    arr.iter()
+        .map(|x| x.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| ClientError::Decode(format!("not a ScopedKey: {x}"))))
+        .collect()
 }
 
 /// Parse a JSON array of ScopedKey strings or nulls.

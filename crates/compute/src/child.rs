@@ -92,7 +92,8 @@ impl TaskInput {
     pub fn read(dir: &Path) -> Result<TaskInput, ExecuteError> {
         let path = dir.join(REQUEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let request: TaskRequest = serde_json::from_str(&text).map_err(|e| ExecuteError::Input { file: REQUEST_FILE, message: e.to_string() })?;
+        let request: TaskRequest =
+            serde_json::from_str(&text).map_err(|e| ExecuteError::Input { file: REQUEST_FILE, message: e.to_string() })?;
         let path = dir.join(TRANSFORMATION_FILE);
         let text = std::fs::read(&path).map_err(io_err(&path))?;
         let value = json::parse_bytes(&text).map_err(|e| ExecuteError::Input { file: TRANSFORMATION_FILE, message: e.to_string() })?;
@@ -101,7 +102,10 @@ impl TaskInput {
             None => None,
             Some(name) => {
                 if name.contains('/') || name == ".." {
-                    return Err(ExecuteError::Input { file: REQUEST_FILE, message: format!("`extends` must be a file name, not {name:?}") });
+                    return Err(ExecuteError::Input {
+                        file: REQUEST_FILE,
+                        message: format!("`extends` must be a file name, not {name:?}"),
+                    });
                 }
                 let path = dir.join(name);
                 Some(std::fs::read(&path).map_err(io_err(&path))?)

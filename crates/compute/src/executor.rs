@@ -162,7 +162,14 @@ impl Drop for GroupGuard {
 /// `dir/stderr.log`, and wait for it: kill the group (SIGKILL) when `timeout` passes,
 /// when `stop` fires, or when `still_wanted` (called every `check_every`) answers
 /// `Some(false)`; `None` means "could not tell" and changes nothing.
-pub async fn supervise<F, Fut>(mut cmd: Command, dir: &Path, timeout: Option<Duration>, stop: &StopHandle, check_every: Duration, mut still_wanted: F) -> std::io::Result<Ended>
+pub async fn supervise<F, Fut>(
+    mut cmd: Command,
+    dir: &Path,
+    timeout: Option<Duration>,
+    stop: &StopHandle,
+    check_every: Duration,
+    mut still_wanted: F,
+) -> std::io::Result<Ended>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<bool>>,

@@ -70,7 +70,11 @@ pub fn init(settings: &Settings, service_id: &str) -> Result<(), String> {
     let file = match &settings.logfile {
         None => None,
         Some(path) => {
-            let f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("cannot open logfile {}: {e}", path.display()))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open logfile {}: {e}", path.display()))?;
             Some(tracing_subscriber::fmt::layer().event_format(format).with_writer(Mutex::new(f)).with_ansi(false))
         }
     };

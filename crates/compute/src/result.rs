@@ -95,7 +95,15 @@ impl PdrBuilder {
 
     /// Add a result of unit `unit_key`; `inputs` may reference results added before (that
     /// is how gufe records which results a unit consumed). Returns its key.
-    pub fn add_result(&mut self, unit_key: &str, name: &str, inputs: Object, start: DateTime<Utc>, end: DateTime<Utc>, outcome: UnitOutcome) -> String {
+    pub fn add_result(
+        &mut self,
+        unit_key: &str,
+        name: &str,
+        inputs: Object,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        outcome: UnitOutcome,
+    ) -> String {
         let qualname = match outcome {
             UnitOutcome::Success { .. } => "ProtocolUnitResult",
             UnitOutcome::Failure { .. } => "ProtocolUnitFailure",
@@ -164,7 +172,14 @@ impl PdrBuilder {
 /// outside the protocol (executor crashed, timed out, produced nothing usable): one
 /// [`SERVICE_UNIT`] unit with one ProtocolUnitFailure. `traceback` is the text restart
 /// patterns are matched against; it should start with `<exception>: <message>`.
-pub fn failure_blob(name: Option<&str>, transformation_key: Option<&str>, extends_key: Option<&str>, exception: &str, message: &str, traceback: &str) -> Vec<u8> {
+pub fn failure_blob(
+    name: Option<&str>,
+    transformation_key: Option<&str>,
+    extends_key: Option<&str>,
+    exception: &str,
+    message: &str,
+    traceback: &str,
+) -> Vec<u8> {
     let now = Utc::now();
     let mut b = PdrBuilder::new(name, transformation_key, extends_key);
     let unit = b.add_unit(SERVICE_UNIT, SERVICE_MODULE, "task execution", Object::new());
@@ -187,7 +202,8 @@ mod tests {
     #[test]
     fn service_failure_is_a_valid_failed_result() {
         let tb = "TimeoutError: task exceeded task_timeout of 5 s\n";
-        let blob = failure_blob(Some("Task-x-a-b-c"), Some("Transformation-abc"), None, "TimeoutError", "task exceeded task_timeout of 5 s", tb);
+        let blob =
+            failure_blob(Some("Task-x-a-b-c"), Some("Transformation-abc"), None, "TimeoutError", "task exceeded task_timeout of 5 s", tb);
         let r = read_result(blob, 1 << 20).unwrap();
         assert!(!r.summary.ok);
         assert_eq!(r.summary.transformation_key.as_deref(), Some("Transformation-abc"));

@@ -220,17 +220,31 @@ impl Service {
             dirs.push(abs);
         }
         let id = ComputeServiceId::mint(&settings.name).map_err(|e| SettingsError::Invalid { key: "name", message: e.to_string() })?;
-        let manager = match &settings.compute_manager_id {
-            None => None,
-            Some(m) => Some(m.parse().map_err(|e: alchemiscale_model::KeyError| SettingsError::Invalid { key: "compute_manager_id", message: e.to_string() })?),
-        };
+        let manager =
+            match &settings.compute_manager_id {
+                None => None,
+                Some(m) => Some(m.parse().map_err(|e: alchemiscale_model::KeyError| SettingsError::Invalid {
+                    key: "compute_manager_id",
+                    message: e.to_string(),
+                })?),
+            };
         let mut client = Client::with_verify(&settings.api_url, &settings.identifier, &settings.key, settings.client_verify)
             .map_err(|e| SettingsError::Invalid { key: "api_url", message: e.to_string() })?;
         client.max_retries = 0; // the service applies `RetryPolicy` itself
         let policy = settings.retry_policy();
         let scratch_basedir = dirs.pop().unwrap_or_default();
         let shared_basedir = dirs.pop().unwrap_or_default();
-        Ok(Service { settings, id, manager, client: Arc::new(client), executors, policy, stop: StopHandle::new(), shared_basedir, scratch_basedir })
+        Ok(Service {
+            settings,
+            id,
+            manager,
+            client: Arc::new(client),
+            executors,
+            policy,
+            stop: StopHandle::new(),
+            shared_basedir,
+            scratch_basedir,
+        })
     }
 
     /// This service's registration id.
@@ -264,7 +278,13 @@ impl Service {
             }
         }
         info!("Registered service with registration '{}'", self.id);
-        let heartbeat = tokio::spawn(heartbeat_loop(self.client.clone(), self.id.clone(), self.policy, Duration::from_secs(self.settings.heartbeat_interval), self.stop.clone()));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.client.clone(),
+            self.id.clone(),
+            self.policy,
+            Duration::from_secs(self.settings.heartbeat_interval),
+            self.stop.clone(),
+        ));
 
         let mut summary = RunSummary::default();
         let result = self.main_loop(started, &mut summary).await;
@@ -323,7 +343,13 @@ impl Service {
             }
             debug!("Claiming tasks");
             let claim = self.policy.run(|| {
-                self.client.claim_tasks(&scopes, self.settings.scopes_exclude.as_deref(), &self.id, count, self.settings.protocols.as_deref())
+                self.client.claim_tasks(
+                    &scopes,
+                    self.settings.scopes_exclude.as_deref(),
+                    &self.id,
+                    count,
+                    self.settings.protocols.as_deref(),
+                )
             });
             let claimed = tokio::select! {
                 r = claim => r.map_err(api("claiming tasks"))?,
@@ -491,7 +517,8 @@ impl Service {
     async fn run_child(&self, task: &ScopedKey, p: &Prepared) -> Result<Ran, ServiceError> {
         let protocol = p.protocol.as_deref().unwrap_or_default();
         let kind = ExecutorKind::for_protocol(protocol);
-        let dir = tempfile::Builder::new().prefix("alchemiscale-task-").tempdir_in(&self.scratch_basedir).map_err(ServiceError::TaskDirectory)?;
+        let dir =
+            tempfile::Builder::new().prefix("alchemiscale-task-").tempdir_in(&self.scratch_basedir).map_err(ServiceError::TaskDirectory)?;
         let request = TaskRequest {
             task: task.to_string(),
             transformation_key: p.transformation_key.clone().unwrap_or_default(),
@@ -541,9 +568,11 @@ impl Service {
                 message: format!("task exceeded task_timeout of {} s", seconds(limit)),
                 detail: stderr_tail(),
             },
-            Ended::Exited(status) if !status.success() => {
-                Ran::Failure { exception: "ChildProcessError".into(), message: format!("executor exited with {}", describe_exit(&status)), detail: stderr_tail() }
-            }
+            Ended::Exited(status) if !status.success() => Ran::Failure {
+                exception: "ChildProcessError".into(),
+                message: format!("executor exited with {}", describe_exit(&status)),
+                detail: stderr_tail(),
+            },
             Ended::Exited(_) => match self.read_output(&output, p).await {
                 Ok((blob, ok)) => Ran::Result { blob, ok },
                 Err(message) => Ran::Failure { exception: "ChildProcessError".into(), message, detail: stderr_tail() },
@@ -566,7 +595,11 @@ impl Service {
             .map_err(|e| format!("executor produced an unreadable result: {e}"))?;
         let tk = analysed.summary.transformation_key.as_deref();
         if tk.is_some() && tk != p.transformation_key.as_deref() {
-            return Err(format!("executor produced a result for {}, not for {}", tk.unwrap_or_default(), p.transformation_key.as_deref().unwrap_or("?")));
+            return Err(format!(
+                "executor produced a result for {}, not for {}",
+                tk.unwrap_or_default(),
+                p.transformation_key.as_deref().unwrap_or("?")
+            ));
         }
         Ok((analysed.blob, analysed.summary.ok))
     }

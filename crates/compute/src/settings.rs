@@ -262,7 +262,11 @@ impl Settings {
 
     /// As [`Settings::from_yaml`], with `name` and `compute_manager_id` replaced first
     /// when given (the `-n` and `-m` options), so the result is validated as a whole.
-    pub fn from_yaml_with_overrides(text: &str, name: Option<&str>, compute_manager_id: Option<&str>) -> Result<(Settings, Vec<String>), SettingsError> {
+    pub fn from_yaml_with_overrides(
+        text: &str,
+        name: Option<&str>,
+        compute_manager_id: Option<&str>,
+    ) -> Result<(Settings, Vec<String>), SettingsError> {
         if name.is_none() && compute_manager_id.is_none() {
             return Settings::from_yaml(text);
         }
@@ -291,7 +295,10 @@ impl Settings {
         if !ComputeServiceId::valid_name(&self.name) {
             return Err(invalid(
                 "name",
-                format!("'{}' is not a valid compute service name (letters, digits, '_', '.', ':', starting with a letter; no '-')", self.name),
+                format!(
+                    "'{}' is not a valid compute service name (letters, digits, '_', '.', ':', starting with a letter; no '-')",
+                    self.name
+                ),
             ));
         }
         if let Some(m) = &self.compute_manager_id {
@@ -347,7 +354,11 @@ impl Settings {
 
     /// The request retry policy.
     pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy { max_retries: self.client_max_retries, base_seconds: self.client_retry_base_seconds, max_seconds: self.client_retry_max_seconds }
+        RetryPolicy {
+            max_retries: self.client_max_retries,
+            base_seconds: self.client_retry_base_seconds,
+            max_seconds: self.client_retry_max_seconds,
+        }
     }
 
     /// The log filter for `loglevel` (validated, so never None after [`Settings::validate`]).
@@ -422,12 +433,16 @@ mod tests {
 
     #[test]
     fn validation_errors_are_clear() {
-        let missing = Settings::from_yaml("api_url: http://x\nidentifier: w\nkey: k\nname: n\nscratch_basedir: /s\n").unwrap_err().to_string();
+        let missing =
+            Settings::from_yaml("api_url: http://x\nidentifier: w\nkey: k\nname: n\nscratch_basedir: /s\n").unwrap_err().to_string();
         assert!(missing.contains("shared_basedir"), "{missing}");
         assert!(Settings::from_yaml("- a\n- b\n").unwrap_err().to_string().contains("mapping"));
         assert!(Settings::from_yaml("a: [").is_err());
         // the 0.7.x layout (`init:` / `start:`) lacks the required keys
-        assert!(Settings::from_yaml("init:\n  api_url: http://x\nstart:\n  max_tasks: 1\n").unwrap_err().to_string().contains("missing field"));
+        assert!(Settings::from_yaml("init:\n  api_url: http://x\nstart:\n  max_tasks: 1\n")
+            .unwrap_err()
+            .to_string()
+            .contains("missing field"));
         let name = Settings::from_yaml(&MINIMAL.replace("name: host1", "name: host-1")).unwrap_err().to_string();
         assert!(name.contains("`name`") && name.contains("host-1"), "{name}");
         assert!(error_of("scopes: [a-*-c]\n").contains("'a-*-c' is not a valid scope"));
@@ -463,7 +478,12 @@ mod tests {
 
     #[test]
     fn loglevels() {
-        for (name, level) in [("DEBUG", LevelFilter::DEBUG), ("warning", LevelFilter::WARN), ("CRITICAL", LevelFilter::ERROR), ("NOTSET", LevelFilter::DEBUG)] {
+        for (name, level) in [
+            ("DEBUG", LevelFilter::DEBUG),
+            ("warning", LevelFilter::WARN),
+            ("CRITICAL", LevelFilter::ERROR),
+            ("NOTSET", LevelFilter::DEBUG),
+        ] {
             assert_eq!(parse_loglevel(name), Some(level));
         }
         assert_eq!(parse_loglevel("verbose"), None);

@@ -155,7 +155,11 @@ pub fn run(task: &TaskInput) -> Result<Vec<u8>, ExecuteError> {
             std::fs::create_dir_all(&unit_shared).map_err(io_err(&unit_shared))?;
             let value = estimate(tk, i);
             let outcome = if failing {
-                UnitOutcome::Failure { exception: "RuntimeError".into(), args: vec![Value::from("synthetic failure")], traceback: FAILURE_TRACEBACK.into() }
+                UnitOutcome::Failure {
+                    exception: "RuntimeError".into(),
+                    args: vec![Value::from("synthetic failure")],
+                    traceback: FAILURE_TRACEBACK.into(),
+                }
             } else {
                 let file = unit_shared.join("estimate.txt");
                 std::fs::write(&file, format!("{value}\n")).map_err(io_err(&file))?;

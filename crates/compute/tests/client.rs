@@ -40,7 +40,7 @@ async fn compute_routes() {
     assert!(!c.task_wanted(&first, &id).await.unwrap(), "released: not running any more");
     assert_eq!(env.status(&first).await, "waiting");
 
-    let claimed = c.claim_tasks(&[all.clone()], None, &id, 3, None).await.unwrap().expect("not denied");
+    let claimed = c.claim_tasks(std::slice::from_ref(&all), None, &id, 3, None).await.unwrap().expect("not denied");
     assert_eq!(claimed.len(), 3);
     assert_eq!(claimed.iter().flatten().count(), 2);
     let task = claimed[0].clone().unwrap();

@@ -302,7 +302,8 @@ pub fn network_info(chain: &KeyedChain) -> Result<NetworkInfo, ChainError> {
     let mut edges = Vec::with_capacity(edge_keys.len());
     for ek in edge_keys {
         let entry = chain.get(&ek).expect("checked by ref_list");
-        let err = |detail: &str| ChainError::Structure { class: entry.qualname().to_string(), key: ek.to_string(), detail: detail.to_string() };
+        let err =
+            |detail: &str| ChainError::Structure { class: entry.qualname().to_string(), key: ek.to_string(), detail: detail.to_string() };
         let mut systems: Vec<(String, GufeKey)> = Vec::new();
         for attr in ["stateA", "stateB", "system"] {
             if let Some(k) = single_ref(entry, attr) {
@@ -379,12 +380,19 @@ mod tests {
         assert!(matches!(chain(&format!(r#"[["A-1", {{"__qualname__": "B", {m}}}]]"#)).unwrap_err(), ChainError::QualnameMismatch { .. }));
         assert!(matches!(chain(r#"[["A-1", {"__qualname__": "A"}]]"#).unwrap_err(), ChainError::MissingModule { .. }));
         assert!(matches!(
-            chain(&format!(r#"[["A-1", {{"__qualname__": "A", {m}, "x": [{{":gufe-key:": "B-2"}}]}}], ["B-2", {{"__qualname__": "B", {m}}}]]"#)).unwrap_err(),
+            chain(&format!(
+                r#"[["A-1", {{"__qualname__": "A", {m}, "x": [{{":gufe-key:": "B-2"}}]}}], ["B-2", {{"__qualname__": "B", {m}}}]]"#
+            ))
+            .unwrap_err(),
             ChainError::UnresolvedReference { .. }
         ));
-        assert!(matches!(chain(&format!(r#"[["A-1", {{"__qualname__": "A", {m}, "x": {{":gufe-key:": 5}}}}]]"#)).unwrap_err(), ChainError::BadReference { .. }));
         assert!(matches!(
-            chain(&format!(r#"[["A-1", {{"__qualname__": "A", {m}, "v": 1}}], ["A-1", {{"__qualname__": "A", {m}, "v": 2}}]]"#)).unwrap_err(),
+            chain(&format!(r#"[["A-1", {{"__qualname__": "A", {m}, "x": {{":gufe-key:": 5}}}}]]"#)).unwrap_err(),
+            ChainError::BadReference { .. }
+        ));
+        assert!(matches!(
+            chain(&format!(r#"[["A-1", {{"__qualname__": "A", {m}, "v": 1}}], ["A-1", {{"__qualname__": "A", {m}, "v": 2}}]]"#))
+                .unwrap_err(),
             ChainError::ConflictingDuplicate { .. }
         ));
         let c = chain(&format!(r#"[["A-1", {{"__qualname__": "A", {m}}}], ["A-1", {{"__qualname__": "A", {m}}}]]"#)).unwrap();

@@ -9,9 +9,9 @@
 
 pub mod chain;
 pub mod hash;
-pub mod pdr;
 pub mod json;
 pub mod keys;
+pub mod pdr;
 pub mod scope;
 pub mod status;
 pub mod synthetic;

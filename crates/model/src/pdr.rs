@@ -201,7 +201,8 @@ pub fn analyse(chain: &KeyedChain) -> Result<PdrSummary, PdrError> {
     for r in &results {
         let key = GufeKey::new(r).map_err(|e| PdrError::Structure(e.to_string()))?;
         let entry = chain.get(&key).ok_or_else(|| PdrError::Structure(format!("unit result {r} is not in the chain")))?;
-        let source = opt_str(entry.dict.get("source_key")).ok_or_else(|| PdrError::Structure(format!("unit result {r} has no source_key")))?;
+        let source =
+            opt_str(entry.dict.get("source_key")).ok_or_else(|| PdrError::Structure(format!("unit result {r} has no source_key")))?;
         if !unit_set.contains(source.as_str()) {
             return Err(PdrError::Structure(format!("unit result {r} names unknown unit {source}")));
         }

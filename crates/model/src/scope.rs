@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum ScopeError {
     #[error("scope '{0}' must have exactly three '-'-separated parts (org-campaign-project)")]
     Parts(String),
-    #[error("scope component '{0}' is invalid: it must start with an ASCII letter and contain only ASCII letters, digits and '_' (or be '*')")]
+    #[error(
+        "scope component '{0}' is invalid: it must start with an ASCII letter and contain only ASCII letters, digits and '_' (or be '*')"
+    )]
     Component(String),
     #[error("scope '{0}' is invalid: once a component is '*', every later component must be '*' too")]
     Hierarchy(String),
@@ -53,10 +55,7 @@ impl Scope {
             }
         }
         let scope = Scope { org: norm(org)?, campaign: norm(campaign)?, project: norm(project)? };
-        let ok = match (&scope.org, &scope.campaign, &scope.project) {
-            (None, Some(_), _) | (None, _, Some(_)) | (_, None, Some(_)) => false,
-            _ => true,
-        };
+        let ok = !matches!((&scope.org, &scope.campaign, &scope.project), (None, Some(_), _) | (None, _, Some(_)) | (_, None, Some(_)));
         if ok {
             Ok(scope)
         } else {
@@ -208,7 +207,22 @@ mod tests {
         for ok in ["*-*-*", "org-*-*", "org-camp-*", "org-camp-proj", "a_b-Org_1-x9"] {
             assert_eq!(s(ok).to_string(), ok);
         }
-        for bad in ["*-camp-*", "*-*-proj", "org-*-proj", "*-camp-proj", "0a-b-c", "_a-b-c", "a b-c-d", "a!-b-c", "a-b", "a-b-c-d", "", "--", "é-b-c", "a--c"] {
+        for bad in [
+            "*-camp-*",
+            "*-*-proj",
+            "org-*-proj",
+            "*-camp-proj",
+            "0a-b-c",
+            "_a-b-c",
+            "a b-c-d",
+            "a!-b-c",
+            "a-b",
+            "a-b-c-d",
+            "",
+            "--",
+            "é-b-c",
+            "a--c",
+        ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad} should be invalid");
         }
         assert!(matches!("*-camp-*".parse::<Scope>(), Err(ScopeError::Hierarchy(_))));
@@ -252,10 +266,11 @@ mod tests {
 
     #[test]
     fn query_space_examples_from_spec() {
-        let t: Vec<Scope> = ["org1-campaignA-projectI", "org1-campaignB-projectI", "org1-campaignB-projectII", "org2-*-*", "org3-campaignA-*"]
-            .iter()
-            .map(|x| s(x))
-            .collect();
+        let t: Vec<Scope> =
+            ["org1-campaignA-projectI", "org1-campaignB-projectI", "org1-campaignB-projectII", "org2-*-*", "org3-campaignA-*"]
+                .iter()
+                .map(|x| s(x))
+                .collect();
         let q = |x: &str| query_space(&s(x), &t).iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(q("org1-campaignB-*"), ["org1-campaignB-projectI", "org1-campaignB-projectII"]);
         assert_eq!(q("*-*-*").len(), 5);

@@ -180,7 +180,9 @@ pub fn noise(n: usize, seed: u64) -> String {
 /// result carries `payload_bytes` of incompressible text; a failure when `!ok` (its
 /// traceback ends with "RuntimeError: synthetic failure"). `seed` varies keys and payload.
 pub fn result_chain_json(transformation_key: &str, ok: bool, payload_bytes: usize, seed: u64) -> String {
-    let uid = |salt: u64| format!("{:016x}{:016x}", seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ salt, seed.rotate_left(17) ^ salt.wrapping_mul(31));
+    let uid = |salt: u64| {
+        format!("{:016x}{:016x}", seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ salt, seed.rotate_left(17) ^ salt.wrapping_mul(31))
+    };
     let unit_key = format!("SyntheticUnit-{}", uid(1));
     let unit = object([
         ("name", Value::from("synthetic unit")),
@@ -242,6 +244,9 @@ mod result_tests {
         let failed = read_result(result_chain_json("Transformation-abc", false, 10, 2).into_bytes(), 1 << 30).unwrap();
         assert!(!failed.summary.ok);
         assert!(failed.summary.tracebacks().unwrap().tracebacks[0].ends_with("RuntimeError: synthetic failure"));
-        assert_ne!(ok.summary.key, read_result(result_chain_json("Transformation-abc", true, 10_000, 3).into_bytes(), 1 << 30).unwrap().summary.key);
+        assert_ne!(
+            ok.summary.key,
+            read_result(result_chain_json("Transformation-abc", true, 10_000, 3).into_bytes(), 1 << 30).unwrap().summary.key
+        );
     }
 }

@@ -61,7 +61,9 @@ pub struct S3Config {
 #[derive(Debug, Clone)]
 pub enum ObjectStoreConfig {
     /// A directory on the local file system (created if missing).
-    Local { root: PathBuf },
+    Local {
+        root: PathBuf,
+    },
     S3(S3Config),
 }
 
@@ -167,13 +169,19 @@ impl Objects {
         let data = self.get(rel).await?;
         if let Some(size) = size {
             if data.len() as i64 != size {
-                return Err(ObjectError::Corrupt { path: rel.to_string(), detail: format!("{} bytes stored, {size} recorded", data.len()) });
+                return Err(ObjectError::Corrupt {
+                    path: rel.to_string(),
+                    detail: format!("{} bytes stored, {size} recorded", data.len()),
+                });
             }
         }
         if let Some(want) = sha256 {
             let got = sha256_hex(&data);
             if got != want {
-                return Err(ObjectError::Corrupt { path: rel.to_string(), detail: "SHA-256 differs from the one recorded at upload".into() });
+                return Err(ObjectError::Corrupt {
+                    path: rel.to_string(),
+                    detail: "SHA-256 differs from the one recorded at upload".into(),
+                });
             }
         }
         Ok(data)
@@ -207,7 +215,11 @@ mod tests {
         );
         assert!(result_path("o", "c", "p", "T-1", false, "P-2").contains("/failures/"));
         for (prefix, want) in [("", "a/b"), ("objectstore", "objectstore/a/b"), ("objectstore/", "objectstore/a/b"), ("/x/y/", "x/y/a/b")] {
-            let o = Objects { inner: Arc::new(object_store::memory::InMemory::new()), prefix: prefix.trim_matches('/').into(), description: String::new() };
+            let o = Objects {
+                inner: Arc::new(object_store::memory::InMemory::new()),
+                prefix: prefix.trim_matches('/').into(),
+                description: String::new(),
+            };
             assert_eq!(o.key("a/b").as_ref(), want);
         }
     }

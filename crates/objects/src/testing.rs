@@ -29,7 +29,12 @@ pub fn s3_config() -> Option<S3Config> {
     let bucket = std::env::var("ALCHEMISCALE_TEST_S3_BUCKET").unwrap_or_else(|_| "alchemiscale-test".into());
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let prefix = format!("test-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let prefix = format!(
+        "test-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
     Some(S3Config {
         bucket,
         prefix,

@@ -69,7 +69,8 @@ impl TokenKeys {
     pub fn issue(&self, identifier: &str, kind: IdentityKind, scopes: Vec<String>) -> ApiResult<String> {
         let exp = (chrono::Utc::now().timestamp().max(0) as u64) + self.expire.as_secs();
         let claims = Claims { sub: identifier.to_string(), scopes, exp, aud: self.audience.to_string(), kind: kind.as_str().to_string() };
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.encoding).map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))
     }
 
     fn verify(&self, token: &str) -> Option<Claims> {

@@ -14,8 +14,8 @@ use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome};
 use alchemiscale_store::identities::IdentityKind;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -325,7 +325,14 @@ async fn manager_status(State(state): State<AppState>, _caller: Caller, Path(raw
     let s = state.settings();
     state
         .store()
-        .update_compute_manager_status(&id, status, b.detail.as_deref(), b.saturation, s.manager_expire_seconds, s.manager_expire_seconds_error)
+        .update_compute_manager_status(
+            &id,
+            status,
+            b.detail.as_deref(),
+            b.saturation,
+            s.manager_expire_seconds,
+            s.manager_expire_seconds_error,
+        )
         .await?;
     Ok(Json(json!(id.to_string())))
 }

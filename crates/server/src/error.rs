@@ -104,7 +104,8 @@ impl IntoResponse for ApiError {
             ApiError::Validation(items) => (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({ "detail": items }))).into_response(),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "Internal Server Error").into_response()
+                (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "Internal Server Error")
+                    .into_response()
             }
         }
     }

@@ -96,7 +96,13 @@ impl Body {
             };
             let mut loc = vec![json!("body")];
             loc.extend(field.split('.').filter(|s| !s.is_empty()).map(|s| json!(s)));
-            ApiError::Validation(vec![ValidationItem { kind: if missing { "missing" } else { "value_error" }.into(), loc, msg, input: serde_json::Value::Null, ctx: None }])
+            ApiError::Validation(vec![ValidationItem {
+                kind: if missing { "missing" } else { "value_error" }.into(),
+                loc,
+                msg,
+                input: serde_json::Value::Null,
+                ctx: None,
+            }])
         })
     }
 }

@@ -20,8 +20,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alchemiscale_store::identities::IdentityKind;
 use alchemiscale_objects::Objects;
+use alchemiscale_store::identities::IdentityKind;
 use alchemiscale_store::Store;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -178,7 +178,9 @@ pub fn finish_router(router: Router) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| ApiError::Internal("handler panicked".into()).into_response()))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|req: &axum::http::Request<_>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()))
+                .make_span_with(
+                    |req: &axum::http::Request<_>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+                )
                 .on_response(|res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
                     tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
                 }),
@@ -190,7 +192,13 @@ fn with_docs(router: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Rou
     use utoipa_redoc::{Redoc, Servable};
     let doc = Arc::new(serde_json::to_value(&openapi).unwrap_or_default());
     router
-        .route("/openapi.json", axum::routing::get(move || { let doc = doc.clone(); async move { axum::Json((*doc).clone()) } }))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
         .merge(Redoc::with_url("/docs", openapi))
 }
 
@@ -198,7 +206,8 @@ fn with_docs(router: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Rou
 pub fn user_app(state: AppState) -> Router {
     let (router, mut openapi) = user_api::router().split_for_parts();
     openapi.info.title = "alchemiscale-rs user API".into();
-    openapi.info.description = Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See README.md for deliberate differences.".into());
+    openapi.info.description =
+        Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See README.md for deliberate differences.".into());
     finish_router(with_docs(router, openapi).with_state(state))
 }
 
@@ -206,7 +215,8 @@ pub fn user_app(state: AppState) -> Router {
 pub fn compute_app(state: AppState) -> Router {
     let (router, mut openapi) = compute_api::router().split_for_parts();
     openapi.info.title = "alchemiscale-rs compute API".into();
-    openapi.info.description = Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleComputeClient and SynchronousComputeService.".into());
+    openapi.info.description =
+        Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleComputeClient and SynchronousComputeService.".into());
     finish_router(with_docs(router, openapi).with_state(state))
 }
 
@@ -228,7 +238,11 @@ pub async fn check_stores(state: &AppState) -> ApiResult<axum::Json<serde_json::
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then finish in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 

@@ -19,7 +19,9 @@ use crate::AppState;
 
 /// Store an uploaded result for `task`; returns the new ProtocolDAGResultRef's key.
 pub async fn ingest(state: &AppState, task: &ScopedKey, body: Value) -> ApiResult<ScopedKey> {
-    let Value::Object(mut body) = body else { return Err(ApiError::unprocessable("body must be an object with `protocoldagresult` and `compute_service_id`")) };
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::unprocessable("body must be an object with `protocoldagresult` and `compute_service_id`"));
+    };
     let creator = match body.get("compute_service_id") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => return Err(ApiError::unprocessable("missing `compute_service_id`")),
@@ -48,7 +50,8 @@ pub async fn ingest(state: &AppState, task: &ScopedKey, body: Value) -> ApiResul
     state.store().check_result_submitter(task, &creator).await?;
 
     let summary = analysed.summary;
-    let path = result_path(task.org(), task.campaign(), task.project(), transformation.gufe_key().as_str(), summary.ok, summary.key.as_str());
+    let path =
+        result_path(task.org(), task.campaign(), task.project(), transformation.gufe_key().as_str(), summary.ok, summary.key.as_str());
     let size = analysed.blob.len() as i64;
     let digest = state.objects()?.put(&path, Bytes::from(analysed.blob)).await?;
     let recorded = RecordedResult {
@@ -65,7 +68,8 @@ pub async fn ingest(state: &AppState, task: &ScopedKey, body: Value) -> ApiResul
 
 /// The stored blob behind a result reference, integrity-checked.
 pub async fn blob(state: &AppState, pdrr: &PdrrRecord) -> ApiResult<Bytes> {
-    let location = pdrr.location.as_deref().ok_or_else(|| ApiError::Internal(format!("result {} has no object location", pdrr.scoped_key)))?;
+    let location =
+        pdrr.location.as_deref().ok_or_else(|| ApiError::Internal(format!("result {} has no object location", pdrr.scoped_key)))?;
     Ok(state.objects()?.get_verified(location, pdrr.content_sha256.as_deref(), pdrr.size).await?)
 }
 

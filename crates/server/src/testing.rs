@@ -3,9 +3,9 @@
 
 use alchemiscale_client::Client;
 use alchemiscale_model::Scope;
-use alchemiscale_store::identities::{hash_key, IdentityKind};
 use alchemiscale_objects::testing::TestObjects;
 use alchemiscale_objects::Objects;
+use alchemiscale_store::identities::{hash_key, IdentityKind};
 use alchemiscale_store::testing::{self, TestStore};
 use alchemiscale_store::Store;
 

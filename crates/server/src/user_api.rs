@@ -203,7 +203,9 @@ async fn exists(State(state): State<AppState>, caller: Caller, Path(raw): Path<S
 /// gzip allowed) → its ScopedKey as an object.
 #[utoipa::path(post, path = "/networks", tag = "networks")]
 async fn create_network(State(state): State<AppState>, caller: Caller, Body(body): Body) -> JsonResult {
-    let Value::Object(mut body) = body else { return Err(ApiError::unprocessable("body must be an object with `network`, `scope` and `state`")) };
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::unprocessable("body must be an object with `network`, `scope` and `state`"));
+    };
     let scope_value = body.get("scope").ok_or_else(|| ApiError::unprocessable("missing `scope`"))?;
     let scope = json::from_value::<ScopeDict>(scope_value)
         .map_err(|e| ApiError::unprocessable(format!("invalid `scope`: {e}")))?
@@ -211,14 +213,17 @@ async fn create_network(State(state): State<AppState>, caller: Caller, Body(body
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     caller.authorize(&scope)?;
     if !scope.is_specific() {
-        return Err(ApiError::unprocessable(format!("scope '{scope}' is not specific: networks can only be submitted to scopes without wildcards")));
+        return Err(ApiError::unprocessable(format!(
+            "scope '{scope}' is not specific: networks can only be submitted to scopes without wildcards"
+        )));
     }
     let network_state = match body.get("state") {
         None | Some(Value::Null) => NetworkState::Active,
         Some(v) => {
             let s = v.as_str().unwrap_or("");
-            s.parse::<NetworkState>()
-                .map_err(|_| ApiError::unprocessable(format!("`state` = {s} must be one of the following: active, deleted, inactive, invalid")))?
+            s.parse::<NetworkState>().map_err(|_| {
+                ApiError::unprocessable(format!("`state` = {s} must be one of the following: active, deleted, inactive, invalid"))
+            })?
         }
     };
     let network = body.remove("network").ok_or_else(|| ApiError::unprocessable("missing `network`"))?;
@@ -367,7 +372,8 @@ async fn create_tasks(State(state): State<AppState>, caller: Caller, Path(raw): 
         return Err(ApiError::bad_request(format!("count must be at most {MAX_TASKS_PER_REQUEST}")));
     }
     let extends = b.extends.as_ref().map(|d| parse_sk_dicts(std::slice::from_ref(d)).map(|mut v| v.remove(0))).transpose()?;
-    let requests: Vec<TaskRequest> = (0..b.count.max(0)).map(|_| TaskRequest { transformation: tf.clone(), extends: extends.clone() }).collect();
+    let requests: Vec<TaskRequest> =
+        (0..b.count.max(0)).map(|_| TaskRequest { transformation: tf.clone(), extends: extends.clone() }).collect();
     Ok(strings(state.store().create_tasks(&requests, Some(&caller.identifier)).await?))
 }
 
@@ -394,7 +400,8 @@ async fn create_transformations_tasks(State(state): State<AppState>, caller: Cal
         }
         Some(e) => e.iter().map(|x| x.as_deref().filter(|s| !s.is_empty()).map(parse_sk).transpose()).collect::<ApiResult<_>>()?,
     };
-    let requests: Vec<TaskRequest> = tfs.into_iter().zip(extends).map(|(transformation, extends)| TaskRequest { transformation, extends }).collect();
+    let requests: Vec<TaskRequest> =
+        tfs.into_iter().zip(extends).map(|(transformation, extends)| TaskRequest { transformation, extends }).collect();
     Ok(strings(state.store().create_tasks(&requests, Some(&caller.identifier)).await?))
 }
 
@@ -595,7 +602,12 @@ async fn set_network_weight(State(state): State<AppState>, caller: Caller, Path(
         return Err(ApiError::bad_request("all `weights` must be between 0 and 1 (inclusive)"));
     }
     network_key(&sk, NOT_A_NETWORK_WEIGHT)?;
-    Ok(opt_strings(state.store().set_network_weights(&[(sk, weight)]).await?).0.get(0).cloned().map(Json).unwrap_or(Json(serde_json::Value::Null)))
+    Ok(opt_strings(state.store().set_network_weights(&[(sk, weight)]).await?)
+        .0
+        .get(0)
+        .cloned()
+        .map(Json)
+        .unwrap_or(Json(serde_json::Value::Null)))
 }
 
 /// U37: TaskHub weights of several networks (null for unknown ones).
@@ -649,7 +661,8 @@ async fn get_tasks_priority(State(state): State<AppState>, caller: Caller, body:
 #[utoipa::path(post, path = "/bulk/tasks/priority/set", tag = "tasks")]
 async fn set_tasks_priority(State(state): State<AppState>, caller: Caller, Body(body): Body) -> JsonResult {
     let tasks_value = body.get("tasks").cloned().unwrap_or(Value::Null);
-    let tasks: Vec<ScopedKeyDict> = json::from_value(&tasks_value).map_err(|e| ApiError::body_field("list_type", "tasks", e.to_string()))?;
+    let tasks: Vec<ScopedKeyDict> =
+        json::from_value(&tasks_value).map_err(|e| ApiError::body_field("list_type", "tasks", e.to_string()))?;
     let priority = match body.get("priority") {
         Some(Value::Number(n)) => match n.as_i64() {
             Some(p) if p >= 1 => p,
@@ -814,7 +827,11 @@ results_listing!(task_failures, "/tasks/{sk}/failures", "results", task_results,
 /// reference and the transformation must be in the caller's scopes; the blob is checked
 /// against the SHA-256 recorded at upload and streamed out.
 #[utoipa::path(get, path = "/transformations/{sk}/{route}/{pdrr_sk}", tag = "results", params(("sk" = String, Path), ("route" = String, Path), ("pdrr_sk" = String, Path)))]
-async fn get_result(State(state): State<AppState>, caller: Caller, Path((tf_raw, route, pdrr_raw)): Path<(String, String, String)>) -> ApiResult<Response> {
+async fn get_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tf_raw, route, pdrr_raw)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
     if route != "results" && route != "failures" {
         return Err(ApiError::bad_request(format!("`route` takes 'results' or 'failures', not '{route}'")));
     }

@@ -78,7 +78,10 @@ async fn round_trip(s: Setup) {
     expect(&r, 200);
     let d = r.json();
     assert!(d["gufe_key"].as_str().unwrap().starts_with("ProtocolDAGResultRef-"));
-    assert_eq!((d["org"].as_str(), d["campaign"].as_str(), d["project"].as_str()), (Some("vecorg"), Some("veccampaign"), Some("vecproject")));
+    assert_eq!(
+        (d["org"].as_str(), d["campaign"].as_str(), d["project"].as_str()),
+        (Some("vecorg"), Some("veccampaign"), Some("vecproject"))
+    );
     let pdrr = format!("{}-{SCOPE}", d["gufe_key"].as_str().unwrap());
     assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("complete".into())]);
     assert_eq!(s.user.get(&format!("/transformations/{TF0}/results")).await.unwrap(), json!([pdrr]));
@@ -138,8 +141,14 @@ async fn round_trip(s: Setup) {
         "{}".into(),
         format!("{{\"compute_service_id\": \"{SERVICE}\"}}"),
         format!("{{\"protocoldagresult\": \"text\", \"compute_service_id\": \"{SERVICE}\"}}"),
-        format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}", encode_bytes_codec(&[0x28, 0xB5, 0x2F, 0xFD, 9, 9, 9]).to_python_json()),
-        format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}", encode_bytes_codec(b"[[\"A-1\", {}]]").to_python_json()),
+        format!(
+            "{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}",
+            encode_bytes_codec(&[0x28, 0xB5, 0x2F, 0xFD, 9, 9, 9]).to_python_json()
+        ),
+        format!(
+            "{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}",
+            encode_bytes_codec(b"[[\"A-1\", {}]]").to_python_json()
+        ),
         format!("{{\"protocoldagresult\": {}, \"compute_service_id\": 5}}", encode_bytes_codec(&ok_blob).to_python_json()),
     ];
     for b in bad_bodies {
@@ -148,7 +157,15 @@ async fn round_trip(s: Setup) {
     }
     let r = push_raw(&s.compute, &wrong_tf, b"not gzip".to_vec()).await;
     expect(&r, 400);
-    let r = s.user.send(Method::POST, &format!("/tasks/{wrong_tf}/results"), Payload::Raw { bytes: c14_gzip(), content_encoding: Some("gzip".into()) }).await.unwrap();
+    let r = s
+        .user
+        .send(
+            Method::POST,
+            &format!("/tasks/{wrong_tf}/results"),
+            Payload::Raw { bytes: c14_gzip(), content_encoding: Some("gzip".into()) },
+        )
+        .await
+        .unwrap();
     expect(&r, 405); // the user API has no result upload route (GET only)
     let after = s.user_server.store.table_counts().await.unwrap();
     fn interesting(c: &[(&'static str, i64)]) -> Vec<(&'static str, i64)> {

@@ -74,7 +74,10 @@ server_test!(network_submission_and_retrieval, |server| async move {
     let c = server.client(IdentityKind::User, "alice", &["vecorg-*-*"]).await;
     let r = submit_vector(&c).await;
     expect(&r, 200);
-    assert_eq!(r.json(), json!({"gufe_key": "AlchemicalNetwork-c5a12a2d9a941dbfe56b76c3387ccf6d", "org": "vecorg", "campaign": "veccampaign", "project": "vecproject"}));
+    assert_eq!(
+        r.json(),
+        json!({"gufe_key": "AlchemicalNetwork-c5a12a2d9a941dbfe56b76c3387ccf6d", "org": "vecorg", "campaign": "veccampaign", "project": "vecproject"})
+    );
     // retrieval gives back the client's chain byte for byte (gzip on request)
     let r = get(&c, &format!("/networks/{NETWORK}")).await;
     expect(&r, 200);
@@ -99,7 +102,12 @@ server_test!(network_submission_and_retrieval, |server| async move {
     assert_eq!(c.get("/networks?state=active").await.unwrap(), json!([NETWORK]));
     assert_eq!(c.get("/networks?state=inactive").await.unwrap(), json!([]));
     assert_eq!(c.get("/networks?state=active%7Cinactive&org=vecorg").await.unwrap(), json!([NETWORK]));
-    let name = c.get_chain("networks", &sk(NETWORK)).await.unwrap().as_array().unwrap().last().unwrap().as_array().unwrap()[1].get("name").unwrap().as_str().unwrap().to_string();
+    let name = c.get_chain("networks", &sk(NETWORK)).await.unwrap().as_array().unwrap().last().unwrap().as_array().unwrap()[1]
+        .get("name")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
     let q = url::form_urlencoded::byte_serialize(fancy_escape(&name).as_bytes()).collect::<String>();
     assert_eq!(c.get(&format!("/networks?name={q}")).await.unwrap(), json!([NETWORK]));
     assert_eq!(c.get("/networks?name=nothing.*").await.unwrap(), json!([]));
@@ -173,7 +181,9 @@ fn fancy_escape(s: &str) -> String {
 server_test!(network_submission_errors, |server| async move {
     let c = server.client(IdentityKind::User, "alice", &["vecorg-*-*"]).await;
     let chain = vector_text("network.keyed_chain.json");
-    let body = |chain: &str, scope: serde_json::Value, state: &str| format!("{{\"network\": {chain}, \"scope\": {scope}, \"state\": \"{state}\"}}");
+    let body = |chain: &str, scope: serde_json::Value, state: &str| {
+        format!("{{\"network\": {chain}, \"scope\": {scope}, \"state\": \"{state}\"}}")
+    };
     let scope = json!({"org": "vecorg", "campaign": "veccampaign", "project": "vecproject"});
     // invalid state
     let r = post_text(&c, "/networks", &body(&chain, scope.clone(), "sleepy")).await;
@@ -197,7 +207,10 @@ server_test!(network_submission_errors, |server| async move {
     let r = post_text(&c, "/networks", "{\"network\": [").await;
     expect(&r, 422);
     assert_eq!(r.json()["detail"][0]["type"], "json_invalid");
-    let r = c.send(Method::POST, "/networks", Payload::Raw { bytes: b"not gzip".to_vec(), content_encoding: Some("gzip".into()) }).await.unwrap();
+    let r = c
+        .send(Method::POST, "/networks", Payload::Raw { bytes: b"not gzip".to_vec(), content_encoding: Some("gzip".into()) })
+        .await
+        .unwrap();
     expect(&r, 400);
     // self-transformation
     let m = r#""__module__": "m""#;
@@ -256,7 +269,15 @@ server_test!(tasks_actions_and_statuses, |server| async move {
     expect(&r, 400);
 
     // bulk creation keeps input order and each transformation's scope
-    let bulk = parse_keys(&c.post("/bulk/transformations/tasks/create", &json!({"transformations": [TF0, other_tf.to_string(), TF0], "extends": [null, "", tasks[1].to_string()]})).await.unwrap()).unwrap();
+    let bulk = parse_keys(
+        &c.post(
+            "/bulk/transformations/tasks/create",
+            &json!({"transformations": [TF0, other_tf.to_string(), TF0], "extends": [null, "", tasks[1].to_string()]}),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(bulk.len(), 3);
     let tf_of = |t: &alchemiscale_model::ScopedKey| {
         let c = &c;
@@ -285,10 +306,14 @@ server_test!(tasks_actions_and_statuses, |server| async move {
     let r = get(&c, &format!("/networks/{NETWORK}/tasks?status=bogus")).await;
     expect(&r, 400);
     assert_eq!(detail(&r), "'bogus' is not a valid TaskStatusEnum");
-    assert_eq!(c.get(&format!("/tasks?status=waiting&org=vecorg")).await.unwrap().as_array().unwrap().len(), 9);
+    assert_eq!(c.get("/tasks?status=waiting&org=vecorg").await.unwrap().as_array().unwrap().len(), 9);
     assert_eq!(c.get("/tasks?status=bogus").await.unwrap(), json!([]));
     assert_eq!(parse_keys(&c.get(&format!("/tasks/{}/networks", tasks[0])).await.unwrap()).unwrap(), vec![sk(NETWORK)]);
-    let r = get(&c, &format!("/tasks/{}/transformation", tasks[0].to_string().replace(tasks[0].gufe_key().token(), "00000000000000000000000000000000"))).await;
+    let r = get(
+        &c,
+        &format!("/tasks/{}/transformation", tasks[0].to_string().replace(tasks[0].gufe_key().token(), "00000000000000000000000000000000")),
+    )
+    .await;
     expect(&r, 400);
     assert_eq!(detail(&r), "'No such object in database'");
 
@@ -304,7 +329,15 @@ server_test!(tasks_actions_and_statuses, |server| async move {
     let actioned = c.action_tasks(&net, &[tasks[0].clone(), tasks[1].clone()], None).await.unwrap();
     assert_eq!(actioned, vec![Some(tasks[0].clone()), Some(tasks[1].clone())]);
     // already actioned: reported (not null), weight set on every listed task
-    let again = parse_opt_keys(&c.post(&format!("/networks/{NETWORK}/tasks/action"), &json!({"tasks": [tasks[0].to_dict(), tasks[2].to_dict(), net.to_dict()], "weight": 0.25})).await.unwrap()).unwrap();
+    let again = parse_opt_keys(
+        &c.post(
+            &format!("/networks/{NETWORK}/tasks/action"),
+            &json!({"tasks": [tasks[0].to_dict(), tasks[2].to_dict(), net.to_dict()], "weight": 0.25}),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(again, vec![Some(tasks[0].clone()), Some(tasks[2].clone()), None]);
     let weights = c.post(&format!("/networks/{NETWORK}/tasks/actioned"), &json!({"task_weights": true})).await.unwrap();
     assert_eq!(weights[tasks[0].to_string()], json!(0.25));
@@ -319,7 +352,10 @@ server_test!(tasks_actions_and_statuses, |server| async move {
     assert_eq!(detail(&r), "`network` ScopedKey does not correspond to an `AlchemicalNetwork`");
 
     // cancel
-    let cancelled = parse_opt_keys(&c.post(&format!("/networks/{NETWORK}/tasks/cancel"), &json!({"tasks": [tasks[1].to_dict(), child[1].to_dict()]})).await.unwrap()).unwrap();
+    let cancelled = parse_opt_keys(
+        &c.post(&format!("/networks/{NETWORK}/tasks/cancel"), &json!({"tasks": [tasks[1].to_dict(), child[1].to_dict()]})).await.unwrap(),
+    )
+    .unwrap();
     assert_eq!(cancelled, vec![Some(tasks[1].clone()), None]);
 
     // statuses
@@ -330,13 +366,21 @@ server_test!(tasks_actions_and_statuses, |server| async move {
     let r = post(&c, "/bulk/tasks/status/set", json!({"tasks": [tasks[0].to_dict()], "status": "sleepy"})).await;
     expect(&r, 400);
     // invalid cascades to descendants and removes actions
-    let set = parse_opt_keys(&c.post("/bulk/tasks/status/set", &json!({"tasks": [tasks[0].to_dict()], "status": "invalid"})).await.unwrap()).unwrap();
+    let set =
+        parse_opt_keys(&c.post("/bulk/tasks/status/set", &json!({"tasks": [tasks[0].to_dict()], "status": "invalid"})).await.unwrap())
+            .unwrap();
     assert_eq!(set, vec![Some(tasks[0].clone())]);
-    assert_eq!(c.get_tasks_status(&[child[0].clone(), grandchild[0].clone()]).await.unwrap(), vec![Some("invalid".into()), Some("invalid".into())]);
+    assert_eq!(
+        c.get_tasks_status(&[child[0].clone(), grandchild[0].clone()]).await.unwrap(),
+        vec![Some("invalid".into()), Some("invalid".into())]
+    );
     let weights = c.post(&format!("/networks/{NETWORK}/tasks/actioned"), &json!({"task_weights": true})).await.unwrap();
     assert!(weights.get(tasks[0].to_string()).is_none());
     // invalid -> waiting is not allowed: null, status unchanged; a deleted task stays deleted
-    let set = parse_opt_keys(&c.post("/bulk/tasks/status/set", &json!({"tasks": [tasks[0].to_dict(), tasks[2].to_dict()], "status": "waiting"})).await.unwrap()).unwrap();
+    let set = parse_opt_keys(
+        &c.post("/bulk/tasks/status/set", &json!({"tasks": [tasks[0].to_dict(), tasks[2].to_dict()], "status": "waiting"})).await.unwrap(),
+    )
+    .unwrap();
     assert_eq!(set, vec![None, Some(tasks[2].clone())]);
     assert_eq!(c.post(&format!("/tasks/{}/status", tasks[2]), &json!("deleted")).await.unwrap(), json!(tasks[2].to_string()));
     assert_eq!(c.get(&format!("/tasks/{}/status", tasks[2])).await.unwrap(), json!("deleted"));
@@ -348,8 +392,16 @@ server_test!(tasks_actions_and_statuses, |server| async move {
 
     // priorities
     assert_eq!(c.post("/bulk/tasks/priority/get", &json!({"tasks": [tasks[1].to_dict()]})).await.unwrap(), json!([10]));
-    assert_eq!(c.post("/bulk/tasks/priority/set", &json!({"tasks": [tasks[1].to_dict(), sk(&missing_task).to_dict()], "priority": 3})).await.unwrap(), json!([tasks[1].to_string(), null]));
-    assert_eq!(c.post("/bulk/tasks/priority/get", &json!({"tasks": [tasks[1].to_dict(), sk(&missing_task).to_dict()]})).await.unwrap(), json!([3, null]));
+    assert_eq!(
+        c.post("/bulk/tasks/priority/set", &json!({"tasks": [tasks[1].to_dict(), sk(&missing_task).to_dict()], "priority": 3}))
+            .await
+            .unwrap(),
+        json!([tasks[1].to_string(), null])
+    );
+    assert_eq!(
+        c.post("/bulk/tasks/priority/get", &json!({"tasks": [tasks[1].to_dict(), sk(&missing_task).to_dict()]})).await.unwrap(),
+        json!([3, null])
+    );
     for bad in ["0", "-5", "9223372036854775808", "123456789012345678901234567890"] {
         let r = post_text(&c, "/bulk/tasks/priority/set", &format!("{{\"tasks\": [], \"priority\": {bad}}}")).await;
         expect(&r, 400);
@@ -390,7 +442,10 @@ server_test!(weights_and_bare_bodies, |server| async move {
     expect(&r, 400);
     assert_eq!(detail(&r), "a `networks` ScopedKey does not correspond to an `AlchemicalNetwork`");
     assert_eq!(c.post("/bulk/networks/weight/get", &json!({"networks": [NETWORK, missing]})).await.unwrap(), json!([0.75, null]));
-    assert_eq!(c.post("/bulk/networks/weight/set", &json!({"networks": [NETWORK, missing], "weights": [0.1, 0.2]})).await.unwrap(), json!([NETWORK, null]));
+    assert_eq!(
+        c.post("/bulk/networks/weight/set", &json!({"networks": [NETWORK, missing], "weights": [0.1, 0.2]})).await.unwrap(),
+        json!([NETWORK, null])
+    );
     let r = post(&c, "/bulk/networks/weight/set", json!({"networks": [NETWORK], "weights": [0.1, 0.2]})).await;
     expect(&r, 400);
     assert_eq!(detail(&r), "length of `networks` and `weights` must be the same");
@@ -415,7 +470,18 @@ server_test!(bad_input_never_500, |server| async move {
         "/bulk/tasks/status/get",
         "/bulk/tasks/status/set",
     ];
-    let bodies = ["", "{", "[1, 2]", "\"text\"", "null", "{\"networks\": 5}", "{\"tasks\": [{\"gufe_key\": 1}]}", "{\"tasks\": [{}]}", "{\"networks\": [\"x\"]}", "{\"networks\": [NaN]}"];
+    let bodies = [
+        "",
+        "{",
+        "[1, 2]",
+        "\"text\"",
+        "null",
+        "{\"networks\": 5}",
+        "{\"tasks\": [{\"gufe_key\": 1}]}",
+        "{\"tasks\": [{}]}",
+        "{\"networks\": [\"x\"]}",
+        "{\"networks\": [NaN]}",
+    ];
     for route in routes_with_bodies {
         for body in bodies {
             let r = post_text(&c, route, body).await;

@@ -17,7 +17,10 @@ server_test!(restart_pattern_routes, |server| async move {
     let c = server.client(IdentityKind::User, "alice", &["vecorg-*-*"]).await;
     expect(&submit_vector(&c).await, 200);
     let base = format!("/networks/{NETWORK}/restartpatterns");
-    assert_eq!(c.post(&format!("{base}/add"), &json!({"patterns": ["RuntimeError: .+", "Timeout"], "num_allowed_restarts": 2})).await.unwrap(), json!(null));
+    assert_eq!(
+        c.post(&format!("{base}/add"), &json!({"patterns": ["RuntimeError: .+", "Timeout"], "num_allowed_restarts": 2})).await.unwrap(),
+        json!(null)
+    );
     let got = c.post("/bulk/networks/restartpatterns/get", &json!({"networks": [NETWORK]})).await.unwrap();
     let mut pairs: Vec<(String, i64)> = serde_json::from_value(got[NETWORK].clone()).unwrap();
     pairs.sort();
@@ -33,7 +36,11 @@ server_test!(restart_pattern_routes, |server| async move {
     let got = c.post("/bulk/networks/restartpatterns/get", &json!({"networks": [NETWORK, missing]})).await.unwrap();
     assert_eq!(got, json!({ NETWORK: [], missing.clone(): [] }));
     // bad input
-    for body in [json!({"patterns": ["("], "num_allowed_restarts": 1}), json!({"patterns": [""], "num_allowed_restarts": 1}), json!({"patterns": ["x"], "num_allowed_restarts": 0})] {
+    for body in [
+        json!({"patterns": ["("], "num_allowed_restarts": 1}),
+        json!({"patterns": [""], "num_allowed_restarts": 1}),
+        json!({"patterns": ["x"], "num_allowed_restarts": 0}),
+    ] {
         let r = post(&c, &format!("{base}/add"), body.clone()).await;
         expect(&r, 400);
     }
@@ -63,7 +70,10 @@ server_test!(strategy_routes, |server| async move {
     expect(&back, 200);
     assert_eq!(back.text(), alchemiscale_model::json::parse(strategy).unwrap().to_python_json());
     let st = c.get(&format!("{base}/state")).await.unwrap();
-    assert_eq!(st, json!({"mode": "full", "status": "awake", "iterations": 0, "sleep_interval": 60, "last_iteration": null, "last_iteration_result_count": 0, "max_tasks_per_transformation": 5, "task_scaling": "linear", "exception": null, "traceback": null}));
+    assert_eq!(
+        st,
+        json!({"mode": "full", "status": "awake", "iterations": 0, "sleep_interval": 60, "last_iteration": null, "last_iteration_result_count": 0, "max_tasks_per_transformation": 5, "task_scaling": "linear", "exception": null, "traceback": null})
+    );
     assert_eq!(c.get(&format!("{base}/status")).await.unwrap(), json!("awake"));
     assert_eq!(c.post(&format!("{base}/awake"), &json!({})).await.unwrap(), json!(NETWORK));
     // invalid state values and malformed strategies: 422, nothing changed
@@ -95,7 +105,11 @@ server_test!(result_listings, |server| async move {
         content_sha256: "0".repeat(64),
         size: 10,
         creator: None,
-        tracebacks: (!ok).then(|| TracebacksFields { tracebacks: vec!["boom".into()], source_keys: vec!["U-1".into()], failure_keys: vec!["F-1".into()] }),
+        tracebacks: (!ok).then(|| TracebacksFields {
+            tracebacks: vec!["boom".into()],
+            source_keys: vec!["U-1".into()],
+            failure_keys: vec!["F-1".into()],
+        }),
     };
     server.store.set_task_status(&[Some(tasks[0].clone())], TaskStatus::Running, false).await.unwrap();
     let ok = server.store.record_result(&tasks[0], &result(1, true)).await.unwrap();
@@ -178,8 +192,12 @@ server_test!(auth_matrix, |server| async move {
     let payload = |m: &Method, b: &serde_json::Value| if *m == Method::GET { Payload::None } else { Payload::Json(b.to_string()) };
     let wrong_audience = compute_token("owner", &["vecorg-*-*"]);
     let exp = chrono::Utc::now().timestamp() as u64;
-    let expired = raw_token(SECRET, json!({"sub": "owner", "scopes": ["vecorg-*-*"], "exp": exp - 10, "aud": "alchemiscale:user", "kind": "user"}));
-    let forged = raw_token("not-the-secret", json!({"sub": "owner", "scopes": ["*-*-*"], "exp": exp + 600, "aud": "alchemiscale:user", "kind": "user"}));
+    let expired =
+        raw_token(SECRET, json!({"sub": "owner", "scopes": ["vecorg-*-*"], "exp": exp - 10, "aud": "alchemiscale:user", "kind": "user"}));
+    let forged = raw_token(
+        "not-the-secret",
+        json!({"sub": "owner", "scopes": ["*-*-*"], "exp": exp + 600, "aud": "alchemiscale:user", "kind": "user"}),
+    );
     let upstream_style = raw_token(SECRET, json!({"sub": "owner", "scopes": ["vecorg-*-*"], "exp": exp + 600}));
     // the victim is disabled after logging in: its token stops working
     server.store.set_identity_status(IdentityKind::User, "victim", true, None).await.unwrap();
@@ -187,7 +205,13 @@ server_test!(auth_matrix, |server| async move {
     for (m, path, body) in &object_routes {
         let r = owner.send_anonymous(m.clone(), path, payload(m, body)).await.unwrap();
         assert_eq!((r.status, detail(&r)), (401, "Not authenticated".into()), "{m} {path} without a token");
-        for (what, token) in [("wrong audience", &wrong_audience), ("expired", &expired), ("forged", &forged), ("no audience", &upstream_style), ("disabled", &victim_token)] {
+        for (what, token) in [
+            ("wrong audience", &wrong_audience),
+            ("expired", &expired),
+            ("forged", &forged),
+            ("no audience", &upstream_style),
+            ("disabled", &victim_token),
+        ] {
             let r = owner.send_with_token(m.clone(), path, payload(m, body), token).await.unwrap();
             assert_eq!(r.status, 401, "{m} {path} with a {what} token: {}", r.text());
             assert_eq!(detail(&r), "Could not validate credentials");
@@ -217,7 +241,7 @@ server_test!(auth_matrix, |server| async move {
     }
     assert_eq!(stranger.get("/scopes/*-*-*/status").await.unwrap(), json!({}));
     // the owner still sees everything unchanged
-    assert_eq!(owner.get_tasks_status(&[task.clone()]).await.unwrap(), vec![Some("waiting".to_string())]);
+    assert_eq!(owner.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("waiting".to_string())]);
     assert_eq!(owner.post("/bulk/tasks/priority/get", &json!({"tasks": td})).await.unwrap(), json!([10]));
     // a compute identity cannot log in to the user API
     let compute = server.client(IdentityKind::Compute, "worker", &["vecorg-*-*"]).await;

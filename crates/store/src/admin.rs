@@ -35,11 +35,26 @@ use ColType::{Text as T, F64 as F, I64 as I};
 pub(crate) const TABLES: &[TableSpec] = &[
     TableSpec {
         name: "gufe_object",
-        columns: &[("id", I, false), ("gufe_key", T, false), ("org", T, false), ("campaign", T, false), ("project", T, false), ("qualname", T, false), ("module", T, false), ("name", T, true), ("body", T, false)],
+        columns: &[
+            ("id", I, false),
+            ("gufe_key", T, false),
+            ("org", T, false),
+            ("campaign", T, false),
+            ("project", T, false),
+            ("qualname", T, false),
+            ("module", T, false),
+            ("name", T, true),
+            ("body", T, false),
+        ],
         order_by: "id",
         identity_id: true,
     },
-    TableSpec { name: "gufe_ref", columns: &[("parent_id", I, false), ("child_id", I, false)], order_by: "parent_id, child_id", identity_id: false },
+    TableSpec {
+        name: "gufe_ref",
+        columns: &[("parent_id", I, false), ("child_id", I, false)],
+        order_by: "parent_id, child_id",
+        identity_id: false,
+    },
     TableSpec {
         name: "network",
         columns: &[("id", I, false), ("taskhub_token", T, false), ("state", T, false), ("weight", F, false)],
@@ -65,7 +80,12 @@ pub(crate) const TABLES: &[TableSpec] = &[
         order_by: "network_id, transformation_id",
         identity_id: false,
     },
-    TableSpec { name: "network_system", columns: &[("network_id", I, false), ("system_id", I, false)], order_by: "network_id, system_id", identity_id: false },
+    TableSpec {
+        name: "network_system",
+        columns: &[("network_id", I, false), ("system_id", I, false)],
+        order_by: "network_id, system_id",
+        identity_id: false,
+    },
     TableSpec {
         name: "task",
         columns: &[
@@ -92,7 +112,13 @@ pub(crate) const TABLES: &[TableSpec] = &[
     },
     TableSpec {
         name: "compute_service",
-        columns: &[("id", I, false), ("identifier", T, false), ("registered", I, false), ("heartbeat", I, false), ("manager_name", T, true)],
+        columns: &[
+            ("id", I, false),
+            ("identifier", T, false),
+            ("registered", I, false),
+            ("heartbeat", I, false),
+            ("manager_name", T, true),
+        ],
         order_by: "id",
         identity_id: true,
     },
@@ -148,14 +174,31 @@ pub(crate) const TABLES: &[TableSpec] = &[
         order_by: "id",
         identity_id: true,
     },
-    TableSpec { name: "task_result", columns: &[("task_id", I, false), ("pdrr_id", I, false)], order_by: "task_id, pdrr_id", identity_id: false },
+    TableSpec {
+        name: "task_result",
+        columns: &[("task_id", I, false), ("pdrr_id", I, false)],
+        order_by: "task_id, pdrr_id",
+        identity_id: false,
+    },
     TableSpec {
         name: "tracebacks",
-        columns: &[("id", I, false), ("gufe_key", T, false), ("org", T, false), ("campaign", T, false), ("project", T, false), ("body", T, false)],
+        columns: &[
+            ("id", I, false),
+            ("gufe_key", T, false),
+            ("org", T, false),
+            ("campaign", T, false),
+            ("project", T, false),
+            ("body", T, false),
+        ],
         order_by: "id",
         identity_id: true,
     },
-    TableSpec { name: "pdrr_tracebacks", columns: &[("pdrr_id", I, false), ("tracebacks_id", I, false)], order_by: "pdrr_id", identity_id: false },
+    TableSpec {
+        name: "pdrr_tracebacks",
+        columns: &[("pdrr_id", I, false), ("tracebacks_id", I, false)],
+        order_by: "pdrr_id",
+        identity_id: false,
+    },
     TableSpec {
         name: "restart_pattern",
         columns: &[("id", I, false), ("gufe_key", T, false), ("network_id", I, false), ("pattern", T, false), ("max_retries", I, false)],
@@ -307,7 +350,11 @@ impl Store {
                 SchemaStatus::Damaged("tables exist but no migration record".into())
             });
         }
-        let rows = sqlx::query("SELECT version, checksum, CAST(CASE WHEN success THEN 1 ELSE 0 END AS BIGINT) FROM _sqlx_migrations ORDER BY version").fetch_all(&self.read).await?;
+        let rows = sqlx::query(
+            "SELECT version, checksum, CAST(CASE WHEN success THEN 1 ELSE 0 END AS BIGINT) FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&self.read)
+        .await?;
         let mut applied = 0;
         for r in &rows {
             let version: i64 = r.try_get(0)?;
@@ -408,7 +455,8 @@ mod tests {
     #[test]
     fn every_table_is_catalogued() {
         let sql = include_str!("../migrations/sqlite/0001_init.sql");
-        let created: Vec<&str> = sql.lines().filter_map(|l| l.strip_prefix("CREATE TABLE ")).map(|l| l.split_whitespace().next().unwrap()).collect();
+        let created: Vec<&str> =
+            sql.lines().filter_map(|l| l.strip_prefix("CREATE TABLE ")).map(|l| l.split_whitespace().next().unwrap()).collect();
         let catalogued: Vec<&str> = super::TABLES.iter().map(|t| t.name).collect();
         assert_eq!(created, catalogued);
         for t in super::TABLES {

@@ -9,6 +9,11 @@
 //! * Compute managers (§3.11, §10): registration (with steal), status updates and their
 //!   expiry, clearing errors, and the instruction a manager asks for.
 //!
+//! Network state: tasks actioned only on hubs of `deleted` or `invalid` networks are not
+//! claimable (nor counted for compute managers). Upstream ignores network state when
+//! claiming (model.md §14 Q18), which spends compute on networks users have declared
+//! broken or removable; `inactive` networks are still computed, as upstream.
+//!
 //! The MANAGES relationship is not stored: a manager manages the service registrations
 //! whose `manager_name` equals its name (§15), which is exactly the set upstream attaches
 //! at manager registration and at service registration.
@@ -82,7 +87,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sqlx::AnyConnection;
 
-use crate::db::{bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg};
+use crate::db::{
+    bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg,
+};
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
 use crate::tasks::{apply_status, parse_status};
@@ -177,7 +184,9 @@ fn service_id(s: &str) -> Result<ComputeServiceId> {
 }
 
 fn task_sk(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
-    format!("{gufe_key}-{org}-{campaign}-{project}").parse().map_err(|_| StoreError::Invalid(format!("corrupt task key {gufe_key} in store")))
+    format!("{gufe_key}-{org}-{campaign}-{project}")
+        .parse()
+        .map_err(|_| StoreError::Invalid(format!("corrupt task key {gufe_key} in store")))
 }
 
 /// Validate a protocol filter (model.md §6.3): `None` = no filter; otherwise a non-empty
@@ -235,6 +244,7 @@ fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg>) -> Strin
 fn claimable_condition(backend: Backend, protocols_param: Option<usize>) -> String {
     let mut s = String::from(
         "a.weight > 0 AND t.status = 'waiting' \
+         AND EXISTS (SELECT 1 FROM network ns WHERE ns.id = a.network_id AND ns.state IN ('active', 'inactive')) \
          AND (t.extends_id IS NULL OR EXISTS (SELECT 1 FROM task p WHERE p.id = t.extends_id AND p.status = 'complete')) \
          AND NOT EXISTS (SELECT 1 FROM task_claim k WHERE k.task_id = t.id)",
     );
@@ -520,7 +530,13 @@ const PG_PRESELECT_MARGIN: usize = 64;
 /// it short while more candidates exist does a second statement rank and lock over all
 /// candidates. Either way the result is the first `count` unlocked candidates in rank
 /// order.
-async fn select_locked_pg(conn: &mut AnyConnection, hub: i64, count: usize, protocols: Option<&str>, require_hub_weight: bool) -> Result<(Vec<Claimed>, bool)> {
+async fn select_locked_pg(
+    conn: &mut AnyConnection,
+    hub: i64,
+    count: usize,
+    protocols: Option<&str>,
+    require_hub_weight: bool,
+) -> Result<(Vec<Claimed>, bool)> {
     let next = if protocols.is_some() { 3 } else { 2 };
     let candidates = hub_candidates(Backend::Postgres, protocols.is_some(), require_hub_weight);
     let preselect = format!(
@@ -566,12 +582,18 @@ async fn select_locked_pg(conn: &mut AnyConnection, hub: i64, count: usize, prot
 /// the selection of §6.3 runs in Rust per hub ([`select_by_priority`]); one more
 /// statement reads the chosen tasks' keys. (SQLite has no `ln`, so the PostgreSQL form is
 /// not available.)
-async fn select_sqlite(conn: &mut AnyConnection, wants: &[(i64, usize)], protocols: Option<&str>, require_hub_weight: bool) -> Result<Vec<(Vec<Claimed>, bool)>> {
+async fn select_sqlite(
+    conn: &mut AnyConnection,
+    wants: &[(i64, usize)],
+    protocols: Option<&str>,
+    require_hub_weight: bool,
+) -> Result<Vec<(Vec<Claimed>, bool)>> {
     let hubs: Vec<i64> = wants.iter().filter(|w| w.1 > 0).map(|w| w.0).collect();
     if hubs.is_empty() {
         return Ok(wants.iter().map(|_| (Vec::new(), false)).collect());
     }
-    let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = a.network_id AND n.weight > 0)" } else { "" };
+    let weight_check =
+        if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = a.network_id AND n.weight > 0)" } else { "" };
     let sql = format!(
         "{} FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id IN ({}){weight_check} AND {}",
         json_rows_select(Backend::Sqlite, "a.network_id, t.id, t.priority, a.weight"),
@@ -595,7 +617,8 @@ async fn select_sqlite(conn: &mut AnyConnection, wants: &[(i64, usize)], protoco
             picks.push((Vec::new(), false));
             continue;
         }
-        let mut candidates: Vec<(i64, i64, f64)> = by_hub.remove(&hub).unwrap_or_default().into_iter().filter(|c| !taken.contains(&c.0)).collect();
+        let mut candidates: Vec<(i64, i64, f64)> =
+            by_hub.remove(&hub).unwrap_or_default().into_iter().filter(|c| !taken.contains(&c.0)).collect();
         candidates.sort_unstable_by_key(|r| (r.1, r.0));
         let chosen = select_by_priority(&candidates, count);
         taken.extend(chosen.iter().copied());
@@ -629,7 +652,8 @@ fn select_by_priority(rows: &[(i64, i64, f64)], count: usize) -> Vec<i64> {
         if group.len() <= remaining {
             chosen.extend(group.iter().map(|r| r.0));
         } else {
-            let mut keyed: Vec<(f64, i64)> = group.iter().map(|&(id, _, w)| (rng.gen::<f64>().max(f64::MIN_POSITIVE).ln() / w, id)).collect();
+            let mut keyed: Vec<(f64, i64)> =
+                group.iter().map(|&(id, _, w)| (rng.gen::<f64>().max(f64::MIN_POSITIVE).ln() / w, id)).collect();
             keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
             chosen.extend(keyed.iter().take(remaining).map(|k| k.1));
         }
@@ -643,7 +667,12 @@ fn select_by_priority(rows: &[(i64, i64, f64)], count: usize) -> Vec<i64> {
 /// The registration row of a service: (row id, failures after `forgive` cutoff, failures
 /// at or before it). On PostgreSQL the row is held `FOR KEY SHARE` until commit, so an
 /// expiry or deregistration (which take `FOR UPDATE`) waits for this transaction.
-async fn service_row(conn: &mut AnyConnection, backend: Backend, id: &ComputeServiceId, forgive_cutoff: i64) -> Result<Option<(i64, i64, i64)>> {
+async fn service_row(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: &ComputeServiceId,
+    forgive_cutoff: i64,
+) -> Result<Option<(i64, i64, i64)>> {
     let lock = if backend == Backend::Postgres { " FOR KEY SHARE" } else { "" };
     let sql = format!(
         "SELECT cs.id, \
@@ -685,7 +714,11 @@ async fn service_rows<'a>(
 async fn can_claim_row(conn: &mut AnyConnection, row: (i64, i64, i64), forgive_cutoff: i64, max_failures: i64) -> Result<bool> {
     let (id, recent, old) = row;
     if old > 0 {
-        sqlx::query("DELETE FROM compute_service_failure WHERE service_id = $1 AND failed_at <= $2").bind(id).bind(forgive_cutoff).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM compute_service_failure WHERE service_id = $1 AND failed_at <= $2")
+            .bind(id)
+            .bind(forgive_cutoff)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(recent <= max_failures)
 }
@@ -729,7 +762,10 @@ async fn release_services(conn: &mut AnyConnection, backend: Backend, services: 
 /// never wait on each other.
 async fn expire_before(conn: &mut AnyConnection, backend: Backend, cutoff: i64) -> Result<Vec<String>> {
     let lock = if backend == Backend::Postgres { " ORDER BY id FOR UPDATE SKIP LOCKED" } else { "" };
-    let rows = sqlx::query(&format!("SELECT id, identifier FROM compute_service WHERE heartbeat < $1{lock}")).bind(cutoff).fetch_all(&mut *conn).await?;
+    let rows = sqlx::query(&format!("SELECT id, identifier FROM compute_service WHERE heartbeat < $1{lock}"))
+        .bind(cutoff)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut ids = Vec::with_capacity(rows.len());
     let mut names = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -765,7 +801,8 @@ const MANAGER_COLUMNS: &str = "name, uuid, registered, last_status_update, statu
 fn manager_row(r: &sqlx::any::AnyRow) -> Result<ComputeManagerInfo> {
     let name = get_str(r, 0)?;
     let uuid = get_str(r, 1)?;
-    let id = format!("{name}-{uuid}").parse().map_err(|_| StoreError::Invalid(format!("corrupt compute manager '{name}-{uuid}' in store")))?;
+    let id =
+        format!("{name}-{uuid}").parse().map_err(|_| StoreError::Invalid(format!("corrupt compute manager '{name}-{uuid}' in store")))?;
     let status = get_str(r, 4)?;
     Ok(ComputeManagerInfo {
         id,
@@ -791,11 +828,19 @@ impl Store {
     }
 
     /// [`Store::register_compute_service`] at an explicit time.
-    pub async fn register_compute_service_at(&self, id: &ComputeServiceId, manager: Option<&ComputeManagerId>, now: DateTime<Utc>) -> Result<()> {
+    pub async fn register_compute_service_at(
+        &self,
+        id: &ComputeServiceId,
+        manager: Option<&ComputeManagerId>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         if let Some(m) = manager {
             let lock = if self.backend == Backend::Postgres { " FOR KEY SHARE" } else { "" };
-            let found = sqlx::query(&format!("SELECT id FROM compute_manager WHERE name = $1{lock}")).bind(m.name()).fetch_optional(&mut *tx).await?;
+            let found = sqlx::query(&format!("SELECT id FROM compute_manager WHERE name = $1{lock}"))
+                .bind(m.name())
+                .fetch_optional(&mut *tx)
+                .await?;
             if found.is_none() {
                 return Err(StoreError::Invalid("Could not find ComputeManagerRegistration".into()));
             }
@@ -827,7 +872,10 @@ impl Store {
     async fn deregister_once(&self, id: &ComputeServiceId) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let row = sqlx::query(&format!("SELECT id FROM compute_service WHERE identifier = $1{lock}")).bind(id.to_string()).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query(&format!("SELECT id FROM compute_service WHERE identifier = $1{lock}"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(r) = row {
             release_services(&mut tx, self.backend, &[get_i64(&r, 0)?]).await?;
         }
@@ -852,7 +900,11 @@ impl Store {
     async fn heartbeat_once(&self, id: &ComputeServiceId, cut: i64, now: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
         expire_before(&mut tx, self.backend, cut).await?;
-        sqlx::query("UPDATE compute_service SET heartbeat = $1 WHERE identifier = $2").bind(now).bind(id.to_string()).execute(&mut *tx).await?;
+        sqlx::query("UPDATE compute_service SET heartbeat = $1 WHERE identifier = $2")
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -933,7 +985,13 @@ impl Store {
     /// name; a service that is not registered (`compute service <id> is not registered`) —
     /// deliberate fix of §14 Q8, where upstream hands out the selected keys without
     /// claiming them.
-    pub async fn claim_taskhub_tasks(&self, hub: &ScopedKey, service: &ComputeServiceId, count: usize, protocols: Option<&[String]>) -> Result<Vec<Option<ScopedKey>>> {
+    pub async fn claim_taskhub_tasks(
+        &self,
+        hub: &ScopedKey,
+        service: &ComputeServiceId,
+        count: usize,
+        protocols: Option<&[String]>,
+    ) -> Result<Vec<Option<ScopedKey>>> {
         check_count(count)?;
         let protocols = protocol_filter(protocols)?.map(|p| json_array(p.iter().map(String::as_str)));
         let mut tx = self.begin_write().await?;
@@ -943,7 +1001,10 @@ impl Store {
         let mut out: Vec<Option<ScopedKey>> = Vec::with_capacity(count);
         if hub.qualname() == "TaskHub" {
             if let Some(hub_id) = network_id_by_token(&mut tx, hub.gufe_key().token(), hub.scope()).await? {
-                let (chosen, _) = select_from_hubs(&mut tx, self.backend, &[(hub_id, count)], protocols.as_deref(), false).await?.pop().unwrap_or_default();
+                let (chosen, _) = select_from_hubs(&mut tx, self.backend, &[(hub_id, count)], protocols.as_deref(), false)
+                    .await?
+                    .pop()
+                    .unwrap_or_default();
                 let pairs: Vec<(i64, i64)> = chosen.iter().map(|c| (c.id, service_row_id)).collect();
                 let claimed = record_claims(&mut tx, self.backend, &pairs).await?;
                 out.extend(chosen.into_iter().filter(|c| claimed.contains(&c.id)).map(|c| Some(c.sk)));
@@ -1113,7 +1174,8 @@ impl Store {
                 break;
             }
             let rounds: Vec<(i64, Vec<usize>)> = by_hub.into_iter().collect();
-            let wants: Vec<(i64, usize)> = rounds.iter().map(|(hub, takers)| (*hub, takers.iter().map(|&ai| active[ai].remaining).sum())).collect();
+            let wants: Vec<(i64, usize)> =
+                rounds.iter().map(|(hub, takers)| (*hub, takers.iter().map(|&ai| active[ai].remaining).sum())).collect();
             let selections = select_from_hubs(&mut tx, self.backend, &wants, space.protocols.as_deref(), true).await?;
             let mut pairs = Vec::new();
             let mut dealt: Vec<(usize, Claimed)> = Vec::new();
@@ -1163,8 +1225,9 @@ impl Store {
     /// Number of distinct claimable tasks for a compute manager (model.md §10): `waiting`
     /// tasks actioned on at least one hub, in one of `scopes`, whose extended task (if
     /// any) is `complete`, performing a transformation with one of `protocols` (an empty
-    /// list means no filter; names must be valid protocol names). ACTIONS weights, hub
-    /// weights and network state are ignored, as upstream (§14 Q19).
+    /// list means no filter; names must be valid protocol names). ACTIONS weights and hub
+    /// weights are ignored, as upstream (§14 Q19); hubs of `deleted`/`invalid` networks do
+    /// not count (see the module documentation).
     pub async fn count_claimable_tasks(&self, scopes: &[Scope], protocols: &[String]) -> Result<i64> {
         let protocols = if protocols.is_empty() { None } else { protocol_filter(Some(protocols))? };
         let mut conn = self.reader().acquire().await?;
@@ -1188,7 +1251,10 @@ impl Store {
     pub async fn register_compute_manager_at(&self, id: &ComputeManagerId, steal: bool, now: DateTime<Utc>) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let existing = sqlx::query(&format!("SELECT id, status FROM compute_manager WHERE name = $1{lock}")).bind(id.name()).fetch_optional(&mut *tx).await?;
+        let existing = sqlx::query(&format!("SELECT id, status FROM compute_manager WHERE name = $1{lock}"))
+            .bind(id.name())
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(r) = existing {
             let status = get_str(&r, 1)?;
             if !(steal && status == ComputeManagerStatus::Ok.as_str()) {
@@ -1222,7 +1288,11 @@ impl Store {
     /// are a no-op. Services it managed stay registered.
     pub async fn deregister_compute_manager(&self, id: &ComputeManagerId) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM compute_manager WHERE name = $1 AND uuid = $2 AND status <> 'ERROR'").bind(id.name()).bind(id.uuid()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM compute_manager WHERE name = $1 AND uuid = $2 AND status <> 'ERROR'")
+            .bind(id.name())
+            .bind(id.uuid())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1328,7 +1398,11 @@ impl Store {
     /// with the provided name and UUID` (also for an unknown or invalid name).
     pub async fn clear_compute_manager_error(&self, name: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM compute_manager WHERE name = $1 AND status = 'ERROR'").bind(name).execute(&mut *tx).await?.rows_affected();
+        let deleted = sqlx::query("DELETE FROM compute_manager WHERE name = $1 AND status = 'ERROR'")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if deleted == 0 {
             return Err(StoreError::Invalid("Could not find an ERROR compute manager with the provided name and UUID".into()));
         }
@@ -1338,7 +1412,10 @@ impl Store {
 
     /// The registration of the manager named `name`, if any.
     pub async fn get_compute_manager(&self, name: &str) -> Result<Option<ComputeManagerInfo>> {
-        let row = sqlx::query(&format!("SELECT {MANAGER_COLUMNS} FROM compute_manager WHERE name = $1")).bind(name).fetch_optional(self.reader()).await?;
+        let row = sqlx::query(&format!("SELECT {MANAGER_COLUMNS} FROM compute_manager WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(self.reader())
+            .await?;
         row.map(|r| manager_row(&r)).transpose()
     }
 
@@ -1368,7 +1445,11 @@ impl Store {
         let protocols = if protocols.is_empty() { None } else { protocol_filter(Some(protocols))? };
         let forgive = cutoff(crate::now_micros(), forgive_seconds, "the failure forgive time")?;
         let mut tx = self.begin_write().await?;
-        let found = sqlx::query("SELECT id FROM compute_manager WHERE name = $1 AND uuid = $2").bind(id.name()).bind(id.uuid()).fetch_optional(&mut *tx).await?;
+        let found = sqlx::query("SELECT id FROM compute_manager WHERE name = $1 AND uuid = $2")
+            .bind(id.name())
+            .bind(id.uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
         if found.is_none() {
             return Ok(ManagerInstruction::Shutdown { message: MANAGER_NOT_FOUND.into() });
         }
@@ -1415,7 +1496,13 @@ fn already_registered(status: &str) -> StoreError {
 
 /// Hubs (network row id, weight) in `scopes`, not covered by `exclude`, with weight > 0
 /// and at least one claimable task: one statement, one aggregated row back.
-async fn claimable_hubs(conn: &mut AnyConnection, backend: Backend, scopes: &[Scope], exclude: &[Scope], protocols: Option<&str>) -> Result<Vec<(i64, f64)>> {
+async fn claimable_hubs(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    scopes: &[Scope],
+    exclude: &[Scope],
+    protocols: Option<&str>,
+) -> Result<Vec<(i64, f64)>> {
     let mut args = Vec::new();
     let include = scopes_condition("o", scopes, &mut args);
     let excluded = if exclude.is_empty() { "1 = 0".to_string() } else { scopes_condition("o", exclude, &mut args) };
@@ -1456,7 +1543,7 @@ async fn count_claimable(conn: &mut AnyConnection, backend: Backend, scopes: &[S
         backend,
         &format!(
             "SELECT COUNT(*) FROM task t WHERE t.status = 'waiting' AND ({include}) \
-             AND EXISTS (SELECT 1 FROM task_action a WHERE a.task_id = t.id) \
+             AND EXISTS (SELECT 1 FROM task_action a JOIN network ns ON ns.id = a.network_id WHERE a.task_id = t.id AND ns.state IN ('active', 'inactive')) \
              AND (t.extends_id IS NULL OR EXISTS (SELECT 1 FROM task p WHERE p.id = t.extends_id AND p.status = 'complete')){protocol_cond}"
         ),
     );
@@ -1473,7 +1560,10 @@ mod tests {
         assert_eq!(protocol_filter(None).unwrap(), None);
         assert!(matches!(protocol_filter(Some(&[])), Err(StoreError::Invalid(m)) if m == EMPTY_PROTOCOLS_ERROR));
         for bad in ["", "1abc", "a-b", "a b", "é"] {
-            assert!(matches!(protocol_filter(Some(&[bad.to_string()])), Err(StoreError::Invalid(m)) if m == PROTOCOL_NAME_ERROR), "{bad:?}");
+            assert!(
+                matches!(protocol_filter(Some(&[bad.to_string()])), Err(StoreError::Invalid(m)) if m == PROTOCOL_NAME_ERROR),
+                "{bad:?}"
+            );
         }
         let ok = protocol_filter(Some(&["b_1".to_string(), "A".to_string(), "b_1".to_string()])).unwrap().unwrap();
         assert_eq!(ok, vec!["A".to_string(), "b_1".to_string()]);
@@ -1489,7 +1579,9 @@ mod tests {
     #[test]
     fn manager_status_messages() {
         assert_eq!(parse_compute_manager_status("OK").unwrap(), ComputeManagerStatus::Ok);
-        assert!(matches!(parse_compute_manager_status("ok"), Err(StoreError::Invalid(m)) if m == "\"ok\" is not a valid ComputeManagerStatus"));
+        assert!(
+            matches!(parse_compute_manager_status("ok"), Err(StoreError::Invalid(m)) if m == "\"ok\" is not a valid ComputeManagerStatus")
+        );
     }
 
     #[test]
@@ -1501,7 +1593,10 @@ mod tests {
             r#"{"instruction":"OK","compute_service_ids":["svc-0123456789abcdef0123456789abcdef"],"num_tasks":3}"#
         );
         let skip = ManagerInstruction::Skip { compute_service_ids: vec![id] };
-        assert_eq!(serde_json::to_string(&skip).unwrap(), r#"{"instruction":"SKIP","compute_service_ids":["svc-0123456789abcdef0123456789abcdef"]}"#);
+        assert_eq!(
+            serde_json::to_string(&skip).unwrap(),
+            r#"{"instruction":"SKIP","compute_service_ids":["svc-0123456789abcdef0123456789abcdef"]}"#
+        );
         let stop = ManagerInstruction::Shutdown { message: MANAGER_NOT_FOUND.into() };
         assert_eq!(serde_json::to_string(&stop).unwrap(), format!(r#"{{"instruction":"SHUTDOWN","message":"{MANAGER_NOT_FOUND}"}}"#));
     }

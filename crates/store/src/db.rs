@@ -135,7 +135,8 @@ pub(crate) fn json_rows_select(backend: Backend, cols: &str) -> String {
 pub(crate) async fn fetch_json_rows<T: serde::de::DeserializeOwned>(conn: &mut AnyConnection, sql: &str, args: &[Arg]) -> Result<Vec<T>> {
     let row = bind(sqlx::query(sql), args).fetch_one(&mut *conn).await?;
     let text: Option<String> = row.try_get(0)?;
-    serde_json::from_str(text.as_deref().unwrap_or("[]")).map_err(|e| crate::error::StoreError::Invalid(format!("cannot decode stored rows: {e}")))
+    serde_json::from_str(text.as_deref().unwrap_or("[]"))
+        .map_err(|e| crate::error::StoreError::Invalid(format!("cannot decode stored rows: {e}")))
 }
 
 /// The JSON array text for [`json_text_list`].
@@ -174,7 +175,14 @@ pub(crate) fn values_rows(rows: usize, cols: usize) -> String {
 pub(crate) const MAX_PARAMS: usize = 30_000;
 
 /// `INSERT INTO … (cols) VALUES (…), (…) <suffix>` in chunks. Returns rows affected.
-pub(crate) async fn insert_rows(conn: &mut AnyConnection, backend: Backend, head: &str, suffix: &str, cols: usize, rows: &[Vec<Arg>]) -> Result<u64> {
+pub(crate) async fn insert_rows(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    head: &str,
+    suffix: &str,
+    cols: usize,
+    rows: &[Vec<Arg>],
+) -> Result<u64> {
     let mut affected = 0;
     let per_chunk = (MAX_PARAMS / cols).max(1);
     for chunk in rows.chunks(per_chunk) {
@@ -187,7 +195,13 @@ pub(crate) async fn insert_rows(conn: &mut AnyConnection, backend: Backend, head
 
 /// Run `sql` (which must contain `{}` where an `IN` list of `n` placeholders goes,
 /// starting at `$(fixed.len()+1)`) for chunks of `items`, with `fixed` args first.
-pub(crate) async fn fetch_in_chunks(conn: &mut AnyConnection, backend: Backend, sql: &str, fixed: &[Arg], items: &[Arg]) -> Result<Vec<AnyRow>> {
+pub(crate) async fn fetch_in_chunks(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    sql: &str,
+    fixed: &[Arg],
+    items: &[Arg],
+) -> Result<Vec<AnyRow>> {
     let mut out = Vec::new();
     let per_chunk = MAX_PARAMS - fixed.len();
     for chunk in items.chunks(per_chunk) {

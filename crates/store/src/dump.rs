@@ -85,12 +85,14 @@ impl Store {
             while let Some(row) = rows.try_next().await? {
                 let mut values = Vec::with_capacity(t.columns.len());
                 for (i, (_, ty, _)) in t.columns.iter().enumerate() {
-                    values.push(match ty {
-                        ColType::I64 => serde_json::to_value(row.try_get::<Option<i64>, _>(i)?),
-                        ColType::F64 => serde_json::to_value(row.try_get::<Option<f64>, _>(i)?),
-                        ColType::Text => serde_json::to_value(row.try_get::<Option<String>, _>(i)?),
-                    }
-                    .map_err(|e| StoreError::Dump(e.to_string()))?);
+                    values.push(
+                        match ty {
+                            ColType::I64 => serde_json::to_value(row.try_get::<Option<i64>, _>(i)?),
+                            ColType::F64 => serde_json::to_value(row.try_get::<Option<f64>, _>(i)?),
+                            ColType::Text => serde_json::to_value(row.try_get::<Option<String>, _>(i)?),
+                        }
+                        .map_err(|e| StoreError::Dump(e.to_string()))?,
+                    );
                 }
                 w.line(&serde_json::Value::Array(values))?;
                 written += 1;
@@ -144,9 +146,8 @@ impl Store {
         }
         let reader = open_dump(path)?;
         let mut lines = reader.lines();
-        let mut next_line = || -> Result<String> {
-            lines.next().ok_or_else(|| StoreError::Dump("dump ended early".into()))?.map_err(io_err)
-        };
+        let mut next_line =
+            || -> Result<String> { lines.next().ok_or_else(|| StoreError::Dump("dump ended early".into()))?.map_err(io_err) };
         next_line()?; // header, already verified
         let mut tx = self.begin_write().await?;
         for t in TABLES.iter().rev() {
@@ -240,7 +241,8 @@ pub fn verify_dump(path: &Path) -> Result<DumpStats> {
             break;
         }
         if first {
-            let header: serde_json::Value = serde_json::from_slice(&line).map_err(|_| StoreError::Dump(format!("{} is not an alchemiscale-rs dump", path.display())))?;
+            let header: serde_json::Value = serde_json::from_slice(&line)
+                .map_err(|_| StoreError::Dump(format!("{} is not an alchemiscale-rs dump", path.display())))?;
             if header["format"] != FORMAT {
                 return Err(StoreError::Dump(format!("{} is not an alchemiscale-rs dump", path.display())));
             }

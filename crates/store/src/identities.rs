@@ -248,13 +248,12 @@ impl Store {
 
     /// The identity with its scopes and key hash, if it exists.
     pub async fn get_identity(&self, kind: IdentityKind, identifier: &str) -> Result<Option<(Identity, String)>> {
-        let row = sqlx::query(
-            "SELECT id, hashed_key, disabled, expires, email, full_name FROM identity WHERE kind = $1 AND identifier = $2",
-        )
-        .bind(kind.as_str())
-        .bind(identifier)
-        .fetch_optional(self.reader())
-        .await?;
+        let row =
+            sqlx::query("SELECT id, hashed_key, disabled, expires, email, full_name FROM identity WHERE kind = $1 AND identifier = $2")
+                .bind(kind.as_str())
+                .bind(identifier)
+                .fetch_optional(self.reader())
+                .await?;
         let Some(row) = row else { return Ok(None) };
         let id = get_i64(&row, 0)?;
         let scopes = sqlx::query("SELECT scope FROM identity_scope WHERE identity_id = $1 ORDER BY position")
@@ -316,7 +315,6 @@ impl Store {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {

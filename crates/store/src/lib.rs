@@ -21,9 +21,9 @@ pub mod networks;
 pub mod queries;
 pub mod restart;
 pub mod results;
+pub mod scratch;
 pub mod strategy;
 pub mod tasks;
-pub mod scratch;
 mod url;
 
 pub use admin::SchemaStatus;
@@ -111,17 +111,15 @@ impl Store {
                 );
                 let make = |n: u32| {
                     let pragmas = pragmas.clone();
-                    AnyPoolOptions::new()
-                        .max_connections(n)
-                        .min_connections(0)
-                        .acquire_timeout(options.acquire_timeout)
-                        .after_connect(move |conn, _| {
+                    AnyPoolOptions::new().max_connections(n).min_connections(0).acquire_timeout(options.acquire_timeout).after_connect(
+                        move |conn, _| {
                             let pragmas = pragmas.clone();
                             Box::pin(async move {
                                 conn.execute(pragmas.as_str()).await?;
                                 Ok(())
                             })
-                        })
+                        },
+                    )
                 };
                 // the writer connects first so WAL mode is set before readers open the file
                 let connect = connect_options(&url)?;

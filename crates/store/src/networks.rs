@@ -71,7 +71,9 @@ impl Store {
     /// a ScopedKey never changes; clients cache by it).
     pub async fn create_network(&self, chain: &KeyedChain, scope: &Scope, state: NetworkState) -> Result<CreatedNetwork> {
         if !scope.is_specific() {
-            return Err(StoreError::Invalid(format!("scope '{scope}' is not specific: networks can only be stored in scopes without wildcards")));
+            return Err(StoreError::Invalid(format!(
+                "scope '{scope}' is not specific: networks can only be stored in scopes without wildcards"
+            )));
         }
         let info = network_info(chain)?;
         let network_sk = sk(&info.key, scope);
@@ -86,13 +88,14 @@ impl Store {
         };
 
         let network_id = id(&info.key)?;
-        let inserted = sqlx::query("INSERT INTO network (id, taskhub_token, state, weight) VALUES ($1, $2, $3, 0.5) ON CONFLICT (id) DO NOTHING")
-            .bind(network_id)
-            .bind(token.as_str())
-            .bind(state.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let inserted =
+            sqlx::query("INSERT INTO network (id, taskhub_token, state, weight) VALUES ($1, $2, $3, 0.5) ON CONFLICT (id) DO NOTHING")
+                .bind(network_id)
+                .bind(token.as_str())
+                .bind(state.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if inserted == 0 {
             tx.commit().await?;
             return Ok(CreatedNetwork { network: network_sk, taskhub: hub_sk, mark: mark_sk, created: false });
@@ -110,11 +113,28 @@ impl Store {
             net_tfs.push(vec![Arg::I64(network_id), Arg::I64(tid)]);
         }
         insert_rows(&mut tx, self.backend, "INSERT INTO transformation (id, protocol)", "ON CONFLICT DO NOTHING", 2, &tf_rows).await?;
-        insert_rows(&mut tx, self.backend, "INSERT INTO transformation_system (transformation_id, attribute, system_id)", "ON CONFLICT DO NOTHING", 3, &tf_systems)
+        insert_rows(
+            &mut tx,
+            self.backend,
+            "INSERT INTO transformation_system (transformation_id, attribute, system_id)",
+            "ON CONFLICT DO NOTHING",
+            3,
+            &tf_systems,
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            self.backend,
+            "INSERT INTO network_transformation (network_id, transformation_id)",
+            "ON CONFLICT DO NOTHING",
+            2,
+            &net_tfs,
+        )
+        .await?;
+        let net_systems: Vec<Vec<Arg>> =
+            info.nodes.iter().map(|n| Ok(vec![Arg::I64(network_id), Arg::I64(id(n)?)])).collect::<Result<_>>()?;
+        insert_rows(&mut tx, self.backend, "INSERT INTO network_system (network_id, system_id)", "ON CONFLICT DO NOTHING", 2, &net_systems)
             .await?;
-        insert_rows(&mut tx, self.backend, "INSERT INTO network_transformation (network_id, transformation_id)", "ON CONFLICT DO NOTHING", 2, &net_tfs).await?;
-        let net_systems: Vec<Vec<Arg>> = info.nodes.iter().map(|n| Ok(vec![Arg::I64(network_id), Arg::I64(id(n)?)])).collect::<Result<_>>()?;
-        insert_rows(&mut tx, self.backend, "INSERT INTO network_system (network_id, system_id)", "ON CONFLICT DO NOTHING", 2, &net_systems).await?;
         let members: Vec<Vec<Arg>> = chain
             .entries()
             .iter()
@@ -152,7 +172,12 @@ impl Store {
 
 /// Store every object of `chain` in `scope` (objects already stored under the same
 /// ScopedKey are kept as they are) with their reference edges; returns row ids by gufe key.
-pub(crate) async fn insert_chain_objects(conn: &mut AnyConnection, backend: Backend, chain: &KeyedChain, scope: &Scope) -> Result<HashMap<String, i64>> {
+pub(crate) async fn insert_chain_objects(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    chain: &KeyedChain,
+    scope: &Scope,
+) -> Result<HashMap<String, i64>> {
     let [org, campaign, project] = scope_args(scope);
     let object_rows: Vec<Vec<Arg>> = chain
         .entries()

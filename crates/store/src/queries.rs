@@ -83,7 +83,9 @@ impl Store {
         for scope in scopes {
             let mut args = Vec::new();
             let cond = scope_condition("o", scope, &mut args);
-            let rows = self.fetch(&format!("SELECT {SK_COLS}, o.name, n.state FROM network n JOIN gufe_object o ON o.id = n.id WHERE {cond}"), &args).await?;
+            let rows = self
+                .fetch(&format!("SELECT {SK_COLS}, o.name, n.state FROM network n JOIN gufe_object o ON o.id = n.id WHERE {cond}"), &args)
+                .await?;
             let mut found = Vec::new();
             for r in &rows {
                 let n = get_opt_str(r, 4)?;
@@ -144,7 +146,14 @@ impl Store {
                 }
                 None => String::new(),
             };
-            let rows = self.fetch(&format!("SELECT {TASK_SK_COLS} FROM task t WHERE {cond} {status_cond} ORDER BY t.org, t.campaign, t.project, t.gufe_key"), &args).await?;
+            let rows = self
+                .fetch(
+                    &format!(
+                        "SELECT {TASK_SK_COLS} FROM task t WHERE {cond} {status_cond} ORDER BY t.org, t.campaign, t.project, t.gufe_key"
+                    ),
+                    &args,
+                )
+                .await?;
             out.extend(sks(&rows)?);
         }
         Ok(out)
@@ -187,13 +196,23 @@ impl Store {
     /// Chemical systems that are nodes of the network.
     pub async fn network_chemicalsystems(&self, network: &ScopedKey) -> Result<Vec<ScopedKey>> {
         let Some(id) = self.id_of(network).await? else { return Ok(vec![]) };
-        sks(&self.fetch(&format!("SELECT {SK_COLS} FROM network_system x JOIN gufe_object o ON o.id = x.system_id WHERE x.network_id = $1"), &[Arg::I64(id)]).await?)
+        sks(&self
+            .fetch(
+                &format!("SELECT {SK_COLS} FROM network_system x JOIN gufe_object o ON o.id = x.system_id WHERE x.network_id = $1"),
+                &[Arg::I64(id)],
+            )
+            .await?)
     }
 
     /// Networks having this chemical system as a node.
     pub async fn chemicalsystem_networks(&self, system: &ScopedKey) -> Result<Vec<ScopedKey>> {
         let Some(id) = self.id_of(system).await? else { return Ok(vec![]) };
-        sks(&self.fetch(&format!("SELECT {SK_COLS} FROM network_system x JOIN gufe_object o ON o.id = x.network_id WHERE x.system_id = $1"), &[Arg::I64(id)]).await?)
+        sks(&self
+            .fetch(
+                &format!("SELECT {SK_COLS} FROM network_system x JOIN gufe_object o ON o.id = x.network_id WHERE x.system_id = $1"),
+                &[Arg::I64(id)],
+            )
+            .await?)
     }
 
     /// End states of a transformation, ordered by attribute name (stateA, stateB / system).
@@ -351,7 +370,12 @@ impl Store {
     /// Tasks actioned on the network's hub with their ACTIONS weights.
     pub async fn network_actioned_tasks(&self, network: &ScopedKey) -> Result<Vec<(ScopedKey, f64)>> {
         let Some(id) = self.id_of(network).await? else { return Ok(vec![]) };
-        let rows = self.fetch(&format!("SELECT {TASK_SK_COLS}, a.weight FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1"), &[Arg::I64(id)]).await?;
+        let rows = self
+            .fetch(
+                &format!("SELECT {TASK_SK_COLS}, a.weight FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1"),
+                &[Arg::I64(id)],
+            )
+            .await?;
         rows.iter().map(|r| Ok((sk_from(&get_str(r, 0)?, &get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?)?, get_f64(r, 4)?))).collect()
     }
 
@@ -360,7 +384,12 @@ impl Store {
         let mut conn = self.reader().acquire().await?;
         let Some(t) = load_task(&mut conn, task).await? else { return Ok(vec![]) };
         drop(conn);
-        let rows = self.fetch(&format!("SELECT {SK_COLS}, a.weight FROM task_action a JOIN gufe_object o ON o.id = a.network_id WHERE a.task_id = $1"), &[Arg::I64(t.id)]).await?;
+        let rows = self
+            .fetch(
+                &format!("SELECT {SK_COLS}, a.weight FROM task_action a JOIN gufe_object o ON o.id = a.network_id WHERE a.task_id = $1"),
+                &[Arg::I64(t.id)],
+            )
+            .await?;
         rows.iter().map(|r| Ok((sk_from(&get_str(r, 0)?, &get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?)?, get_f64(r, 4)?))).collect()
     }
 
@@ -405,7 +434,9 @@ impl Store {
         for n in networks {
             out.push(match network_row_id(&mut conn, n).await? {
                 None => None,
-                Some(id) => Some(get_f64(&sqlx::query("SELECT weight FROM network WHERE id = $1").bind(id).fetch_one(&mut *conn).await?, 0)?),
+                Some(id) => {
+                    Some(get_f64(&sqlx::query("SELECT weight FROM network WHERE id = $1").bind(id).fetch_one(&mut *conn).await?, 0)?)
+                }
             });
         }
         Ok(out)
@@ -455,4 +486,3 @@ impl Store {
         Ok(row.is_some())
     }
 }
-

@@ -224,14 +224,13 @@ impl Store {
         // (its registration expired and another service claimed the task again) is
         // recorded but does not disturb the run in progress; a late success completes the
         // task (upstream issue #513), which also releases the other service's claim.
-        let holder: Option<String> = sqlx::query(
-            "SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id WHERE tc.task_id = $1",
-        )
-        .bind(t.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| get_str(&r, 0))
-        .transpose()?;
+        let holder: Option<String> =
+            sqlx::query("SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id WHERE tc.task_id = $1")
+                .bind(t.id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| get_str(&r, 0))
+                .transpose()?;
         let other_service_runs_it = holder.is_some() && holder != result.creator;
 
         if result.ok {
@@ -375,9 +374,10 @@ impl Store {
 
 impl Store {
     /// Is `task` still wanted from `service`: running, claimed by it, and actioned on at
-    /// least one TaskHub whose network is `active`? A compute service asks while it works
-    /// and stops early when the answer is no (upstream issue #301: work continued on tasks
-    /// whose networks were deleted or that were cancelled everywhere).
+    /// least one TaskHub whose network is `active` or `inactive` (not `deleted` or
+    /// `invalid`)? A compute service asks while it works and stops early when the answer
+    /// is no (upstream issue #301: work continued on tasks whose networks were deleted or
+    /// that were cancelled everywhere). The same rule decides claimability.
     pub async fn task_still_wanted(&self, task: &ScopedKey, service: &str) -> Result<bool> {
         let mut conn = self.reader().acquire().await?;
         let Some(t) = load_task(&mut conn, task).await? else { return Ok(false) };
@@ -387,7 +387,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT 1 FROM task_claim c JOIN compute_service cs ON cs.id = c.service_id \
              WHERE c.task_id = $1 AND cs.identifier = $2 \
-             AND EXISTS (SELECT 1 FROM task_action a JOIN network n ON n.id = a.network_id WHERE a.task_id = $1 AND n.state = 'active')",
+             AND EXISTS (SELECT 1 FROM task_action a JOIN network n ON n.id = a.network_id WHERE a.task_id = $1 AND n.state IN ('active', 'inactive'))",
         )
         .bind(t.id)
         .bind(service)
@@ -407,12 +407,14 @@ impl Store {
                 out.push(None);
                 continue;
             };
-            let held = sqlx::query("SELECT 1 FROM task_claim c JOIN compute_service cs ON cs.id = c.service_id WHERE c.task_id = $1 AND cs.identifier = $2")
-                .bind(t.id)
-                .bind(service)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+            let held = sqlx::query(
+                "SELECT 1 FROM task_claim c JOIN compute_service cs ON cs.id = c.service_id WHERE c.task_id = $1 AND cs.identifier = $2",
+            )
+            .bind(t.id)
+            .bind(service)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
             if held && t.status == TaskStatus::Running {
                 apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Waiting).await?;
                 out.push(Some(task.clone()));

@@ -11,7 +11,10 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
-use crate::db::{execute_in_chunks, fetch_in_chunks, get_i64, get_opt_i64, get_str, insert_rows, fetch_json_rows, json_array, json_rows_select, json_text_list, Arg};
+use crate::db::{
+    execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, insert_rows, json_array, json_rows_select,
+    json_text_list, Arg,
+};
 use crate::error::{Result, StoreError};
 use crate::networks::object_id;
 use crate::{now_micros, Backend, Store};
@@ -51,7 +54,8 @@ fn task_row(r: &sqlx::any::AnyRow) -> Result<TaskRow> {
 /// Load the tasks among `keys` that exist, by ScopedKey string.
 pub(crate) async fn load_tasks(conn: &mut AnyConnection, backend: Backend, keys: &[&ScopedKey]) -> Result<HashMap<String, TaskRow>> {
     let mut seen = std::collections::HashSet::with_capacity(keys.len());
-    let tokens = json_array(keys.iter().filter(|k| k.qualname() == "Task" && seen.insert(k.gufe_key().as_str())).map(|k| k.gufe_key().as_str()));
+    let tokens =
+        json_array(keys.iter().filter(|k| k.qualname() == "Task" && seen.insert(k.gufe_key().as_str())).map(|k| k.gufe_key().as_str()));
     let sql = format!("{} FROM task WHERE gufe_key IN ({})", json_rows_select(backend, TASK_COLUMNS), json_text_list(backend, 1));
     type Row = (i64, String, String, String, String, String, i64, Option<i64>, i64);
     let rows: Vec<Row> = fetch_json_rows(conn, &sql, &[Arg::Text(tokens)]).await?;
@@ -89,7 +93,12 @@ fn id_args(ids: &[i64]) -> Vec<Arg> {
 /// Deliberate deviations from upstream (model.md §14 Q5): the cascade uses the same
 /// transition table (so a `deleted` descendant never becomes `invalid`), and removes the
 /// descendants' ACTIONS, APPLIES and claims on every hub.
-pub(crate) async fn apply_status(conn: &mut AnyConnection, backend: Backend, tasks: &[(i64, TaskStatus)], to: TaskStatus) -> Result<Vec<bool>> {
+pub(crate) async fn apply_status(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    tasks: &[(i64, TaskStatus)],
+    to: TaskStatus,
+) -> Result<Vec<bool>> {
     let allowed: Vec<bool> = tasks.iter().map(|(_, from)| transition_allowed(*from, to)).collect();
     let mut ids: Vec<i64> = tasks.iter().zip(&allowed).filter(|(_, a)| **a).map(|((id, _), _)| *id).collect();
     ids.sort_unstable();
@@ -174,7 +183,11 @@ impl Store {
             }
             let id = object_id(&mut tx, &r.transformation).await?;
             let id = match id {
-                Some(id) if sqlx::query("SELECT id FROM transformation WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?.is_some() => id,
+                Some(id)
+                    if sqlx::query("SELECT id FROM transformation WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?.is_some() =>
+                {
+                    id
+                }
                 _ => return Err(StoreError::Invalid(format!("no such Transformation: {key}"))),
             };
             tf_ids.insert(key, id);
@@ -242,7 +255,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
         let found = load_tasks(&mut tx, self.backend, &keys).await?;
-        let present: Vec<(i64, TaskStatus)> = tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())).map(|t| (t.id, t.status)).collect();
+        let present: Vec<(i64, TaskStatus)> =
+            tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())).map(|t| (t.id, t.status)).collect();
         if raise {
             for t in tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())) {
                 if !transition_allowed(t.status, status) {
@@ -297,7 +311,12 @@ impl Store {
     /// Per input, the key if the task is actioned on the hub after the call — newly or
     /// already (upstream answers null for already-actioned tasks, Q7, though its docs call
     /// the operation idempotent) — else None.
-    pub async fn action_tasks(&self, network: &ScopedKey, tasks: &[Option<ScopedKey>], weights: Option<Weights>) -> Result<Vec<Option<ScopedKey>>> {
+    pub async fn action_tasks(
+        &self,
+        network: &ScopedKey,
+        tasks: &[Option<ScopedKey>],
+        weights: Option<Weights>,
+    ) -> Result<Vec<Option<ScopedKey>>> {
         if let Some(w) = &weights {
             w.validate(tasks.len())?;
         }
@@ -307,18 +326,29 @@ impl Store {
         };
         let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
         let found = load_tasks(&mut tx, self.backend, &keys).await?;
-        let tf_rows = sqlx::query("SELECT transformation_id FROM network_transformation WHERE network_id = $1").bind(hub).fetch_all(&mut *tx).await?;
+        let tf_rows =
+            sqlx::query("SELECT transformation_id FROM network_transformation WHERE network_id = $1").bind(hub).fetch_all(&mut *tx).await?;
         let tfs: std::collections::HashSet<i64> = tf_rows.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
         let eligible: Vec<&TaskRow> = found
             .values()
-            .filter(|t| tfs.contains(&t.transformation_id) && matches!(t.status, TaskStatus::Waiting | TaskStatus::Running | TaskStatus::Error))
+            .filter(|t| {
+                tfs.contains(&t.transformation_id) && matches!(t.status, TaskStatus::Waiting | TaskStatus::Running | TaskStatus::Error)
+            })
             .collect();
         let ids: Vec<Arg> = eligible.iter().map(|t| Arg::I64(t.id)).collect();
-        let existing = fetch_in_chunks(&mut tx, self.backend, "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], &ids)
-            .await?;
+        let existing = fetch_in_chunks(
+            &mut tx,
+            self.backend,
+            "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})",
+            &[Arg::I64(hub)],
+            &ids,
+        )
+        .await?;
         let already: std::collections::HashSet<i64> = existing.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
-        let new_rows: Vec<Vec<Arg>> = eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5)]).collect();
-        insert_rows(&mut tx, self.backend, "INSERT INTO task_action (network_id, task_id, weight)", "ON CONFLICT DO NOTHING", 3, &new_rows).await?;
+        let new_rows: Vec<Vec<Arg>> =
+            eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5)]).collect();
+        insert_rows(&mut tx, self.backend, "INSERT INTO task_action (network_id, task_id, weight)", "ON CONFLICT DO NOTHING", 3, &new_rows)
+            .await?;
         let new_ids: Vec<Arg> = new_rows.iter().map(|r| r[1].clone()).collect();
         execute_in_chunks(
             &mut tx,
@@ -354,7 +384,14 @@ impl Store {
         let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
         let found = load_tasks(&mut tx, self.backend, &keys).await?;
         let ids: Vec<Arg> = found.values().map(|t| Arg::I64(t.id)).collect();
-        let rows = fetch_in_chunks(&mut tx, self.backend, "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], &ids).await?;
+        let rows = fetch_in_chunks(
+            &mut tx,
+            self.backend,
+            "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})",
+            &[Arg::I64(hub)],
+            &ids,
+        )
+        .await?;
         let was: std::collections::HashSet<i64> = rows.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
         let was_args: Vec<Arg> = was.iter().map(|&i| Arg::I64(i)).collect();
         cancel_on_hub(&mut tx, self.backend, hub, &was_args).await?;
@@ -377,8 +414,14 @@ impl Store {
         let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
         let found = load_tasks(&mut conn, self.backend, &keys).await?;
         let ids: Vec<Arg> = found.values().map(|t| Arg::I64(t.id)).collect();
-        let rows =
-            fetch_in_chunks(&mut conn, self.backend, "SELECT task_id, weight FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], &ids).await?;
+        let rows = fetch_in_chunks(
+            &mut conn,
+            self.backend,
+            "SELECT task_id, weight FROM task_action WHERE network_id = $1 AND task_id IN ({})",
+            &[Arg::I64(hub)],
+            &ids,
+        )
+        .await?;
         let mut w: HashMap<i64, f64> = HashMap::new();
         for r in &rows {
             w.insert(get_i64(r, 0)?, crate::db::get_f64(r, 1)?);
@@ -389,7 +432,8 @@ impl Store {
 
 /// Remove ACTIONS from `hub` and the APPLIES of `hub`'s patterns for the given task ids.
 pub(crate) async fn cancel_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, task_ids: &[Arg]) -> Result<()> {
-    execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids).await?;
+    execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids)
+        .await?;
     execute_in_chunks(
         conn,
         backend,
@@ -414,7 +458,9 @@ impl Weights {
     fn validate(&self, n: usize) -> Result<()> {
         match self {
             Weights::All(w) if !(0.0..=1.0).contains(w) => Err(StoreError::Invalid("weight must be between 0 and 1 (inclusive)".into())),
-            Weights::Each(ws) if ws.len() != n => Err(StoreError::Invalid("weight (when in a list) must have the same length as tasks".into())),
+            Weights::Each(ws) if ws.len() != n => {
+                Err(StoreError::Invalid("weight (when in a list) must have the same length as tasks".into()))
+            }
             Weights::Each(ws) if ws.iter().any(|w| !(0.0..=1.0).contains(w)) => {
                 Err(StoreError::Invalid("weights must be between 0 and 1 (inclusive)".into()))
             }
@@ -433,8 +479,14 @@ async fn set_action_weights(
 ) -> Result<()> {
     if let Weights::All(w) = weights {
         let ids: Vec<Arg> = tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())).map(|t| Arg::I64(t.id)).collect();
-        execute_in_chunks(conn, backend, "UPDATE task_action SET weight = $1 WHERE network_id = $2 AND task_id IN ({})", &[Arg::F64(*w), Arg::I64(hub)], &ids)
-            .await?;
+        execute_in_chunks(
+            conn,
+            backend,
+            "UPDATE task_action SET weight = $1 WHERE network_id = $2 AND task_id IN ({})",
+            &[Arg::F64(*w), Arg::I64(hub)],
+            &ids,
+        )
+        .await?;
         return Ok(());
     }
     for (i, k) in tasks.iter().enumerate() {
@@ -443,7 +495,12 @@ async fn set_action_weights(
             Weights::All(w) => *w,
             Weights::Each(ws) => ws[i],
         };
-        sqlx::query("UPDATE task_action SET weight = $1 WHERE network_id = $2 AND task_id = $3").bind(w).bind(hub).bind(t.id).execute(&mut *conn).await?;
+        sqlx::query("UPDATE task_action SET weight = $1 WHERE network_id = $2 AND task_id = $3")
+            .bind(w)
+            .bind(hub)
+            .bind(t.id)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

@@ -405,7 +405,8 @@ store_test!(actions_weights_drive_the_choice, |store| async move {
     for round in 0..40 {
         // single draws and multi-task samples, through both routes
         let count = 1 + round % 2;
-        let got = if round % 4 < 2 { claim(&store, &s, count).await } else { store.claim_taskhub_tasks(&hub, &s, count, None).await.unwrap() };
+        let got =
+            if round % 4 < 2 { claim(&store, &s, count).await } else { store.claim_taskhub_tasks(&hub, &s, count, None).await.unwrap() };
         let got = keys(&got, count);
         assert_eq!(got.len(), count);
         assert!(!got.contains(&ts[3]), "a weight-0 task was claimed");
@@ -464,7 +465,8 @@ store_test!(extending_tasks_wait_for_their_parents, |store| async move {
     let mut layers = vec![vec![root.clone()]];
     for _ in 0..2 {
         let parent = layers.last().unwrap()[0].clone();
-        let reqs: Vec<TaskRequest> = (0..2).map(|_| TaskRequest { transformation: tfs[0].clone(), extends: Some(parent.clone()) }).collect();
+        let reqs: Vec<TaskRequest> =
+            (0..2).map(|_| TaskRequest { transformation: tfs[0].clone(), extends: Some(parent.clone()) }).collect();
         layers.push(store.create_tasks(&reqs, None).await.unwrap());
     }
     let everything: Vec<ScopedKey> = layers.concat();
@@ -477,7 +479,10 @@ store_test!(extending_tasks_wait_for_their_parents, |store| async move {
         // a failed parent does not unblock its children
         store.record_result(&layer[0], &result(100 + i as u32, false, &sid(7))).await.unwrap();
         set(&store, &layer[..1], TaskStatus::Waiting).await;
-        assert_eq!(store.claim_taskhub_tasks(&hub, &s, 5, None).await.unwrap().iter().flatten().cloned().collect::<Vec<_>>(), vec![layer[0].clone()]);
+        assert_eq!(
+            store.claim_taskhub_tasks(&hub, &s, 5, None).await.unwrap().iter().flatten().cloned().collect::<Vec<_>>(),
+            vec![layer[0].clone()]
+        );
         // completing the first task of the layer unblocks the next layer
         store.record_result(&layer[0], &result(i as u32, true, &s)).await.unwrap();
         assert_eq!(status(&store, &layer[0]).await, TaskStatus::Complete);
@@ -503,7 +508,10 @@ store_test!(protocol_filter, |store| async move {
         assert!(matches!(store.claim_tasks(&all(), &[], &s, 1, Some(&bad), 600, 3).await, Err(StoreError::Invalid(_))), "{bad:?}");
         assert!(matches!(store.claim_taskhub_tasks(&hub, &s, 1, Some(&bad)).await, Err(StoreError::Invalid(_))), "{bad:?}");
     }
-    assert_eq!(invalid(store.claim_taskhub_tasks(&hub, &s, 1, Some(&p(&["a.b"]))).await.unwrap_err()), "Invalid `Protocol` name among `protocols`");
+    assert_eq!(
+        invalid(store.claim_taskhub_tasks(&hub, &s, 1, Some(&p(&["a.b"]))).await.unwrap_err()),
+        "Invalid `Protocol` name among `protocols`"
+    );
     assert!(matches!(store.count_claimable_tasks(&all(), &p(&["a b"])).await, Err(StoreError::Invalid(_))));
 
     assert_eq!(store.count_claimable_tasks(&all(), &[]).await.unwrap(), 6);
@@ -673,7 +681,10 @@ store_test!(manager_registration_steal_and_deregistration, |store| async move {
     let m2 = mid("mgr", 2);
     store.register_compute_manager(&m1, false).await.unwrap();
     let info = store.get_compute_manager("mgr").await.unwrap().unwrap();
-    assert_eq!((info.id.clone(), info.status, info.detail.as_deref(), info.saturation), (m1.clone(), ComputeManagerStatus::Ok, Some(""), Some(0.0)));
+    assert_eq!(
+        (info.id.clone(), info.status, info.detail.as_deref(), info.saturation),
+        (m1.clone(), ComputeManagerStatus::Ok, Some(""), Some(0.0))
+    );
     assert_eq!(info.registered, info.last_status_update);
 
     // same name, any uuid: refused with the status
@@ -798,7 +809,7 @@ store_test!(manager_instructions, |store| async move {
     let ext = store.create_tasks(&[TaskRequest { transformation: tfs[0].clone(), extends: Some(ts[0].clone()) }], None).await.unwrap();
     action(&store, &net, &ts[..5]).await; // ts[5] is not actioned
     action(&store, &net, &ext).await; // blocked by its parent
-    // weights are ignored (Q19)
+                                      // weights are ignored (Q19)
     store.action_tasks(&net, &some(&ts[4..5]), Some(Weights::All(0.0))).await.unwrap();
     let (s1, s2, s3) = (sid(1), sid(2), sid(3));
     store.register_compute_service(&s1, Some(&m)).await.unwrap();
@@ -916,4 +927,40 @@ store_test!(cancelled_claimers_leave_consistent_claims, |store| async move {
     // nothing is left waiting: whatever an aborted claimer did not commit was claimed by others
     assert_eq!(running, 120);
     assert!(told.iter().all(|t| ts.contains(t)));
+});
+
+store_test!(deleted_and_invalid_networks_are_not_claimed, |store| async move {
+    use alchemiscale_model::NetworkState;
+    let chain = alchemiscale_model::chain::KeyedChain::from_value(
+        alchemiscale_model::json::parse(&alchemiscale_model::synthetic::network_chain_json(3, 2, "state")).unwrap(),
+    )
+    .unwrap();
+    let scope: alchemiscale_model::Scope = "st-c-p".parse().unwrap();
+    let net = store.create_network(&chain, &scope, NetworkState::Active).await.unwrap().network;
+    let tfs = store.network_transformations(&net).await.unwrap();
+    let reqs: Vec<_> =
+        (0..4).map(|i| alchemiscale_store::tasks::TaskRequest { transformation: tfs[i % 2].clone(), extends: None }).collect();
+    let tasks = store.create_tasks(&reqs, None).await.unwrap();
+    store.action_tasks(&net, &tasks.iter().cloned().map(Some).collect::<Vec<_>>(), None).await.unwrap();
+    let id: alchemiscale_model::ComputeServiceId = "state-0123456789abcdef0123456789abcdef".parse().unwrap();
+    store.register_compute_service(&id, None).await.unwrap();
+    let claim = |n| {
+        let (store, scope, id) = (store.clone(), scope.clone(), id.clone());
+        async move {
+            match store.claim_tasks(&[scope], &[], &id, n, None, 600, 3).await.unwrap() {
+                alchemiscale_store::compute::ClaimOutcome::Claimed(v) => v.into_iter().flatten().count(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    for state in [NetworkState::Deleted, NetworkState::Invalid] {
+        store.set_network_states(&[(net.clone(), state)]).await.unwrap();
+        assert_eq!(claim(4).await, 0, "{state}");
+        assert_eq!(store.count_claimable_tasks(std::slice::from_ref(&scope), &[]).await.unwrap(), 0);
+    }
+    store.set_network_states(&[(net.clone(), NetworkState::Inactive)]).await.unwrap();
+    assert_eq!(store.count_claimable_tasks(std::slice::from_ref(&scope), &[]).await.unwrap(), 4);
+    assert_eq!(claim(1).await, 1, "inactive networks are still computed");
+    store.set_network_states(&[(net.clone(), NetworkState::Active)]).await.unwrap();
+    assert_eq!(claim(4).await, 3);
 });

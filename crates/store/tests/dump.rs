@@ -49,7 +49,7 @@ store_test!(dump_load_dump_is_identical, |store| async move {
     assert_eq!(decompress(&first), decompress(&third));
     // loaded data is usable: identities authenticate and networks read back
     assert!(fresh.store.authenticate(IdentityKind::User, "bill", "k").await.unwrap().is_some());
-    let net = format!("AlchemicalNetwork-c5a12a2d9a941dbfe56b76c3387ccf6d-vecorg-veccampaign-vecproject").parse().unwrap();
+    let net = "AlchemicalNetwork-c5a12a2d9a941dbfe56b76c3387ccf6d-vecorg-veccampaign-vecproject".to_string().parse().unwrap();
     assert_eq!(fresh.store.get_chain(&net).await.unwrap(), vector_text("network.keyed_chain.json"));
 });
 
@@ -71,7 +71,7 @@ store_test!(corrupt_dumps_are_refused_and_change_nothing, |store| async move {
     let mut altered = plain.clone();
     let i = altered.len() / 2;
     altered[i] = if altered[i] == b'a' { b'b' } else { b'a' };
-    let cases = vec![
+    let cases = [
         write("truncated.dump", &plain[..cut]),
         write("altered.dump", &altered),
         write("other.dump", b"{\"format\": \"something-else\"}\n"),

@@ -18,10 +18,7 @@ store_test!(identity_lifecycle, |store| async move {
 
     store.add_scopes(IdentityKind::User, "bill", &scopes(&["org1-campaign2-project3", "org7-*-*"])).await.unwrap();
     store.add_scopes(IdentityKind::User, "bill", &scopes(&["org7-*-*", "a-b-c"])).await.unwrap();
-    assert_eq!(
-        store.list_scopes(IdentityKind::User, "bill").await.unwrap().unwrap(),
-        ["org1-campaign2-project3", "org7-*-*", "a-b-c"]
-    );
+    assert_eq!(store.list_scopes(IdentityKind::User, "bill").await.unwrap().unwrap(), ["org1-campaign2-project3", "org7-*-*", "a-b-c"]);
     store.remove_scopes(IdentityKind::User, "bill", &scopes(&["org7-*-*", "x-y-z"])).await.unwrap();
     assert_eq!(store.list_scopes(IdentityKind::User, "bill").await.unwrap().unwrap(), ["org1-campaign2-project3", "a-b-c"]);
     assert_eq!(store.list_scopes(IdentityKind::Compute, "bill").await.unwrap().unwrap(), Vec::<String>::new());

@@ -137,7 +137,10 @@ pub async fn run(b: ApiBench) -> anyhow::Result<()> {
     // bulk task creation over the network's transformations
     let tfs = parse_keys(&client.get(&format!("/networks/{network}/transformations")).await?)?;
     let requested: Vec<String> = (0..b.tasks).map(|i| tfs[i % tfs.len()].to_string()).collect();
-    let (tasks, create_tasks_s) = timed(async { Ok(parse_keys(&client.post("/bulk/transformations/tasks/create", &json!({ "transformations": requested })).await?)?) }).await?;
+    let (tasks, create_tasks_s) = timed(async {
+        Ok(parse_keys(&client.post("/bulk/transformations/tasks/create", &json!({ "transformations": requested })).await?)?)
+    })
+    .await?;
     ensure!(tasks.len() == b.tasks, "created {} tasks, asked for {}", tasks.len(), b.tasks);
 
     // actioning
@@ -148,7 +151,8 @@ pub async fn run(b: ApiBench) -> anyhow::Result<()> {
     // statuses of every task in one call
     let dicts: Vec<_> = tasks.iter().map(|t| t.to_dict()).collect();
     let body = json!({ "tasks": dicts }).to_string();
-    let (statuses, status_s) = timed(async { Ok(client.post_payload("/bulk/tasks/status/get", Payload::Json(body.clone())).await?) }).await?;
+    let (statuses, status_s) =
+        timed(async { Ok(client.post_payload("/bulk/tasks/status/get", Payload::Json(body.clone())).await?) }).await?;
     ensure!(statuses.as_array().map(Vec::len) == Some(b.tasks), "wrong number of statuses");
 
     // ping throughput: a bare axum /ping as the baseline, then the API's /ping
@@ -159,12 +163,20 @@ pub async fn run(b: ApiBench) -> anyhow::Result<()> {
     let ping_rps = ping_load(addr, &token, b.connections, b.ping_seconds).await.context("/ping load")?;
 
     let _ = stop.send(());
-    println!("  submit {} transformations ({:.1} MB, gzip)   {submit_s:>8.3} s   (store alone {store_submit_s:.3} s)", b.transformations, chain.len() as f64 / 1e6);
+    println!(
+        "  submit {} transformations ({:.1} MB, gzip)   {submit_s:>8.3} s   (store alone {store_submit_s:.3} s)",
+        b.transformations,
+        chain.len() as f64 / 1e6
+    );
     println!("  retrieve it (byte-identical)            {retrieve_s:>8.3} s");
     println!("  create {} tasks in one call          {create_tasks_s:>8.3} s", b.tasks);
     println!("  action {} tasks                        {:>8.1} ms", b.action, action_s * 1e3);
     println!("  status of {} tasks                   {:>8.1} ms", b.tasks, status_s * 1e3);
-    println!("  GET /ping, {} connections             {ping_rps:>8.0} req/s  (bare axum baseline {bare_rps:.0} req/s, ratio {:.2})", b.connections, ping_rps / bare_rps);
+    println!(
+        "  GET /ping, {} connections             {ping_rps:>8.0} req/s  (bare axum baseline {bare_rps:.0} req/s, ratio {:.2})",
+        b.connections,
+        ping_rps / bare_rps
+    );
     println!("  (upstream reported 103 s to submit and 71 min to retrieve ~2,000 transformations; 1.6 s to action 1,000 tasks; FastAPI served 3,300-4,300 pings/s here)");
     let summary = json!({
         "bench": "api",

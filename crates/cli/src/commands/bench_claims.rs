@@ -73,8 +73,11 @@ impl BenchServers {
         let objects_dir = tempfile::tempdir()?;
         let objects = Objects::open(&ObjectStoreConfig::Local { root: objects_dir.path().to_path_buf() })?;
         let settings = ApiSettings { jwt_secret: "bench-secret".into(), ..Default::default() };
-        let (user_url, s1) = serve(alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone()))).await?;
-        let (compute_url, s2) = serve(alchemiscale_server::compute_app(AppState::new(ApiKind::Compute, store.clone(), Some(objects), settings))).await?;
+        let (user_url, s1) =
+            serve(alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone())))
+                .await?;
+        let (compute_url, s2) =
+            serve(alchemiscale_server::compute_app(AppState::new(ApiKind::Compute, store.clone(), Some(objects), settings))).await?;
         let all: Scope = "*-*-*".parse()?;
         for (kind, id) in [(IdentityKind::User, "bench-user"), (IdentityKind::Compute, "bench-compute")] {
             store.add_identity(kind, id, &hash_key("bench-key")?, false).await?;
@@ -100,11 +103,18 @@ impl BenchServers {
 }
 
 /// A network with `tasks` actioned tasks spread over its transformations, via the store.
-async fn network_with_tasks(store: &Store, tag: &str, scope: &Scope, transformations: usize, tasks: usize) -> anyhow::Result<(ScopedKey, Vec<ScopedKey>)> {
+async fn network_with_tasks(
+    store: &Store,
+    tag: &str,
+    scope: &Scope,
+    transformations: usize,
+    tasks: usize,
+) -> anyhow::Result<(ScopedKey, Vec<ScopedKey>)> {
     let chain = KeyedChain::from_value(parse(&network_chain_json(transformations.max(2), transformations, tag))?)?;
     let created = store.create_network(&chain, scope, NetworkState::Active).await?;
     let tfs = store.network_transformations(&created.network).await?;
-    let requests: Vec<TaskRequest> = (0..tasks).map(|i| TaskRequest { transformation: tfs[i % tfs.len()].clone(), extends: None }).collect();
+    let requests: Vec<TaskRequest> =
+        (0..tasks).map(|i| TaskRequest { transformation: tfs[i % tfs.len()].clone(), extends: None }).collect();
     let keys = store.create_tasks(&requests, None).await?;
     let opt: Vec<Option<ScopedKey>> = keys.iter().cloned().map(Some).collect();
     store.action_tasks(&created.network, &opt, None).await?;
@@ -180,8 +190,12 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
         let result_bytes = b.result_bytes;
         handles.push(tokio::spawn(async move {
             for (i, (task, tf, holder)) in chunk.iter().enumerate() {
-                let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, result_bytes, (w * 1_000_000 + i) as u64).as_bytes());
-                let body = format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{holder}\"}}", encode_bytes_codec(&blob).to_python_json());
+                let blob =
+                    zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, result_bytes, (w * 1_000_000 + i) as u64).as_bytes());
+                let body = format!(
+                    "{{\"protocoldagresult\": {}, \"compute_service_id\": \"{holder}\"}}",
+                    encode_bytes_codec(&blob).to_python_json()
+                );
                 client.post_payload(&format!("/tasks/{task}/results"), Payload::GzipJson(body)).await?;
             }
             anyhow::Ok(())
@@ -192,7 +206,7 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     }
     let push_s = start.elapsed().as_secs_f64();
     let pushes_per_s = claimed.len() as f64 / push_s;
-    let complete = store.query_tasks(&[scope.clone()], Some("complete")).await?.len();
+    let complete = store.query_tasks(std::slice::from_ref(&scope), Some("complete")).await?.len();
     ensure!(complete == b.tasks, "{complete} of {} tasks complete after the pushes", b.tasks);
 
     // the store's bare claim transaction, same shape, same concurrency, no HTTP
@@ -243,7 +257,10 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     };
 
     println!("  claims over HTTP (1 task/request)        {claims_per_s:>9.0} claims/s  ({} claims in {claim_s:.2} s, {double_claims} double claims)", claimed.len());
-    println!("  bare store claim transactions            {raw_claims_per_s:>9.0} claims/s  (ratio HTTP/bare {:.2})", claims_per_s / raw_claims_per_s);
+    println!(
+        "  bare store claim transactions            {raw_claims_per_s:>9.0} claims/s  (ratio HTTP/bare {:.2})",
+        claims_per_s / raw_claims_per_s
+    );
     println!("  result pushes ({} B, gzip)             {pushes_per_s:>9.0} pushes/s", b.result_bytes);
     if b.hubs > 0 {
         println!(

@@ -137,4 +137,3 @@ pub async fn run(cmd: IdentityCommand, data_dir: &std::path::Path) -> anyhow::Re
     }
     Ok(())
 }
-

@@ -100,7 +100,8 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
 
 /// Start structured logging at `level` (an `info`-style level or a tracing filter).
 pub fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level.to_ascii_lowercase()).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level.to_ascii_lowercase()).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
@@ -204,7 +205,9 @@ fn apply_extra_settings(cmd: &ApiCommon, host: &str, port: u16) -> anyhow::Resul
         match (k.as_str(), &v) {
             (_, serde_json::Value::Null) => {}
             ("bind", serde_json::Value::String(b)) => bind = b.clone(),
-            ("workers" | "graceful_timeout" | "timeout" | "keepalive", _) => tracing::info!(setting = k.as_str(), "accepted; the Rust server needs no tuning for it"),
+            ("workers" | "graceful_timeout" | "timeout" | "keepalive", _) => {
+                tracing::info!(setting = k.as_str(), "accepted; the Rust server needs no tuning for it")
+            }
             _ => tracing::warn!(setting = k.as_str(), "unknown HTTP-server setting ignored"),
         }
     }
@@ -285,7 +288,15 @@ pub struct ServeCommand {
 }
 
 /// What `serve` prints so a new user can connect at once.
-fn connect_instructions(user_url: &str, compute_url: &str, user: &str, user_key: &str, compute: &str, compute_key: &str, scope: &Scope) -> String {
+fn connect_instructions(
+    user_url: &str,
+    compute_url: &str,
+    user: &str,
+    user_key: &str,
+    compute: &str,
+    compute_key: &str,
+    scope: &Scope,
+) -> String {
     format!(
         "alchemiscale-rs is serving\n\
          \n  user API:    {user_url}\n  compute API: {compute_url}\n\

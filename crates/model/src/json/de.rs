@@ -50,7 +50,7 @@ impl<'de> IntoDeserializer<'de, DeError> for &'de Value {
 }
 
 fn integral_f64_to_i64(f: f64) -> Option<i64> {
-    (f.is_finite() && f.fract() == 0.0 && f >= -9.223372036854776e18 && f < 9.223372036854776e18).then_some(f as i64)
+    (f.is_finite() && f.fract() == 0.0 && (-9.223372036854776e18..9.223372036854776e18).contains(&f)).then_some(f as i64)
 }
 
 impl<'de> de::Deserializer<'de> for &'de Value {

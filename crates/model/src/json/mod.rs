@@ -275,9 +275,7 @@ impl Value {
                 Number::Int(a.clone()).python_text() == Number::Int(b.clone()).python_text()
             }
             (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.py_eq(y)),
-            (Value::Object(a), Value::Object(b)) => {
-                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.py_eq(w)))
-            }
+            (Value::Object(a), Value::Object(b)) => a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.py_eq(w))),
             (a, b) => match (num(a), num(b)) {
                 (Some(x), Some(y)) => x == y,
                 _ => false,

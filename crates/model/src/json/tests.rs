@@ -88,9 +88,31 @@ fn duplicate_keys_keep_first_position_last_value() {
 #[test]
 fn malformed_input_is_an_error_not_a_panic() {
     let bad = [
-        "", " ", "[1,]", "{\"a\" 1}", "{\"a\": 1,}", "[1 2]", "\"abc", "\"a\u{1}b\"", "01", "1.", ".5", "-",
-        "nul", "nan", "infinity", "+1", "[\"\\x\"]", "\"\\ud800\"", "\"\\udc00x\"", "\"\\ud800\\u0041\"", "{1: 2}",
-        "[1] x", "\"\\u12\"", "tru", "-Inf",
+        "",
+        " ",
+        "[1,]",
+        "{\"a\" 1}",
+        "{\"a\": 1,}",
+        "[1 2]",
+        "\"abc",
+        "\"a\u{1}b\"",
+        "01",
+        "1.",
+        ".5",
+        "-",
+        "nul",
+        "nan",
+        "infinity",
+        "+1",
+        "[\"\\x\"]",
+        "\"\\ud800\"",
+        "\"\\udc00x\"",
+        "\"\\ud800\\u0041\"",
+        "{1: 2}",
+        "[1] x",
+        "\"\\u12\"",
+        "tru",
+        "-Inf",
     ];
     for b in bad {
         assert!(parse(b).is_err(), "{b:?} should fail");
