@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use alchemiscale_model::json::{self, Value};
 use alchemiscale_model::{Scope, ScopedKey};
-use reqwest::{Method, StatusCode};
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::RwLock;
 

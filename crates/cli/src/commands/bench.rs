@@ -35,6 +35,12 @@ pub enum BenchCommand {
     /// is compared with the one-hub rate. Last line: a JSON object with claims_per_s,
     /// raw_claims_per_s, pushes_per_s, double_claims, backend ….
     Claims(super::bench_claims::ClaimsBench),
+    /// Results through the API against an `alchemiscale serve` process it starts: many
+    /// small results pushed and downloaded concurrently, a few large ones one at a time,
+    /// the disk's sequential write rate measured in the same run, and the server's peak
+    /// memory. Give --s3-bucket (and --s3-endpoint …) to test S3. Last line: a JSON object
+    /// with small_push_per_s, small_get_per_s, large_mb_per_s, backend ….
+    Objects(super::bench_objects::ObjectsBench),
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +101,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(b) => store_bench(b).await,
         BenchCommand::Api(b) => super::bench_api::run(b).await,
         BenchCommand::Claims(b) => super::bench_claims::run(b).await,
+        BenchCommand::Objects(b) => super::bench_objects::run(b).await,
     }
 }
 

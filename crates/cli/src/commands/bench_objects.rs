@@ -1,0 +1,288 @@
+//! `alchemiscale bench objects`: results through the API — many small ones and a few large
+//! ones — against a `serve` process this command starts, with the disk's sequential write
+//! rate measured in the same run and the server's peak memory read from /proc.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alchemiscale_client::{parse_keys, Client, Method, Payload};
+use alchemiscale_model::pdr::zstd_compress;
+use alchemiscale_model::synthetic::{network_chain_json, result_chain_json};
+use alchemiscale_model::{ComputeServiceId, ScopedKey};
+use anyhow::{bail, ensure, Context};
+use clap::Args;
+use serde_json::json;
+
+use crate::store_args::ObjectArgs;
+
+#[derive(Debug, Args)]
+pub struct ObjectsBench {
+    /// Number of small results.
+    #[arg(long, default_value_t = 1000)]
+    pub small: usize,
+    /// Size of a small result's stored blob, bytes (approximately).
+    #[arg(long, default_value_t = 10_000)]
+    pub small_bytes: usize,
+    /// Number of large results.
+    #[arg(long, default_value_t = 20)]
+    pub large: usize,
+    /// Size of a large result's stored blob, bytes (approximately).
+    #[arg(long, default_value_t = 50_000_000)]
+    pub large_bytes: usize,
+    /// Concurrent clients for the small results.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Object store of the server under test (default: a local directory).
+    #[command(flatten)]
+    pub objects: ObjectArgs,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Peak resident memory of a process, bytes (VmHWM).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Sequential write rate of the disk under `dir`: 256 MiB written and fsynced.
+fn disk_write_rate(dir: &std::path::Path) -> anyhow::Result<f64> {
+    let path = dir.join("disk-rate.tmp");
+    let chunk = vec![0x5Au8; 4 << 20];
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    for _ in 0..64 {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(256.0 * 1024.0 * 1024.0 / secs)
+}
+
+struct ServeProcess {
+    child: Child,
+    user: Client,
+    compute: Client,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn object_flags(o: &ObjectArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut add = |flag: &str, value: &Option<String>| {
+        if let Some(x) = value.as_deref().filter(|s| !s.is_empty()) {
+            v.push(flag.to_string());
+            v.push(x.to_string());
+        }
+    };
+    add("--s3-bucket", &o.s3_bucket);
+    add("--s3-prefix", &Some(o.s3_prefix.clone()));
+    add("--default-region", &o.default_region);
+    add("--access-key-id", &o.access_key_id);
+    add("--secret-access-key", &o.secret_access_key);
+    add("--s3-endpoint", &o.s3_endpoint);
+    v
+}
+
+async fn start_serve(data_dir: &std::path::Path, objects: &ObjectArgs) -> anyhow::Result<ServeProcess> {
+    let (port, compute_port) = (free_port()?, free_port()?);
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--port", &port.to_string(), "--compute-port", &compute_port.to_string(), "--loglevel", "warn"])
+        .args(["--max-body-bytes", &(2u64 << 30).to_string()])
+        .args(object_flags(objects))
+        .env_remove("ALCHEMISCALE_STATE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start `alchemiscale serve`")?;
+    let creds = data_dir.join("credentials.txt");
+    let started = Instant::now();
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&creds) {
+            if t.contains("compute key") {
+                break t;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("`alchemiscale serve` did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = |label: &str| text.lines().find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string())).unwrap_or_default();
+    let user = Client::new(&format!("http://127.0.0.1:{port}"), "user", &value("user key:"))?;
+    let compute = Client::new(&format!("http://127.0.0.1:{compute_port}"), "compute", &value("compute key:"))?;
+    for _ in 0..100 {
+        if user.login().await.is_ok() && compute.login().await.is_ok() {
+            return Ok(ServeProcess { child, user, compute });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("cannot log in to the server under test")
+}
+
+/// A result body as an upstream compute client would send it, but with the latin-1 string
+/// written as raw UTF-8 instead of `\u00XX` escapes (equally valid; much smaller).
+fn result_body(blob: &[u8], service: &str) -> String {
+    let mut codec = Vec::with_capacity(blob.len() * 2);
+    alchemiscale_server::results::push_latin1_json(&zstd_compress(blob), &mut codec);
+    let codec = String::from_utf8(codec).expect("UTF-8 by construction");
+    format!("{{\"protocoldagresult\": {{\"__class__\": \"bytes\", \"__module__\": \"builtins\", \":is_custom:\": true, \"latin-1\": \"{codec}\"}}, \"compute_service_id\": \"{service}\"}}")
+}
+
+pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
+    ensure!(b.small >= 1 && b.concurrency >= 1, "sizes must be positive");
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let disk_rate = disk_write_rate(&data_dir)?;
+    let server = start_serve(&data_dir, &b.objects).await?;
+    let backend = if b.objects.s3_bucket.is_some() { "s3" } else { "local" };
+    println!("bench objects: {backend} object store, sqlite state store, server pid {}", server.child.id());
+
+    // a network, tasks for every result, all claimed by one service
+    let total = b.small + b.large;
+    let net = server.user.create_network(&network_chain_json(10, 20, "objects"), &"bench-objects-p".parse()?, "active").await?;
+    let tfs = parse_keys(&server.user.get(&format!("/networks/{net}/transformations")).await?)?;
+    let requested: Vec<String> = (0..total).map(|i| tfs[i % tfs.len()].to_string()).collect();
+    let tasks = parse_keys(&server.user.post("/bulk/transformations/tasks/create", &json!({ "transformations": requested })).await?)?;
+    let dicts: Vec<_> = tasks.iter().map(|t| t.to_dict()).collect();
+    server.user.post(&format!("/networks/{net}/tasks/action"), &json!({ "tasks": dicts })).await?;
+    let service = ComputeServiceId::mint("benchobjects")?.to_string();
+    server.compute.post(&format!("/computeservice/{service}/register"), &json!({"compute_manager_id": null})).await?;
+    let mut claimed: Vec<ScopedKey> = Vec::new();
+    while claimed.len() < total {
+        let v = server.compute.post("/claim", &json!({"scopes": [{"org": null}], "compute_service_id": service, "count": 1000})).await?;
+        let got: Vec<ScopedKey> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str()?.parse().ok()).collect();
+        ensure!(!got.is_empty(), "claimed only {} of {total} tasks", claimed.len());
+        claimed.extend(got);
+    }
+    let mut work = Vec::with_capacity(total);
+    for t in &claimed {
+        let tf = parse_keys(&json!([server.compute.get(&format!("/tasks/{t}/transformation")).await?]))?.remove(0);
+        work.push((t.clone(), tf));
+    }
+    let (small_work, large_work) = work.split_at(b.small);
+
+    // small results: prepared first, then pushed by concurrent clients (gzip bodies, as the
+    // Python compute client sends them)
+    let small_bodies: Vec<(ScopedKey, ScopedKey, String)> = small_work
+        .iter()
+        .enumerate()
+        .map(|(i, (t, tf))| (t.clone(), tf.clone(), result_body(&zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes()), &service)))
+        .collect();
+    let start = Instant::now();
+    let per = small_bodies.len().div_ceil(b.concurrency);
+    let mut handles = Vec::new();
+    for chunk in small_bodies.chunks(per) {
+        let chunk = chunk.to_vec();
+        let client = Client::new(server.compute.base_url().as_str(), "compute", "")?;
+        let token = server.compute.login().await?;
+        handles.push(tokio::spawn(async move {
+            let mut refs = Vec::new();
+            for (task, tf, body) in chunk {
+                let r = client.send_with_token(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body), &token).await?;
+                anyhow::ensure!(r.status == 200, "push failed: {} {}", r.status, r.text());
+                refs.push((tf, format!("{}-{}", r.json()["gufe_key"].as_str().unwrap_or_default(), task.scope())));
+            }
+            anyhow::Ok(refs)
+        }));
+    }
+    let mut small_refs = Vec::new();
+    for h in handles {
+        small_refs.extend(h.await??);
+    }
+    let small_push_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    let token = server.user.login().await?;
+    for chunk in small_refs.chunks(per) {
+        let chunk = chunk.to_vec();
+        let client = Client::new(server.user.base_url().as_str(), "user", "")?;
+        let token = token.clone();
+        handles.push(tokio::spawn(async move {
+            let mut bytes = 0usize;
+            for (tf, pdrr) in chunk {
+                let r = client.send_with_token(Method::GET, &format!("/transformations/{tf}/results/{pdrr}"), Payload::None, &token).await?;
+                anyhow::ensure!(r.status == 200, "download failed: {} {}", r.status, r.text());
+                bytes += r.body.len();
+            }
+            anyhow::Ok(bytes)
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let small_get_s = start.elapsed().as_secs_f64();
+
+    // large results, one at a time (bodies without gzip: the client's gzip would dominate)
+    let mut large_push_s = 0.0;
+    let mut large_get_s = 0.0;
+    let mut large_total = 0usize;
+    for (i, (task, tf)) in large_work.iter().enumerate() {
+        let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.large_bytes * 4 / 3, 1_000_000 + i as u64).as_bytes());
+        large_total += blob.len();
+        let body = result_body(&blob, &service);
+        drop(blob);
+        let start = Instant::now();
+        let r = server.compute.send(Method::POST, &format!("/tasks/{task}/results"), Payload::Json(body)).await?;
+        large_push_s += start.elapsed().as_secs_f64();
+        ensure!(r.status == 200, "large push failed: {} {}", r.status, r.text());
+        let pdrr = format!("{}-{}", r.json()["gufe_key"].as_str().unwrap_or_default(), task.scope());
+        let start = Instant::now();
+        let r = server.user.send(Method::GET, &format!("/transformations/{tf}/results/{pdrr}"), Payload::None).await?;
+        large_get_s += start.elapsed().as_secs_f64();
+        ensure!(r.status == 200, "large download failed: {}", r.status);
+    }
+    let peak = peak_rss(server.child.id()).unwrap_or(0);
+
+    let mb = |bytes: f64| bytes / 1e6;
+    let small_push_per_s = b.small as f64 / small_push_s;
+    let small_get_per_s = b.small as f64 / small_get_s;
+    let large_mb_per_s = if b.large > 0 { mb(large_total as f64) / large_push_s } else { 0.0 };
+    let large_get_mb_per_s = if b.large > 0 { mb(large_total as f64) / large_get_s } else { 0.0 };
+    let largest = if b.large > 0 { large_total as f64 / b.large as f64 } else { b.small_bytes as f64 };
+    println!("  disk sequential write (fsync)        {:>9.0} MB/s", mb(disk_rate));
+    println!("  small results pushed (~{} B, gzip)  {small_push_per_s:>9.0} results/s  ({} in {small_push_s:.2} s)", b.small_bytes, b.small);
+    println!("  small results downloaded             {small_get_per_s:>9.0} results/s");
+    if b.large > 0 {
+        println!(
+            "  large results pushed ({} x {:.0} MB)   {large_mb_per_s:>9.0} MB/s  ({:.0}% of the disk rate)",
+            b.large,
+            mb(largest),
+            100.0 * large_mb_per_s / mb(disk_rate)
+        );
+        println!("  large results downloaded             {large_get_mb_per_s:>9.0} MB/s");
+    }
+    println!("  server peak memory                   {:>9.0} MB  ({:.1}x the largest object)", mb(peak as f64), peak as f64 / largest);
+    let summary = json!({
+        "bench": "objects",
+        "backend": backend,
+        "small_results": b.small,
+        "small_push_per_s": small_push_per_s,
+        "small_get_per_s": small_get_per_s,
+        "large_results": b.large,
+        "large_mb_per_s": large_mb_per_s,
+        "large_get_mb_per_s": large_get_mb_per_s,
+        "disk_write_mb_per_s": mb(disk_rate),
+        "large_vs_disk": large_mb_per_s / mb(disk_rate),
+        "server_peak_rss_mb": mb(peak as f64),
+        "peak_rss_vs_largest_object": peak as f64 / largest,
+    });
+    drop(server);
+    println!("{summary}");
+    Ok(())
+}
