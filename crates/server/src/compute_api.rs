@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_sk, Body, Params, RawBody};
+use crate::extract::{parse_sk, Body, Params};
 use crate::user_api::RawJson;
 use crate::AppState;
 
@@ -37,10 +37,10 @@ fn path_sk(caller: &Caller, raw: &str) -> ApiResult<alchemiscale_model::ScopedKe
 /// Routes of the compute API with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(ping))
-        .routes(routes!(token))
-        .routes(routes!(info))
-        .routes(routes!(check))
+        .routes(routes!(crate::service::ping))
+        .routes(routes!(crate::service::token))
+        .routes(routes!(crate::service::info))
+        .routes(routes!(crate::service::check))
         .routes(routes!(identity_scopes))
         .routes(routes!(task_transformation))
         .routes(routes!(task_transformation_gufe))
@@ -60,29 +60,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(release_tasks))
 }
 
-/// C1: liveness.
-#[utoipa::path(get, path = "/ping", tag = "service", responses((status = 200, description = "{\"api\": \"AlchemiscaleComputeAPI\"}")))]
-async fn ping(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "api": state.api().title() }))
-}
 
-/// C2: OAuth2 password form → bearer token, for compute identities.
-#[utoipa::path(post, path = "/token", tag = "service")]
-async fn token(State(state): State<AppState>, body: RawBody) -> JsonResult {
-    auth::token(&state, body).await
-}
 
-/// C3: a credentials check.
-#[utoipa::path(get, path = "/info", tag = "service")]
-async fn info(_caller: Caller) -> Json<serde_json::Value> {
-    Json(json!({ "message": "nothing yet" }))
-}
 
-/// C4: are the stores reachable?
-#[utoipa::path(get, path = "/check", tag = "service")]
-async fn check(State(state): State<AppState>, _caller: Caller) -> JsonResult {
-    crate::check_stores(&state).await
-}
 
 /// C5: scopes of the calling compute identity (others' only for nobody: compute
 /// identities are never admins).

@@ -11,6 +11,7 @@ pub mod compute_api;
 pub mod error;
 pub mod extract;
 pub mod results;
+pub mod service;
 pub mod user_api;
 
 #[cfg(feature = "testing")]

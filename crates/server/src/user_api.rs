@@ -27,7 +27,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_sk, parse_sk_dicts, parse_sks, scope_error, Body, Params, RawBody};
+use crate::extract::{parse_sk, parse_sk_dicts, parse_sks, scope_error, Body, Params};
 use crate::AppState;
 
 type JsonResult = ApiResult<Json<serde_json::Value>>;
@@ -87,10 +87,10 @@ fn path_sk(caller: &Caller, raw: &str) -> ApiResult<ScopedKey> {
 /// All routes of the user API with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(ping))
-        .routes(routes!(token))
-        .routes(routes!(info))
-        .routes(routes!(check))
+        .routes(routes!(crate::service::ping))
+        .routes(routes!(crate::service::token))
+        .routes(routes!(crate::service::info))
+        .routes(routes!(crate::service::check))
         .routes(routes!(identity_scopes))
         .routes(routes!(exists))
         .routes(routes!(create_network, query_networks))
@@ -149,29 +149,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 // ---- service routes (U1–U5) ------------------------------------------------------------
 
-/// U1: liveness.
-#[utoipa::path(get, path = "/ping", tag = "service", responses((status = 200, description = "{\"api\": \"AlchemiscaleAPI\"}")))]
-async fn ping(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "api": state.api().title() }))
-}
 
-/// U2: OAuth2 password form (`username`, `password`) → bearer token.
-#[utoipa::path(post, path = "/token", tag = "service", responses((status = 200, description = "{\"access_token\": …, \"token_type\": \"bearer\"}"), (status = 401)))]
-async fn token(State(state): State<AppState>, body: RawBody) -> JsonResult {
-    auth::token(&state, body).await
-}
 
-/// U3: a credentials check.
-#[utoipa::path(get, path = "/info", tag = "service")]
-async fn info(_caller: Caller) -> Json<serde_json::Value> {
-    Json(json!({ "message": "nothing yet" }))
-}
 
-/// U4: are the stores reachable? `null`, or 503 with the reachability of each.
-#[utoipa::path(get, path = "/check", tag = "service", responses((status = 200), (status = 503)))]
-async fn check(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<serde_json::Value>> {
-    crate::check_stores(&state).await
-}
 
 /// U5: scopes of an identity. Callers may read their own; admins anyone's (403 otherwise).
 #[utoipa::path(get, path = "/identities/{identifier}/scopes", tag = "service", params(("identifier" = String, Path)))]

@@ -79,6 +79,12 @@ pub(crate) fn bind<'q>(mut q: Query<'q, Any, AnyArguments<'q>>, args: &'q [Arg])
     q
 }
 
+/// Bind a ScopedKey's four columns (gufe key, org, campaign, project) as the next four
+/// parameters.
+pub(crate) fn bind_sk<'q>(q: Query<'q, Any, AnyArguments<'q>>, sk: &'q alchemiscale_model::ScopedKey) -> Query<'q, Any, AnyArguments<'q>> {
+    q.bind(sk.gufe_key().as_str()).bind(sk.org()).bind(sk.campaign()).bind(sk.project())
+}
+
 /// Adapt the `$N` placeholders of a generated statement to the backend.
 ///
 /// On SQLite every numbered or named parameter makes `sqlite3_bind_parameter_name`

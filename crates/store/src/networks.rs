@@ -36,13 +36,12 @@ fn scope_args(scope: &Scope) -> [Arg; 3] {
 
 /// Row id of the gufe object stored under `sk`.
 pub(crate) async fn object_id(conn: &mut AnyConnection, sk: &ScopedKey) -> Result<Option<i64>> {
-    let row = sqlx::query("SELECT id FROM gufe_object WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4")
-        .bind(sk.gufe_key().as_str())
-        .bind(sk.org())
-        .bind(sk.campaign())
-        .bind(sk.project())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = crate::db::bind_sk(
+        sqlx::query("SELECT id FROM gufe_object WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4"),
+        sk,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(|r| get_i64(&r, 0)).transpose()
 }
 

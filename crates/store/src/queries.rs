@@ -476,13 +476,7 @@ impl Store {
                 .to_string(),
             _ => scoped("gufe_object"),
         };
-        let row = sqlx::query(&sql)
-            .bind(sk.gufe_key().as_str())
-            .bind(sk.org())
-            .bind(sk.campaign())
-            .bind(sk.project())
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row = crate::db::bind_sk(sqlx::query(&sql), sk).fetch_optional(&mut *conn).await?;
         Ok(row.is_some())
     }
 }

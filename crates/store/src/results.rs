@@ -189,14 +189,10 @@ impl Store {
         };
         let pdrr_sk =
             ScopedKey::new(fields.key(), task.scope().clone()).map_err(|e| StoreError::Invalid(format!("invalid result key: {e}")))?;
-        sqlx::query(
+        crate::db::bind_sk(sqlx::query(
             "INSERT INTO pdrr (gufe_key, org, campaign, project, obj_key, location, ok, datetime_created, creator, content_sha256, size) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
-        )
-        .bind(pdrr_sk.gufe_key().as_str())
-        .bind(pdrr_sk.org())
-        .bind(pdrr_sk.campaign())
-        .bind(pdrr_sk.project())
+        ), &pdrr_sk)
         .bind(fields.obj_key.as_str())
         .bind(fields.location.clone())
         .bind(fields.ok as i64)
@@ -206,13 +202,12 @@ impl Store {
         .bind(result.size)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query("SELECT id FROM pdrr WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4")
-            .bind(pdrr_sk.gufe_key().as_str())
-            .bind(pdrr_sk.org())
-            .bind(pdrr_sk.campaign())
-            .bind(pdrr_sk.project())
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = crate::db::bind_sk(
+            sqlx::query("SELECT id FROM pdrr WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4"),
+            &pdrr_sk,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let pdrr_id = get_i64(&row, 0)?;
         sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(t.id)
@@ -305,15 +300,14 @@ impl Store {
         if task.qualname() != "Task" {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT DISTINCT p.gufe_key, p.org, p.campaign, p.project FROM task t JOIN task_result tr ON tr.task_id = t.id \
+        let rows = crate::db::bind_sk(
+            sqlx::query(
+                "SELECT DISTINCT p.gufe_key, p.org, p.campaign, p.project FROM task t JOIN task_result tr ON tr.task_id = t.id \
              JOIN pdrr p ON p.id = tr.pdrr_id WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4 AND p.ok = $5 \
              ORDER BY p.org, p.campaign, p.project, p.gufe_key",
+            ),
+            task,
         )
-        .bind(task.gufe_key().as_str())
-        .bind(task.org())
-        .bind(task.campaign())
-        .bind(task.project())
         .bind(ok as i64)
         .fetch_all(self.reader())
         .await?;
@@ -341,13 +335,12 @@ impl Store {
         if pdrr.qualname() != "ProtocolDAGResultRef" {
             return Ok(None);
         }
-        let row = sqlx::query(&format!(
-            "SELECT {PDRR_COLUMNS} FROM pdrr p WHERE p.gufe_key = $1 AND p.org = $2 AND p.campaign = $3 AND p.project = $4"
-        ))
-        .bind(pdrr.gufe_key().as_str())
-        .bind(pdrr.org())
-        .bind(pdrr.campaign())
-        .bind(pdrr.project())
+        let row = crate::db::bind_sk(
+            sqlx::query(&format!(
+                "SELECT {PDRR_COLUMNS} FROM pdrr p WHERE p.gufe_key = $1 AND p.org = $2 AND p.campaign = $3 AND p.project = $4"
+            )),
+            pdrr,
+        )
         .fetch_optional(self.reader())
         .await?;
         Ok(row.map(|r| pdrr_row(&r)).transpose()?.map(|(_, rec)| rec))

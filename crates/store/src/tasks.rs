@@ -72,13 +72,12 @@ pub(crate) async fn load_task(conn: &mut AnyConnection, sk: &ScopedKey) -> Resul
     if sk.qualname() != "Task" {
         return Ok(None);
     }
-    let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM task WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4"))
-        .bind(sk.gufe_key().as_str())
-        .bind(sk.org())
-        .bind(sk.campaign())
-        .bind(sk.project())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = crate::db::bind_sk(
+        sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM task WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4")),
+        sk,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(|r| task_row(&r)).transpose()
 }
 
@@ -403,30 +402,6 @@ impl Store {
                 was.contains(&t.id).then(|| t.sk.clone())
             })
             .collect())
-    }
-
-    /// ACTIONS weights of tasks on a network's hub; per input None if not actioned there.
-    pub async fn get_task_weights(&self, network: &ScopedKey, tasks: &[Option<ScopedKey>]) -> Result<Vec<Option<f64>>> {
-        let mut conn = self.reader().acquire().await?;
-        let Some(hub) = network_row_id(&mut conn, network).await? else {
-            return Ok(vec![None; tasks.len()]);
-        };
-        let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
-        let found = load_tasks(&mut conn, self.backend, &keys).await?;
-        let ids: Vec<Arg> = found.values().map(|t| Arg::I64(t.id)).collect();
-        let rows = fetch_in_chunks(
-            &mut conn,
-            self.backend,
-            "SELECT task_id, weight FROM task_action WHERE network_id = $1 AND task_id IN ({})",
-            &[Arg::I64(hub)],
-            &ids,
-        )
-        .await?;
-        let mut w: HashMap<i64, f64> = HashMap::new();
-        for r in &rows {
-            w.insert(get_i64(r, 0)?, crate::db::get_f64(r, 1)?);
-        }
-        Ok(tasks.iter().map(|k| k.as_ref().and_then(|k| found.get(&k.to_string())).and_then(|t| w.get(&t.id).copied())).collect())
     }
 }
 

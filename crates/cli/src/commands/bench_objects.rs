@@ -181,7 +181,16 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     let small_bodies: Vec<(ScopedKey, ScopedKey, String)> = small_work
         .iter()
         .enumerate()
-        .map(|(i, (t, tf))| (t.clone(), tf.clone(), result_body(&zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes()), &service)))
+        .map(|(i, (t, tf))| {
+            (
+                t.clone(),
+                tf.clone(),
+                result_body(
+                    &zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes()),
+                    &service,
+                ),
+            )
+        })
         .collect();
     let start = Instant::now();
     let per = small_bodies.len().div_ceil(b.concurrency);
@@ -216,7 +225,8 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
         handles.push(tokio::spawn(async move {
             let mut bytes = 0usize;
             for (tf, pdrr) in chunk {
-                let r = client.send_with_token(Method::GET, &format!("/transformations/{tf}/results/{pdrr}"), Payload::None, &token).await?;
+                let r =
+                    client.send_with_token(Method::GET, &format!("/transformations/{tf}/results/{pdrr}"), Payload::None, &token).await?;
                 anyhow::ensure!(r.status == 200, "download failed: {} {}", r.status, r.text());
                 bytes += r.body.len();
             }
@@ -256,7 +266,10 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     let large_get_mb_per_s = if b.large > 0 { mb(large_total as f64) / large_get_s } else { 0.0 };
     let largest = if b.large > 0 { large_total as f64 / b.large as f64 } else { b.small_bytes as f64 };
     println!("  disk sequential write (fsync)        {:>9.0} MB/s", mb(disk_rate));
-    println!("  small results pushed (~{} B, gzip)  {small_push_per_s:>9.0} results/s  ({} in {small_push_s:.2} s)", b.small_bytes, b.small);
+    println!(
+        "  small results pushed (~{} B, gzip)  {small_push_per_s:>9.0} results/s  ({} in {small_push_s:.2} s)",
+        b.small_bytes, b.small
+    );
     println!("  small results downloaded             {small_get_per_s:>9.0} results/s");
     if b.large > 0 {
         println!(
