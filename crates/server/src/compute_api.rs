@@ -60,10 +60,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(release_tasks))
 }
 
-
-
-
-
 /// C5: scopes of the calling compute identity (others' only for nobody: compute
 /// identities are never admins).
 #[utoipa::path(get, path = "/identities/{identifier}/scopes", tag = "service", params(("identifier" = String, Path)))]

@@ -149,10 +149,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 // ---- service routes (U1–U5) ------------------------------------------------------------
 
-
-
-
-
 /// U5: scopes of an identity. Callers may read their own; admins anyone's (403 otherwise).
 #[utoipa::path(get, path = "/identities/{identifier}/scopes", tag = "service", params(("identifier" = String, Path)))]
 async fn identity_scopes(State(state): State<AppState>, caller: Caller, Path(identifier): Path<String>) -> JsonResult {

@@ -178,7 +178,18 @@ impl Store {
         }
         validate(result)?;
         let mut tx = self.begin_write().await?;
-        let t = load_task(&mut tx, task).await?.ok_or(StoreError::NotFound)?;
+        // the task and, in the same statement, who holds its claim now
+        let row = crate::db::bind_sk(
+            sqlx::query(
+                "SELECT t.id, t.status, (SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id \
+                 WHERE tc.task_id = t.id) FROM task t WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4",
+            ),
+            task,
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let (task_id, task_status, holder) = (get_i64(&row, 0)?, crate::tasks::parse_status(&get_str(&row, 1)?)?, get_opt_str(&row, 2)?);
         let fields = PdrrFields {
             location: Some(result.location.clone()),
             obj_key: result.obj_key.clone(),
@@ -189,9 +200,10 @@ impl Store {
         };
         let pdrr_sk =
             ScopedKey::new(fields.key(), task.scope().clone()).map_err(|e| StoreError::Invalid(format!("invalid result key: {e}")))?;
-        crate::db::bind_sk(sqlx::query(
+        let inserted = crate::db::bind_sk(sqlx::query(
             "INSERT INTO pdrr (gufe_key, org, campaign, project, obj_key, location, ok, datetime_created, creator, content_sha256, size) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (gufe_key, org, campaign, project) DO UPDATE SET obj_key = excluded.obj_key RETURNING id",
         ), &pdrr_sk)
         .bind(fields.obj_key.as_str())
         .bind(fields.location.clone())
@@ -200,36 +212,26 @@ impl Store {
         .bind(fields.creator.clone())
         .bind(result.content_sha256.as_str())
         .bind(result.size)
-        .execute(&mut *tx)
+        // fetch_all: SQLite must step an INSERT … RETURNING to completion before the next
+        // statement runs
+        .fetch_all(&mut *tx)
         .await?;
-        let row = crate::db::bind_sk(
-            sqlx::query("SELECT id FROM pdrr WHERE gufe_key = $1 AND org = $2 AND campaign = $3 AND project = $4"),
-            &pdrr_sk,
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let pdrr_id = get_i64(&row, 0)?;
+        // (an identical reference already stored is reused: the no-op update returns its id)
+        let pdrr_id = get_i64(inserted.first().ok_or_else(|| StoreError::Invalid("result reference not stored".into()))?, 0)?;
         sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(t.id)
+            .bind(task_id)
             .bind(pdrr_id)
             .execute(&mut *tx)
             .await?;
 
-        // Who holds the task's claim now. A late failure from a service that lost its claim
-        // (its registration expired and another service claimed the task again) is
-        // recorded but does not disturb the run in progress; a late success completes the
-        // task (upstream issue #513), which also releases the other service's claim.
-        let holder: Option<String> =
-            sqlx::query("SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id WHERE tc.task_id = $1")
-                .bind(t.id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| get_str(&r, 0))
-                .transpose()?;
+        // A late failure from a service that lost its claim (its registration expired and
+        // another service claimed the task again) is recorded but does not disturb the run in
+        // progress; a late success completes the task (upstream issue #513), which also
+        // releases the other service's claim.
         let other_service_runs_it = holder.is_some() && holder != result.creator;
 
         if result.ok {
-            complete_task(&mut tx, self.backend, t.id, t.status).await?;
+            complete_task(&mut tx, self.backend, task_id, task_status).await?;
         } else {
             if let Some(tb) = result.tracebacks.as_ref().filter(|tb| !tb.tracebacks.is_empty()) {
                 // Identical traceback content in one scope is one record (its key is a content
@@ -261,7 +263,7 @@ impl Store {
                 tx.commit().await?;
                 return Ok(pdrr_sk);
             }
-            apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Error).await?;
+            apply_status(&mut tx, self.backend, &[(task_id, task_status)], TaskStatus::Error).await?;
             if let Some(creator) = &result.creator {
                 sqlx::query(
                     "INSERT INTO compute_service_failure (service_id, failed_at) SELECT id, $1 FROM compute_service WHERE identifier = $2",
@@ -271,7 +273,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            resolve_restarts(&mut tx, self.backend, &[t.id]).await?;
+            resolve_restarts(&mut tx, self.backend, &[task_id]).await?;
         }
         tx.commit().await?;
         Ok(pdrr_sk)

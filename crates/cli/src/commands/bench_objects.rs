@@ -133,6 +133,12 @@ async fn start_serve(data_dir: &std::path::Path, objects: &ObjectArgs) -> anyhow
     bail!("cannot log in to the server under test")
 }
 
+fn gzip(text: &str) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5));
+    std::io::Write::write_all(&mut gz, text.as_bytes()).expect("in-memory gzip");
+    gz.finish().expect("in-memory gzip")
+}
+
 /// A result body as an upstream compute client would send it, but with the latin-1 string
 /// written as raw UTF-8 instead of `\u00XX` escapes (equally valid; much smaller).
 fn result_body(blob: &[u8], service: &str) -> String {
@@ -178,31 +184,34 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
 
     // small results: prepared first, then pushed by concurrent clients (gzip bodies, as the
     // Python compute client sends them)
-    let small_bodies: Vec<(ScopedKey, ScopedKey, String)> = small_work
+    let small_bodies: Vec<(ScopedKey, ScopedKey, Vec<u8>)> = small_work
         .iter()
         .enumerate()
         .map(|(i, (t, tf))| {
             (
                 t.clone(),
                 tf.clone(),
-                result_body(
+                gzip(&result_body(
                     &zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes()),
                     &service,
-                ),
+                )),
             )
         })
         .collect();
-    let start = Instant::now();
     let per = small_bodies.len().div_ceil(b.concurrency);
-    let mut handles = Vec::new();
+    let token = server.compute.login().await?;
+    let mut batches = Vec::new();
     for chunk in small_bodies.chunks(per) {
-        let chunk = chunk.to_vec();
-        let client = Client::new(server.compute.base_url().as_str(), "compute", "")?;
-        let token = server.compute.login().await?;
+        batches.push((chunk.to_vec(), Client::new(server.compute.base_url().as_str(), "compute", "")?, token.clone()));
+    }
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for (chunk, client, token) in batches {
         handles.push(tokio::spawn(async move {
             let mut refs = Vec::new();
             for (task, tf, body) in chunk {
-                let r = client.send_with_token(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body), &token).await?;
+                let payload = Payload::Raw { bytes: body, content_encoding: Some("gzip".into()) };
+                let r = client.send_with_token(Method::POST, &format!("/tasks/{task}/results"), payload, &token).await?;
                 anyhow::ensure!(r.status == 200, "push failed: {} {}", r.status, r.text());
                 refs.push((tf, format!("{}-{}", r.json()["gufe_key"].as_str().unwrap_or_default(), task.scope())));
             }
