@@ -33,13 +33,46 @@ pub fn latin1_to_bytes(s: &str) -> Result<Vec<u8>, PdrError> {
     s.chars().map(|c| u8::try_from(u32::from(c)).map_err(|_| PdrError::NotLatin1)).collect()
 }
 
+/// [`latin1_to_bytes`] reusing the string's own buffer (each character takes at least as
+/// many bytes in UTF-8 as it yields), so a large payload is not held twice.
+pub fn latin1_string_into_bytes(s: String) -> Result<Vec<u8>, PdrError> {
+    let mut b = s.into_bytes();
+    let (mut r, mut w) = (0, 0);
+    while r < b.len() {
+        let x = b[r];
+        let (byte, n) = match x {
+            0x00..=0x7F => (x, 1),
+            // two-byte sequences C2 xx and C3 xx are U+0080..U+00FF
+            0xC2 | 0xC3 => (((x & 0x1F) << 6) | (b[r + 1] & 0x3F), 2),
+            _ => return Err(PdrError::NotLatin1),
+        };
+        b[w] = byte;
+        w += 1;
+        r += n;
+    }
+    b.truncate(w);
+    Ok(b)
+}
+
 /// Map bytes to a string whose code points equal the byte values.
 pub fn bytes_to_latin1(b: &[u8]) -> String {
     b.iter().map(|&x| char::from(x)).collect()
 }
 
-/// Decompress a zstd frame, refusing output larger than `limit`.
+/// Decompress a zstd frame, refusing output larger than `limit`. A frame that records its
+/// content size (as the clients' one-shot compressors write) is decompressed into exactly
+/// that much memory.
 pub fn zstd_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, PdrError> {
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if size > limit as u64 {
+            return Err(PdrError::TooLarge(limit));
+        }
+        if let Ok(out) = zstd::bulk::decompress(data, size as usize) {
+            if out.len() as u64 == size {
+                return Ok(out);
+            }
+        }
+    }
     let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| PdrError::Blob(e.to_string()))?;
     let mut out = Vec::new();
     decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| PdrError::Blob(e.to_string()))?;
@@ -78,6 +111,23 @@ pub fn decode_bytes_codec(v: &Value, limit: usize) -> Result<Vec<u8>, PdrError> 
     Ok(raw)
 }
 
+/// [`decode_bytes_codec`] taking ownership, so the latin-1 string is converted in place.
+pub fn decode_bytes_codec_owned(v: Value, limit: usize) -> Result<Vec<u8>, PdrError> {
+    let Value::Object(mut o) = v else { return Err(PdrError::NotBytes) };
+    if o.get("__class__").and_then(Value::as_str) != Some("bytes") {
+        return Err(PdrError::NotBytes);
+    }
+    let Some(Value::String(s)) = o.remove("latin-1") else { return Err(PdrError::NotBytes) };
+    drop(o);
+    let raw = latin1_string_into_bytes(s)?;
+    if is_zstd(&raw) {
+        if let Ok(inner) = zstd_decompress(&raw, limit) {
+            return Ok(inner);
+        }
+    }
+    Ok(raw)
+}
+
 /// gufe's bytes codec object for `data` (zstd-compressed inside, as gufe ≥ 1.2 writes it).
 pub fn encode_bytes_codec(data: &[u8]) -> Value {
     Value::Object(object([
@@ -87,6 +137,10 @@ pub fn encode_bytes_codec(data: &[u8]) -> Value {
         ("latin-1", Value::from(bytes_to_latin1(&zstd_compress(data)))),
     ]))
 }
+
+/// String values longer than this are not kept when analysing a result (tracebacks are far
+/// shorter).
+pub const SKIM_STRING_LIMIT: usize = 8 << 20;
 
 /// A result blob and what the server needs to know about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +161,9 @@ pub fn read_result(bytes: Vec<u8>, limit: usize) -> Result<ResultBlob, PdrError>
         let blob = zstd_compress(&bytes);
         (blob, bytes)
     };
-    let value = json::parse_bytes(&text).map_err(|e| PdrError::Json(e.to_string()))?;
+    // the analysis needs keys, references, source keys and tracebacks, never the bulk of
+    // the outputs: long string values are skipped, not copied
+    let value = json::parse_skim(&text, SKIM_STRING_LIMIT).map_err(|e| PdrError::Json(e.to_string()))?;
     drop(text);
     let chain = KeyedChain::from_value(value).map_err(|e| PdrError::Chain(e.to_string()))?;
     let summary = analyse(&chain)?;
@@ -289,6 +345,17 @@ mod tests {
         let bytes = decode_bytes_codec(body.get("protocoldagresult").unwrap(), 1 << 30).unwrap();
         assert_eq!(bytes, vector("pdr_ok.json.zst"), "codec layer removed, blob as the client compressed it");
         assert_eq!(body.get("compute_service_id").unwrap().as_str(), Some("vecservice-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"));
+    }
+
+    #[test]
+    fn in_place_latin1() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        assert_eq!(latin1_string_into_bytes(bytes_to_latin1(&all)).unwrap(), all);
+        assert_eq!(latin1_string_into_bytes("\u{100}".into()).unwrap_err(), PdrError::NotLatin1);
+        assert_eq!(latin1_string_into_bytes("a€".into()).unwrap_err(), PdrError::NotLatin1);
+        let v = encode_bytes_codec(&all);
+        assert_eq!(decode_bytes_codec_owned(v.clone(), 1 << 20).unwrap(), decode_bytes_codec(&v, 1 << 20).unwrap());
+        assert_eq!(decode_bytes_codec_owned(Value::from("x"), 1).unwrap_err(), PdrError::NotBytes);
     }
 
     #[test]

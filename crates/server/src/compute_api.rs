@@ -14,6 +14,7 @@ use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome};
 use alchemiscale_store::identities::IdentityKind;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
@@ -79,7 +80,11 @@ async fn task_transformation(State(state): State<AppState>, caller: Caller, Path
 
 /// C13: `[<transformation keyed chain>, <latin-1 blob of the extended task's result> | null]`.
 #[utoipa::path(get, path = "/tasks/{sk}/transformation/gufe", tag = "tasks", params(("sk" = String, Path)))]
-async fn task_transformation_gufe(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>) -> ApiResult<RawJson> {
+async fn task_transformation_gufe(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<axum::response::Response> {
     let task = path_sk(&caller, &raw)?;
     let transformation = state.store().get_task_transformation(&task).await?;
     let chain = state.store().get_chain(&transformation).await?;
@@ -87,17 +92,22 @@ async fn task_transformation_gufe(State(state): State<AppState>, caller: Caller,
     body.push(b'[');
     body.extend_from_slice(chain.as_bytes());
     body.extend_from_slice(b", ");
-    match state.store().extended_result_location(&task).await? {
+    let extended = state.store().extended_result_location(&task).await?;
+    match &extended {
         None => body.extend_from_slice(b"null"),
         Some(pdrr) => {
-            let blob = crate::results::blob(&state, &pdrr).await?;
+            let blob = crate::results::blob(&state, pdrr).await?;
             body.push(b'"');
             crate::results::push_latin1_json(&blob, &mut body);
             body.push(b'"');
         }
     }
     body.push(b']');
-    Ok(RawJson(String::from_utf8(body).map_err(|e| ApiError::Internal(e.to_string()))?))
+    let mut response = RawJson(String::from_utf8(body).map_err(|e| ApiError::Internal(e.to_string()))?).into_response();
+    if extended.is_some() {
+        response.extensions_mut().insert(crate::results::NoCompression);
+    }
+    Ok(response)
 }
 
 /// C14: upload a ProtocolDAGResult (`{"protocoldagresult": <bytes codec>,

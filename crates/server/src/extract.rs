@@ -29,18 +29,28 @@ impl FromRequest<AppState> for RawBody {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
         let too_large = || ApiError::Detail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {limit} bytes"));
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            // axum wraps http-body-util's LengthLimitError; its message is stable
-            if e.to_string().contains("length limit exceeded") {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {e}"))
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        // read frames straight into one buffer (sized from Content-Length when given) rather
+        // than collecting chunks and copying them: a large upload is held once, not twice
+        let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+        let mut body = req.into_body();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
             }
-        })?;
+        }
+        let bytes = Bytes::from(buf);
         if !gzip {
             return Ok(RawBody(bytes));
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
         let mut decoder = flate2::read::GzDecoder::new(&bytes[..]).take(limit as u64 + 1);
         decoder.read_to_end(&mut out).map_err(|e| ApiError::bad_request(format!("request body is not valid gzip: {e}")))?;
         if out.len() > limit {

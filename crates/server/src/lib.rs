@@ -167,15 +167,32 @@ async fn method_not_allowed() -> impl IntoResponse {
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"detail": "Method Not Allowed"})))
 }
 
+/// Compress unless the handler marked the response with [`results::NoCompression`].
+#[derive(Debug, Clone, Copy)]
+struct NotMarked;
+
+impl Predicate for NotMarked {
+    fn should_compress<B>(&self, response: &axum::http::Response<B>) -> bool
+    where
+        B: axum::body::HttpBody,
+    {
+        response.extensions().get::<results::NoCompression>().is_none()
+    }
+}
+
 /// Wrap an API's routes with what every route shares: JSON 404/405 answers, gzip
 /// responses when the client offers gzip (never br/deflate/zstd), request logs, and a
 /// panic guard that answers 500 instead of dropping the connection.
 pub fn finish_router(router: Router) -> Router {
-    let compress = SizeAbove::new(256).and(NotForContentType::GRPC).and(NotForContentType::IMAGES);
+    let compress = SizeAbove::new(256).and(NotForContentType::GRPC).and(NotForContentType::IMAGES).and(NotMarked);
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(CompressionLayer::new().no_br().no_deflate().no_zstd().compress_when(compress))
+        // the fastest level: chains and listings still shrink several-fold, at a fraction
+        // of the CPU of the default level
+        .layer(
+            CompressionLayer::new().no_br().no_deflate().no_zstd().quality(tower_http::CompressionLevel::Fastest).compress_when(compress),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| ApiError::Internal("handler panicked".into()).into_response()))
         .layer(
             TraceLayer::new_for_http()

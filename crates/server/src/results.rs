@@ -7,7 +7,7 @@
 //! reference to a missing object.
 
 use alchemiscale_model::json::Value;
-use alchemiscale_model::pdr::{decode_bytes_codec, read_result};
+use alchemiscale_model::pdr::{decode_bytes_codec_owned, read_result};
 use alchemiscale_model::ScopedKey;
 use alchemiscale_objects::result_path;
 use alchemiscale_store::results::{PdrrRecord, RecordedResult};
@@ -30,8 +30,7 @@ pub async fn ingest(state: &AppState, task: &ScopedKey, body: Value) -> ApiResul
     let payload = body.remove("protocoldagresult").ok_or_else(|| ApiError::unprocessable("missing `protocoldagresult`"))?;
     drop(body);
     let limit = state.settings().max_body_bytes;
-    let bytes = decode_bytes_codec(&payload, limit).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    drop(payload);
+    let bytes = decode_bytes_codec_owned(payload, limit).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     // decoding and analysis are CPU work on possibly large payloads: off the executor
     let analysed = tokio::task::spawn_blocking(move || read_result(bytes, limit))
         .await
@@ -86,6 +85,12 @@ pub fn push_latin1_json(bytes: &[u8], out: &mut Vec<u8>) {
         }
     }
 }
+
+/// Marks a response the compression layer must leave alone: result blobs are already
+/// zstd-compressed, and gzipping them again costs far more CPU than it saves bytes
+/// (the server may, but need not, gzip when the client offers it; api.md §1.6).
+#[derive(Debug, Clone, Copy)]
+pub struct NoCompression;
 
 /// `["<latin-1 string of the blob>"]` as a stream of chunks, so a large result is
 /// encoded piece by piece instead of as one more full copy.

@@ -816,7 +816,9 @@ async fn get_result(
     let pdrr = state.store().get_pdrr(&pdrr_sk).await?.ok_or_else(ApiError::no_such_object)?;
     let blob = crate::results::blob(&state, &pdrr).await?;
     let body = axum::body::Body::from_stream(crate::results::latin1_json_array(blob));
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    response.extensions_mut().insert(crate::results::NoCompression);
+    Ok(response)
 }
 
 // ---- strategies (U58–U62) ------------------------------------------------------------

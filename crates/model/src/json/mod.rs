@@ -23,7 +23,7 @@ mod write;
 
 pub use de::{from_value, DeError};
 pub use float::python_float_repr;
-pub use parse::{parse, parse_bytes, ParseError, MAX_DEPTH, MAX_INT_DIGITS};
+pub use parse::{parse, parse_bytes, parse_skim, ParseError, MAX_DEPTH, MAX_INT_DIGITS};
 
 use std::collections::HashMap;
 

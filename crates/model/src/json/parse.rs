@@ -32,7 +32,7 @@ pub fn parse_bytes(input: &[u8]) -> Result<Value, ParseError> {
         Ok(s) => parse(s),
         Err(e) => {
             let offset = e.valid_up_to();
-            let mut p = Parser { src: input, pos: offset, depth: 0 };
+            let mut p = Parser { text: "", src: input, pos: offset, depth: 0, max_string: usize::MAX };
             p.pos = offset;
             Err(p.error("Invalid UTF-8 in input"))
         }
@@ -41,7 +41,23 @@ pub fn parse_bytes(input: &[u8]) -> Result<Value, ParseError> {
 
 /// Parse one JSON document (surrounding whitespace allowed, nothing else).
 pub fn parse(input: &str) -> Result<Value, ParseError> {
-    let mut p = Parser { src: input.as_bytes(), pos: 0, depth: 0 };
+    parse_with(input, usize::MAX)
+}
+
+/// Parse, but keep string *values* longer than `max_string` bytes only as empty strings
+/// (object keys are always kept). The whole input is still validated; nothing long is
+/// copied. For reading the structure of large documents whose bulk the caller does not
+/// need (e.g. analysing a ProtocolDAGResult while its blob is stored as it came).
+pub fn parse_skim(input: &[u8], max_string: usize) -> Result<Value, ParseError> {
+    let input = std::str::from_utf8(input).map_err(|e| {
+        let p = Parser { text: "", src: input, pos: e.valid_up_to(), depth: 0, max_string };
+        p.error("Invalid UTF-8 in input")
+    })?;
+    parse_with(input, max_string)
+}
+
+fn parse_with(input: &str, max_string: usize) -> Result<Value, ParseError> {
+    let mut p = Parser { text: input, src: input.as_bytes(), pos: 0, depth: 0, max_string };
     p.skip_ws();
     let v = p.value()?;
     p.skip_ws();
@@ -52,9 +68,13 @@ pub fn parse(input: &str) -> Result<Value, ParseError> {
 }
 
 struct Parser<'a> {
+    /// The input (valid UTF-8); `src` is the same bytes.
+    text: &'a str,
     src: &'a [u8],
     pos: usize,
     depth: usize,
+    /// String values longer than this are kept as empty strings (see [`parse_skim`]).
+    max_string: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -89,7 +109,7 @@ impl<'a> Parser<'a> {
         match self.peek() {
             Some(b'{') => self.object(),
             Some(b'[') => self.array(),
-            Some(b'"') => Ok(Value::String(self.string()?)),
+            Some(b'"') => Ok(Value::String(self.string_limited(self.max_string)?)),
             Some(b'n') if self.eat_literal(b"null") => Ok(Value::Null),
             Some(b't') if self.eat_literal(b"true") => Ok(Value::Bool(true)),
             Some(b'f') if self.eat_literal(b"false") => Ok(Value::Bool(false)),
@@ -188,10 +208,12 @@ impl<'a> Parser<'a> {
         Ok(v)
     }
 
-    fn string(&mut self) -> Result<String, ParseError> {
+    /// A string literal. With `limit`, a string longer than it comes back empty and is
+    /// not accumulated past the limit (it is still fully validated).
+    fn string_limited(&mut self, limit: usize) -> Result<String, ParseError> {
         let start_quote = self.pos;
         self.pos += 1; // '"'
-        let mut out = String::new();
+        let mut out = Acc { out: String::new(), limit, over: false };
         loop {
             // fast path: copy a run of ordinary characters
             let run_start = self.pos;
@@ -202,8 +224,8 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
             }
             if self.pos > run_start {
-                // SAFETY of the slice: the input is valid UTF-8 and we only stop on ASCII bytes
-                out.push_str(std::str::from_utf8(&self.src[run_start..self.pos]).expect("utf-8 input"));
+                // runs start and stop at ASCII bytes, so these are char boundaries of `text`
+                out.push_str(&self.text[run_start..self.pos]);
             }
             match self.peek() {
                 None => {
@@ -212,7 +234,7 @@ impl<'a> Parser<'a> {
                 }
                 Some(b'"') => {
                     self.pos += 1;
-                    return Ok(out);
+                    return Ok(out.out);
                 }
                 Some(b'\\') => {
                     self.pos += 1;
@@ -255,6 +277,10 @@ impl<'a> Parser<'a> {
                 Some(_) => return Err(self.error("Invalid control character in string")),
             }
         }
+    }
+
+    fn string(&mut self) -> Result<String, ParseError> {
+        self.string_limited(usize::MAX)
     }
 
     fn number(&mut self) -> Result<Value, ParseError> {
@@ -310,5 +336,32 @@ impl<'a> Parser<'a> {
             }
             Ok(Value::Number(Number::Int(text.into())))
         }
+    }
+}
+
+/// A string being accumulated up to a limit; past it, nothing more is kept and the result
+/// is empty.
+struct Acc {
+    out: String,
+    limit: usize,
+    over: bool,
+}
+
+impl Acc {
+    fn push_str(&mut self, s: &str) {
+        if self.over {
+            return;
+        }
+        if self.out.len() + s.len() > self.limit {
+            self.over = true;
+            self.out = String::new();
+            return;
+        }
+        self.out.push_str(s);
+    }
+
+    fn push(&mut self, c: char) {
+        let mut buf = [0u8; 4];
+        self.push_str(c.encode_utf8(&mut buf));
     }
 }

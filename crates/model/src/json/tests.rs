@@ -194,3 +194,16 @@ fn typed_extraction() {
     let v = parse(r#"{"names": []}"#).unwrap();
     assert!(from_value::<Body>(&v).unwrap_err().message.contains("missing field `count`"));
 }
+
+#[test]
+fn skim_parse_drops_long_string_values_only() {
+    let text = format!(r#"{{"short": "abc", "long": "{}", "{}": 1, "esc": "a\u00e9b"}}"#, "x".repeat(100), "k".repeat(50));
+    let v = parse_skim(text.as_bytes(), 10).unwrap();
+    assert_eq!(v.get("short").unwrap().as_str(), Some("abc"));
+    assert_eq!(v.get("long").unwrap().as_str(), Some(""));
+    assert!(v.get(&"k".repeat(50)).is_some(), "keys are always kept");
+    assert_eq!(v.get("esc").unwrap().as_str(), Some("a\u{e9}b"));
+    assert!(parse_skim(b"{\"a\": \"unterminated", 10).is_err());
+    assert!(parse_skim(&[b'"', 0xff, b'"'], 10).is_err());
+    assert_eq!(parse_skim(text.as_bytes(), usize::MAX).unwrap(), parse(&text).unwrap());
+}
