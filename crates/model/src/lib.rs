@@ -15,6 +15,7 @@ pub mod pdr;
 pub mod scope;
 pub mod status;
 pub mod synthetic;
+pub mod upload;
 
 pub use keys::{ComputeManagerId, ComputeServiceId, GufeKey, KeyError, ScopedKey, ScopedKeyDict};
 pub use scope::{Scope, ScopeDict, ScopeError};

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_sk, Body, Params};
+use crate::extract::{parse_sk, Body, Params, ResultUpload};
 use crate::user_api::RawJson;
 use crate::AppState;
 
@@ -113,13 +113,17 @@ async fn task_transformation_gufe(
 /// C14: upload a ProtocolDAGResult (`{"protocoldagresult": <bytes codec>,
 /// "compute_service_id": …}`, gzip) → its ProtocolDAGResultRef key as an object.
 #[utoipa::path(post, path = "/tasks/{sk}/results", tag = "tasks", params(("sk" = String, Path)))]
-async fn set_task_result(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>, Body(body): Body) -> JsonResult {
+async fn set_task_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    ResultUpload(upload): ResultUpload,
+) -> JsonResult {
     let task = path_sk(&caller, &raw)?;
     if task.qualname() != "Task" {
         return Err(ApiError::bad_request("`task` ScopedKey does not correspond to a `Task`"));
     }
-    let body: Value = body;
-    let pdrr = crate::results::ingest(&state, &task, body).await?;
+    let pdrr = crate::results::ingest(&state, &task, upload).await?;
     Ok(Json(json!(pdrr.to_dict())))
 }
 

@@ -2,9 +2,10 @@
 //! query parameters, with the error shapes of api.md §1.4–§1.5.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::Write;
 
 use alchemiscale_model::json::{self, Value};
+use alchemiscale_model::upload::{Upload, UploadDecoder, UploadError};
 use alchemiscale_model::{Scope, ScopedKey, ScopedKeyDict};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -23,41 +24,124 @@ impl FromRequest<AppState> for RawBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
-        let gzip = req
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-        let too_large = || ApiError::Detail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {limit} bytes"));
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large());
-        }
-        // read frames straight into one buffer (sized from Content-Length when given) rather
-        // than collecting chunks and copying them: a large upload is held once, not twice
-        let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-        let mut body = req.into_body();
-        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-            let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        let bytes = Bytes::from(buf);
-        if !gzip {
-            return Ok(RawBody(bytes));
-        }
-        let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
-        let mut decoder = flate2::read::GzDecoder::new(&bytes[..]).take(limit as u64 + 1);
-        decoder.read_to_end(&mut out).map_err(|e| ApiError::bad_request(format!("request body is not valid gzip: {e}")))?;
-        if out.len() > limit {
-            return Err(too_large());
-        }
-        Ok(RawBody(Bytes::from(out)))
+        let (declared, gzip) = body_headers(&req);
+        // sized from Content-Length, so a large upload is written once, not grown and copied
+        let guess = declared.unwrap_or(0).saturating_mul(if gzip { 4 } else { 1 }).min(limit);
+        let sink = Limited { buf: Vec::with_capacity(guess), limit };
+        let Limited { buf, .. } = stream_body(req, limit, sink).await?;
+        Ok(RawBody(Bytes::from(buf)))
     }
+}
+
+/// A result upload (C14) decoded while it streams in: the payload string becomes bytes as
+/// it arrives instead of being held as JSON text first (see `alchemiscale_model::upload`).
+pub struct ResultUpload(pub Upload);
+
+impl FromRequest<AppState> for ResultUpload {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.settings().max_body_bytes;
+        let decoder = stream_body(req, limit, UploadDecoder::new(limit)).await?;
+        decoder.finish().map(ResultUpload).map_err(upload_error)
+    }
+}
+
+fn upload_error(e: UploadError) -> ApiError {
+    match e {
+        UploadError::TooLarge(limit) => too_large(limit),
+        UploadError::Json { offset, message } => json_invalid(offset, message),
+        UploadError::Codec(e) => ApiError::unprocessable(e.to_string()),
+        UploadError::Shape(m) => ApiError::unprocessable(m),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::Detail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {limit} bytes"))
+}
+
+/// Declared length and whether the body is gzip-encoded.
+fn body_headers(req: &Request) -> (Option<usize>, bool) {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let gzip =
+        req.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    (declared, gzip)
+}
+
+/// A growing buffer that refuses to pass `limit` bytes.
+struct Limited {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("over the body limit")]
+struct OverLimit;
+
+impl Write for Limited {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            return Err(std::io::Error::other(OverLimit));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feed the request body, frame by frame and inflated on the way when it is gzip-encoded,
+/// into `sink` (which enforces `limit` on the inflated bytes). Errors: 413 over the limit,
+/// the sink's own refusal, 400 for a broken connection or invalid gzip.
+async fn stream_body<W: Write>(req: Request, limit: usize, sink: W) -> ApiResult<W> {
+    let (declared, gzip) = body_headers(&req);
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let write_error = |e: std::io::Error| {
+        let inner = e.get_ref();
+        if let Some(u) = inner.and_then(|x| x.downcast_ref::<UploadError>()) {
+            upload_error(u.clone())
+        } else if inner.is_some_and(|x| x.is::<OverLimit>()) {
+            too_large(limit)
+        } else {
+            ApiError::bad_request(format!("request body is not valid gzip: {e}"))
+        }
+    };
+    let mut received = 0usize;
+    let mut inflate = if gzip { Err(flate2::write::GzDecoder::new(sink)) } else { Ok(sink) };
+    let mut body = req.into_body();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len();
+            if received > limit {
+                return Err(too_large(limit));
+            }
+            match &mut inflate {
+                Ok(w) => w.write_all(&data),
+                Err(gz) => gz.write_all(&data),
+            }
+            .map_err(write_error)?;
+        }
+    }
+    match inflate {
+        Ok(w) => Ok(w),
+        Err(gz) => gz.finish().map_err(write_error),
+    }
+}
+
+/// The 422 FastAPI gives a body that is not well-formed JSON.
+fn json_invalid(offset: usize, error: String) -> ApiError {
+    ApiError::Validation(vec![ValidationItem {
+        kind: "json_invalid".into(),
+        loc: vec![json!("body"), json!(offset)],
+        msg: "JSON decode error".into(),
+        input: json!({}),
+        ctx: Some(json!({ "error": error })),
+    }])
 }
 
 /// A JSON body in CPython's dialect (NaN, Infinity, big integers allowed). An empty body
@@ -72,15 +156,7 @@ impl FromRequest<AppState> for Body {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(Body(Value::Object(Default::default())));
         }
-        json::parse_bytes(&bytes).map(Body).map_err(|e| {
-            ApiError::Validation(vec![ValidationItem {
-                kind: "json_invalid".into(),
-                loc: vec![json!("body"), json!(e.offset)],
-                msg: "JSON decode error".into(),
-                input: json!({}),
-                ctx: Some(json!({ "error": e.to_string() })),
-            }])
-        })
+        json::parse_bytes(&bytes).map(Body).map_err(|e| json_invalid(e.offset, e.to_string()))
     }
 }
 

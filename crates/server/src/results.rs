@@ -6,8 +6,8 @@
 //! two leaves an unreferenced object (harmless) and the upload retryable; never a
 //! reference to a missing object.
 
-use alchemiscale_model::json::Value;
-use alchemiscale_model::pdr::{decode_bytes_codec_owned, read_result};
+use alchemiscale_model::pdr::read_result;
+use alchemiscale_model::upload::Upload;
 use alchemiscale_model::ScopedKey;
 use alchemiscale_objects::result_path;
 use alchemiscale_store::results::{PdrrRecord, RecordedResult};
@@ -18,20 +18,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 /// Store an uploaded result for `task`; returns the new ProtocolDAGResultRef's key.
-pub async fn ingest(state: &AppState, task: &ScopedKey, body: Value) -> ApiResult<ScopedKey> {
-    let Value::Object(mut body) = body else {
-        return Err(ApiError::unprocessable("body must be an object with `protocoldagresult` and `compute_service_id`"));
-    };
-    let creator = match body.get("compute_service_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => return Err(ApiError::unprocessable("missing `compute_service_id`")),
-        Some(_) => return Err(ApiError::unprocessable("`compute_service_id` must be a string")),
-    };
-    let payload = body.remove("protocoldagresult").ok_or_else(|| ApiError::unprocessable("missing `protocoldagresult`"))?;
-    drop(body);
+pub async fn ingest(state: &AppState, task: &ScopedKey, upload: Upload) -> ApiResult<ScopedKey> {
+    let Upload { compute_service_id: creator, bytes } = upload;
     let limit = state.settings().max_body_bytes;
-    let bytes = decode_bytes_codec_owned(payload, limit).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    // decoding and analysis are CPU work on possibly large payloads: off the executor
+    // decompression and analysis are CPU work on possibly large payloads: off the executor
     let analysed = tokio::task::spawn_blocking(move || read_result(bytes, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
