@@ -338,35 +338,33 @@ impl UploadDecoder {
     fn sink_write(&mut self, data: &[u8]) -> Result<(), UploadError> {
         let limit = self.limit;
         let too_large = || UploadError::Codec(PdrError::TooLarge(limit));
-        loop {
-            match self.sink.as_mut().expect("a payload sink while in the payload") {
-                Sink::Head(h) => {
-                    let take = (ZSTD_HEADER_MAX - h.len()).min(data.len());
-                    h.extend_from_slice(&data[..take]);
-                    if h.len() < ZSTD_HEADER_MAX {
-                        return Ok(());
-                    }
-                    let head = std::mem::take(h);
-                    self.start_sink(head)?;
-                    return self.sink_write(&data[take..]);
-                }
-                Sink::Raw(v) => {
-                    if v.len() + data.len() > limit {
-                        return Err(too_large());
-                    }
-                    v.extend_from_slice(data);
+        match self.sink.as_mut().expect("a payload sink while in the payload") {
+            Sink::Head(h) => {
+                let take = (ZSTD_HEADER_MAX - h.len()).min(data.len());
+                h.extend_from_slice(&data[..take]);
+                if h.len() < ZSTD_HEADER_MAX {
                     return Ok(());
                 }
-                Sink::Zstd { dec, out, finished } => {
-                    let mut input = InBuffer::around(data);
-                    while input.pos() < data.len() {
-                        if *finished {
-                            return Err(PdrError::Blob("data after the end of the zstd frame".into()).into());
-                        }
-                        *finished = zstd_step(dec, out, &mut input, limit)?;
-                    }
-                    return Ok(());
+                let head = std::mem::take(h);
+                self.start_sink(head)?;
+                self.sink_write(&data[take..])
+            }
+            Sink::Raw(v) => {
+                if v.len() + data.len() > limit {
+                    return Err(too_large());
                 }
+                v.extend_from_slice(data);
+                Ok(())
+            }
+            Sink::Zstd { dec, out, finished } => {
+                let mut input = InBuffer::around(data);
+                while input.pos() < data.len() {
+                    if *finished {
+                        return Err(PdrError::Blob("data after the end of the zstd frame".into()).into());
+                    }
+                    *finished = zstd_step(dec, out, &mut input, limit)?;
+                }
+                Ok(())
             }
         }
     }
@@ -564,7 +562,8 @@ mod tests {
             d.feed(b"{\"protocoldagresult\": ").unwrap_err()
         };
         assert_eq!(limit_err, UploadError::TooLarge(10));
-        let cases: Vec<(&str, fn(&UploadError) -> bool)> = vec![
+        type Check = fn(&UploadError) -> bool;
+        let cases: Vec<(&str, Check)> = vec![
             (r#"{"protocoldagresult": {"__class__": "bytes", "latin-1": "\u0100"}, "compute_service_id": "s"}"#, |e| {
                 matches!(e, UploadError::Codec(PdrError::NotLatin1))
             }),
