@@ -106,7 +106,7 @@ pub(crate) const TABLES: &[TableSpec] = &[
     },
     TableSpec {
         name: "task_action",
-        columns: &[("network_id", I, false), ("task_id", I, false), ("weight", F, false)],
+        columns: &[("network_id", I, false), ("task_id", I, false), ("weight", F, false), ("priority", I, false), ("claim_rank", F, false)],
         order_by: "network_id, task_id",
         identity_id: false,
     },
@@ -418,6 +418,14 @@ impl Store {
         Ok(true)
     }
 
+    /// Refresh the query planner's statistics (`ANALYZE`). PostgreSQL's autovacuum does
+    /// this on its own once enough rows change; call it after a bulk load that the next
+    /// queries should be planned for at once (benchmarks, restores).
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        sqlx::query("ANALYZE").execute(&self.write).await?;
+        Ok(())
+    }
+
     /// Row counts per table (for `database check` output and tests).
     pub async fn table_counts(&self) -> Result<Vec<(&'static str, i64)>> {
         let mut out = Vec::new();
@@ -469,6 +477,17 @@ mod tests {
                 .filter(|l| !l.is_empty() && !l.starts_with("PRIMARY KEY") && !l.starts_with("CHECK") && !l.starts_with("--"))
                 .map(|l| l.split_whitespace().next().unwrap())
                 .collect();
+            // columns later migrations add
+            let mut cols: Vec<String> = cols.into_iter().map(String::from).collect();
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+            let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for later in files.iter().skip(1).map(|f| std::fs::read_to_string(f).unwrap()) {
+                let prefix = format!("ALTER TABLE {} ADD COLUMN ", t.name);
+                cols.extend(
+                    later.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).map(|l| l.split_whitespace().next().unwrap().to_string()),
+                );
+            }
             let spec: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
             assert_eq!(cols, spec, "columns of {}", t.name);
         }

@@ -27,7 +27,7 @@
 //!   `BEGIN IMMEDIATE`, so claims are serialised by construction; candidates are read and
 //!   claimed inside the transaction.
 //! * PostgreSQL: candidate rows are selected *and locked* with `FOR UPDATE OF t SKIP
-//!   LOCKED`, in the order of a weighted random rank (see `select_locked_pg`). Rows
+//!   LOCKED`, in claim-queue order (priority, claim rank; see `select_from_hubs`). Rows
 //!   another claimer holds are skipped; a row another claimer claimed meanwhile fails
 //!   the re-checked `status = 'waiting'` (PostgreSQL re-evaluates a locked row's
 //!   conditions against its newest version). So claimers — on one hub, or on two hubs
@@ -41,8 +41,9 @@
 //!
 //! # Throughput: combining concurrent claims
 //!
-//! Selecting from a hub is one pass over its actioned tasks (priority groups and
-//! weighted sampling need all candidates), so its cost grows with the hub. Concurrent
+//! Selecting from a hub reads its claim queue (`claim_rank`): the first claimable rows
+//! in (priority, rank) order from one index, so its cost follows the tasks claimed, not
+//! the size of the hub. Each claim still pays for a transaction and its commit. Concurrent
 //! [`Store::claim_tasks`] calls for the same search space (scopes, exclusions, protocols,
 //! failure policy) in this process are therefore *combined*: each caller queues its
 //! request; whoever gets the search space's batch permit runs every queued request in
@@ -88,7 +89,8 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use crate::db::{
-    bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg,
+    bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_id_list, json_rows_select,
+    json_text_list, Arg,
 };
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
@@ -207,15 +209,6 @@ fn protocol_filter(protocols: Option<&[String]>) -> Result<Option<Vec<String>>> 
     names.sort();
     names.dedup();
     Ok(Some(names))
-}
-
-/// A subquery yielding the integers of a JSON array bound as parameter `$n` (the
-/// integer counterpart of `db::json_text_list`).
-fn json_id_list(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
-        Backend::Postgres => format!("SELECT CAST(jsonb_array_elements_text(CAST(${n} AS jsonb)) AS BIGINT)"),
-    }
 }
 
 /// `(alias.org = $i AND …) OR (…)` for the scopes (a `*-*-*` scope is `1 = 1`); `1 = 0`
@@ -433,11 +426,14 @@ struct Claimed {
 }
 
 /// Select claimable tasks from several hubs, up to the given count from each, by the
-/// algorithm of model.md §6.3 steps 1–4, inside the caller's write transaction. Returns,
-/// per requested hub, the tasks and whether the hub has no claimable task left afterwards
-/// (for this filter). A task actioned on two of the hubs is handed out once. With
-/// `require_hub_weight`, hubs whose weight is 0 yield nothing. On PostgreSQL the returned
-/// rows are locked.
+/// algorithm of model.md §6.3 steps 1–4, inside the caller's write transaction: the first
+/// claimable ACTIONS rows of each hub in (priority, claim rank) order, read from the index
+/// `task_action_claim` (see `claim_rank` for why that order is §6.3's weighted sampling).
+/// Returns, per requested hub, the tasks and whether the hub has no claimable task left
+/// afterwards (for this filter). A task actioned on two of the hubs is handed out once.
+/// With `require_hub_weight`, hubs whose weight is 0 yield nothing. On PostgreSQL the
+/// returned rows are locked: `SKIP LOCKED` passes over rows other claimers hold, and a row
+/// another claimer claimed meanwhile fails the re-checked `status = 'waiting'`.
 async fn select_from_hubs(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -445,23 +441,40 @@ async fn select_from_hubs(
     protocols: Option<&str>,
     require_hub_weight: bool,
 ) -> Result<Vec<(Vec<Claimed>, bool)>> {
-    match backend {
-        Backend::Sqlite => select_sqlite(conn, wants, protocols, require_hub_weight).await,
-        Backend::Postgres => {
-            let mut out = Vec::with_capacity(wants.len());
-            let mut taken: HashSet<i64> = HashSet::new();
-            for &(hub, count) in wants {
-                if count == 0 {
-                    out.push((Vec::new(), false));
-                    continue;
-                }
-                let (chosen, drained) = select_locked_pg(conn, hub, count, protocols, require_hub_weight).await?;
-                // a row this transaction already locked through another hub is not skipped
-                out.push((chosen.into_iter().filter(|c| taken.insert(c.id)).collect(), drained));
-            }
-            Ok(out)
+    let next = if protocols.is_some() { 3 } else { 2 };
+    let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
+    let sql = dialect(
+        backend,
+        &format!(
+            "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} ORDER BY a.priority, a.claim_rank LIMIT ${next}{lock}",
+            hub_candidates(backend, protocols.is_some(), require_hub_weight)
+        ),
+    );
+    let mut out = Vec::with_capacity(wants.len());
+    let mut taken: HashSet<i64> = HashSet::new();
+    for &(hub, count) in wants {
+        if count == 0 {
+            out.push((Vec::new(), false));
+            continue;
         }
+        let mut q = sqlx::query(&sql).bind(hub);
+        if let Some(p) = protocols {
+            q = q.bind(p);
+        }
+        // rows already taken through another hub come back again (this transaction holds
+        // them): read past them
+        let rows = q.bind((count + taken.len()) as i64).fetch_all(&mut *conn).await?;
+        let mut chosen = Vec::with_capacity(count);
+        for r in &rows {
+            let id = get_i64(r, 0)?;
+            if chosen.len() < count && taken.insert(id) {
+                chosen.push(Claimed { id, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)? });
+            }
+        }
+        let drained = chosen.len() < count;
+        out.push((chosen, drained));
     }
+    Ok(out)
 }
 
 /// Record claims (task row id, service row id) and move the claimed tasks from `waiting`
@@ -512,153 +525,6 @@ fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -
         "FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1{weight_check} AND {}",
         claimable_condition(backend, protocols.then_some(2))
     )
-}
-
-/// Rows beyond the requested count that the PostgreSQL preselection keeps, so rows held
-/// by concurrent claimers can be skipped without a second statement.
-const PG_PRESELECT_MARGIN: usize = 64;
-
-/// PostgreSQL: choose and lock. Ordering by priority, then by the Efraimidis–Spirakis
-/// key `-ln(U)/w` (an exponential clock with rate w: the first `k` to ring are a weighted
-/// sample without replacement), is exactly model.md §6.3 steps 2–4: whole priority groups
-/// are taken while they fit and the last group is sampled by ACTIONS weight.
-///
-/// The first statement keeps only the `count + margin` best-ranked candidates (a bounded
-/// top-N sort of narrow rows) and locks the first `count` of them, in rank order, that are
-/// still `waiting` and not held by another claimer (`SKIP LOCKED`; a row another claimer
-/// claimed meanwhile fails the re-checked `status = 'waiting'`). Only if contention left
-/// it short while more candidates exist does a second statement rank and lock over all
-/// candidates. Either way the result is the first `count` unlocked candidates in rank
-/// order.
-async fn select_locked_pg(
-    conn: &mut AnyConnection,
-    hub: i64,
-    count: usize,
-    protocols: Option<&str>,
-    require_hub_weight: bool,
-) -> Result<(Vec<Claimed>, bool)> {
-    let next = if protocols.is_some() { 3 } else { 2 };
-    let candidates = hub_candidates(Backend::Postgres, protocols.is_some(), require_hub_weight);
-    let preselect = format!(
-        "WITH pick AS MATERIALIZED (SELECT t.id, t.priority, -ln(1.0 - random()) / a.weight AS rank {candidates} \
-         ORDER BY t.priority, rank LIMIT ${next}), \
-         seen AS (SELECT COUNT(*) AS n FROM pick) \
-         SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, seen.n FROM pick JOIN task t ON t.id = pick.id CROSS JOIN seen \
-         WHERE t.status = 'waiting' ORDER BY pick.priority, pick.rank LIMIT ${} FOR UPDATE OF t SKIP LOCKED",
-        next + 1
-    );
-    let window = count.saturating_add(PG_PRESELECT_MARGIN);
-    let mut q = sqlx::query(&preselect).bind(hub);
-    if let Some(p) = protocols {
-        q = q.bind(p);
-    }
-    let rows = q.bind(window as i64).bind(count as i64).fetch_all(&mut *conn).await?;
-    // how many candidates the preselection ranked (unknown if every one was skipped)
-    let seen = rows.first().map(|r| get_i64(r, 5)).transpose()?;
-    let rows = if rows.len() < count && seen.is_none_or(|n| n as usize >= window) {
-        // contention: rank and lock over every candidate
-        let full = format!(
-            "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {candidates} \
-             ORDER BY t.priority, -ln(1.0 - random()) / a.weight LIMIT ${next} FOR UPDATE OF t SKIP LOCKED"
-        );
-        let mut q = sqlx::query(&full).bind(hub);
-        if let Some(p) = protocols {
-            q = q.bind(p);
-        }
-        q.bind(count as i64).fetch_all(&mut *conn).await?
-    } else {
-        rows
-    };
-    let chosen = rows
-        .iter()
-        .map(|r| Ok(Claimed { id: get_i64(r, 0)?, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)? }))
-        .collect::<Result<Vec<_>>>()?;
-    let drained = chosen.len() < count;
-    Ok((chosen, drained))
-}
-
-/// SQLite (claims are serialised on the single writer): one pass over the candidates of
-/// all requested hubs returns (hub, id, priority, weight) as one aggregated JSON value;
-/// the selection of §6.3 runs in Rust per hub ([`select_by_priority`]); one more
-/// statement reads the chosen tasks' keys. (SQLite has no `ln`, so the PostgreSQL form is
-/// not available.)
-async fn select_sqlite(
-    conn: &mut AnyConnection,
-    wants: &[(i64, usize)],
-    protocols: Option<&str>,
-    require_hub_weight: bool,
-) -> Result<Vec<(Vec<Claimed>, bool)>> {
-    let hubs: Vec<i64> = wants.iter().filter(|w| w.1 > 0).map(|w| w.0).collect();
-    if hubs.is_empty() {
-        return Ok(wants.iter().map(|_| (Vec::new(), false)).collect());
-    }
-    let weight_check =
-        if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = a.network_id AND n.weight > 0)" } else { "" };
-    let sql = format!(
-        "{} FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id IN ({}){weight_check} AND {}",
-        json_rows_select(Backend::Sqlite, "a.network_id, t.id, t.priority, a.weight"),
-        json_id_list(Backend::Sqlite, 1),
-        claimable_condition(Backend::Sqlite, protocols.map(|_| 2))
-    );
-    let encode = |v: &[i64]| serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode ids: {e}")));
-    let mut args = vec![Arg::Text(encode(&hubs)?)];
-    if let Some(p) = protocols {
-        args.push(Arg::from(p));
-    }
-    let rows: Vec<(i64, i64, i64, f64)> = fetch_json_rows(conn, &sql, &args).await?;
-    let mut by_hub: HashMap<i64, Vec<(i64, i64, f64)>> = HashMap::new();
-    for (hub, id, priority, weight) in rows {
-        by_hub.entry(hub).or_default().push((id, priority, weight));
-    }
-    let mut taken: HashSet<i64> = HashSet::new();
-    let mut picks: Vec<(Vec<i64>, bool)> = Vec::with_capacity(wants.len());
-    for &(hub, count) in wants {
-        if count == 0 {
-            picks.push((Vec::new(), false));
-            continue;
-        }
-        let mut candidates: Vec<(i64, i64, f64)> =
-            by_hub.remove(&hub).unwrap_or_default().into_iter().filter(|c| !taken.contains(&c.0)).collect();
-        candidates.sort_unstable_by_key(|r| (r.1, r.0));
-        let chosen = select_by_priority(&candidates, count);
-        taken.extend(chosen.iter().copied());
-        picks.push((chosen.clone(), chosen.len() == candidates.len()));
-    }
-    let all: Vec<i64> = picks.iter().flat_map(|p| p.0.iter().copied()).collect();
-    let mut keys: HashMap<i64, ScopedKey> = HashMap::with_capacity(all.len());
-    if !all.is_empty() {
-        let sql = format!("SELECT id, gufe_key, org, campaign, project FROM task WHERE id IN ({})", json_id_list(Backend::Sqlite, 1));
-        for r in &sqlx::query(&sql).bind(encode(&all)?).fetch_all(&mut *conn).await? {
-            keys.insert(get_i64(r, 0)?, task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)?);
-        }
-    }
-    Ok(picks
-        .into_iter()
-        .map(|(ids, drained)| (ids.into_iter().filter_map(|id| keys.remove(&id).map(|sk| Claimed { id, sk })).collect(), drained))
-        .collect())
-}
-
-/// Model.md §6.3 steps 3–4 over (id, priority, weight) rows sorted by priority: whole
-/// priority groups while they fit, then `remaining` tasks of the next group by weighted
-/// sampling without replacement (Efraimidis–Spirakis keys `ln(U)/w`, largest first).
-fn select_by_priority(rows: &[(i64, i64, f64)], count: usize) -> Vec<i64> {
-    let mut rng = rand::thread_rng();
-    let mut chosen: Vec<i64> = Vec::with_capacity(count.min(rows.len()));
-    for group in rows.chunk_by(|a, b| a.1 == b.1) {
-        let remaining = count - chosen.len();
-        if remaining == 0 {
-            break;
-        }
-        if group.len() <= remaining {
-            chosen.extend(group.iter().map(|r| r.0));
-        } else {
-            let mut keyed: Vec<(f64, i64)> =
-                group.iter().map(|&(id, _, w)| (rng.gen::<f64>().max(f64::MIN_POSITIVE).ln() / w, id)).collect();
-            keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-            chosen.extend(keyed.iter().take(remaining).map(|k| k.1));
-        }
-    }
-    chosen
 }
 
 // ---------------------------------------------------------------------------------------

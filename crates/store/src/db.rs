@@ -126,6 +126,15 @@ pub(crate) fn json_text_list(backend: Backend, n: usize) -> String {
     }
 }
 
+/// A subquery yielding the integers of a JSON array bound as the single parameter `$n`
+/// (the integer counterpart of [`json_text_list`]).
+pub(crate) fn json_id_list(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        Backend::Postgres => format!("SELECT CAST(jsonb_array_elements_text(CAST(${n} AS jsonb)) AS BIGINT)"),
+    }
+}
+
 /// `SELECT <one JSON text: an array of [cols…] rows> FROM …`: bulk reads aggregate their
 /// rows into a single JSON value in the database, which is much cheaper to move through
 /// the driver than thousands of rows (sqlx's SQLite driver hands rows over one by one).

@@ -12,6 +12,7 @@
 //! and writers queue in-process instead of polling SQLite's busy handler.
 
 mod admin;
+mod claim_rank;
 pub mod compute;
 mod db;
 pub mod dump;

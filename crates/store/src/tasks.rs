@@ -11,6 +11,7 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
+use crate::claim_rank::{redraw, Entry};
 use crate::db::{
     execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, insert_rows, json_array, json_rows_select,
     json_text_list, Arg,
@@ -136,6 +137,10 @@ pub(crate) async fn apply_status(
     }
     if effects.drop_applies {
         execute_in_chunks(conn, backend, "DELETE FROM restart_applies WHERE task_id IN ({})", &[], &args).await?;
+    }
+    if to == TaskStatus::Waiting {
+        // back in the race for claims, with fresh clocks (see `claim_rank`)
+        redraw(conn, backend, &ids, None, Entry::Returning).await?;
     }
     Ok(allowed)
 }
@@ -292,6 +297,9 @@ impl Store {
         let found = load_tasks(&mut tx, self.backend, &keys).await?;
         let ids: Vec<Arg> = found.values().map(|t| Arg::I64(t.id)).collect();
         execute_in_chunks(&mut tx, self.backend, "UPDATE task SET priority = $1 WHERE id IN ({})", &[Arg::I64(priority)], &ids).await?;
+        // the tasks' ACTIONS rows join their new priority group (see `claim_rank`)
+        let task_ids: Vec<i64> = found.values().map(|t| t.id).collect();
+        redraw(&mut tx, self.backend, &task_ids, None, Entry::Fresh).await?;
         tx.commit().await?;
         Ok(tasks.iter().map(|k| k.as_ref().and_then(|k| found.get(&k.to_string())).map(|t| t.sk.clone())).collect())
     }
@@ -344,10 +352,20 @@ impl Store {
         )
         .await?;
         let already: std::collections::HashSet<i64> = existing.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
-        let new_rows: Vec<Vec<Arg>> =
-            eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5)]).collect();
-        insert_rows(&mut tx, self.backend, "INSERT INTO task_action (network_id, task_id, weight)", "ON CONFLICT DO NOTHING", 3, &new_rows)
-            .await?;
+        let new_rows: Vec<Vec<Arg>> = eligible
+            .iter()
+            .filter(|t| !already.contains(&t.id))
+            .map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5), Arg::I64(t.priority)])
+            .collect();
+        insert_rows(
+            &mut tx,
+            self.backend,
+            "INSERT INTO task_action (network_id, task_id, weight, priority)",
+            "ON CONFLICT DO NOTHING",
+            4,
+            &new_rows,
+        )
+        .await?;
         let new_ids: Vec<Arg> = new_rows.iter().map(|r| r[1].clone()).collect();
         execute_in_chunks(
             &mut tx,
@@ -366,8 +384,13 @@ impl Store {
                 actioned.contains(&t.id).then(|| t.sk.clone())
             })
             .collect();
-        if let Some(w) = weights {
-            set_action_weights(&mut tx, self.backend, hub, tasks, &found, &w).await?;
+        match weights {
+            // (redraws every listed row on the hub, the new ones included)
+            Some(w) => set_action_weights(&mut tx, self.backend, hub, tasks, &found, &w).await?,
+            None => {
+                let ids: Vec<i64> = new_rows.iter().filter_map(|r| if let Arg::I64(id) = r[1] { Some(id) } else { None }).collect();
+                redraw(&mut tx, self.backend, &ids, Some(hub), Entry::Fresh).await?;
+            }
         }
         tx.commit().await?;
         Ok(result)
@@ -452,8 +475,9 @@ async fn set_action_weights(
     found: &HashMap<String, TaskRow>,
     weights: &Weights,
 ) -> Result<()> {
+    let listed: Vec<i64> = tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())).map(|t| t.id).collect();
     if let Weights::All(w) = weights {
-        let ids: Vec<Arg> = tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())).map(|t| Arg::I64(t.id)).collect();
+        let ids: Vec<Arg> = listed.iter().map(|&id| Arg::I64(id)).collect();
         execute_in_chunks(
             conn,
             backend,
@@ -462,7 +486,8 @@ async fn set_action_weights(
             &ids,
         )
         .await?;
-        return Ok(());
+        // new weights, new clocks (see `claim_rank`)
+        return redraw(conn, backend, &listed, Some(hub), Entry::Fresh).await;
     }
     for (i, k) in tasks.iter().enumerate() {
         let Some(t) = k.as_ref().and_then(|k| found.get(&k.to_string())) else { continue };
@@ -477,5 +502,5 @@ async fn set_action_weights(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    redraw(conn, backend, &listed, Some(hub), Entry::Fresh).await
 }

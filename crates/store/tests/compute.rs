@@ -421,6 +421,29 @@ store_test!(actions_weights_drive_the_choice, |store| async move {
     assert_eq!(store.claim_taskhub_tasks(&hub, &s, 1, None).await.unwrap(), vec![None]);
 });
 
+store_test!(a_returned_task_rejoins_the_race, |store| async move {
+    // claims read a queue of pre-drawn ranks (claim_rank.rs): a task set back to waiting
+    // must get a fresh draw, not keep the head of the queue
+    let (net, _hub, tfs) = network(&store, "rejoin").await;
+    let ts = tasks(&store, &tfs, 2).await;
+    action(&store, &net, &ts).await;
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    let mut last = None;
+    let mut repeats = 0;
+    for _ in 0..80 {
+        let got = keys(&claim(&store, &s, 1).await, 1);
+        assert_eq!(got.len(), 1);
+        if last.as_ref() == Some(&got[0]) {
+            repeats += 1;
+        }
+        set(&store, &got, TaskStatus::Waiting).await;
+        last = Some(got[0].clone());
+    }
+    // equal weights: the returned task is drawn again about half of the time
+    assert!((15..=64).contains(&repeats), "the returned task was drawn again in {repeats} of 79 rounds");
+});
+
 store_test!(hub_weights_drive_the_choice, |store| async move {
     let (net_a, _, tfs_a) = network(&store, "heavy").await;
     let (net_b, hub_b, tfs_b) = network(&store, "light").await;

@@ -169,6 +169,8 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     // one hub
     let scope: Scope = "bench-claims-one".parse()?;
     let (_network, _tasks) = network_with_tasks(&store, "claims-one", &scope, 50, b.tasks).await?;
+    // plan claims for the data just loaded, as autovacuum would soon do in a deployment
+    store.refresh_statistics().await?;
     let compute = servers.compute_client().await?;
     let mut ids = Vec::new();
     for i in 0..b.services {
@@ -218,6 +220,7 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     // the store's bare claim transaction, same shape, same concurrency, no HTTP
     let raw_scope: Scope = "bench-claims-raw".parse()?;
     network_with_tasks(&store, "claims-raw", &raw_scope, 50, b.tasks).await?;
+    store.refresh_statistics().await?;
     let start = Instant::now();
     let mut handles = Vec::new();
     for i in 0..b.services {
@@ -296,6 +299,7 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
         for h in 0..b.hubs {
             network_with_tasks(&store, &format!("hub{h}"), &many, 1, 2).await?;
         }
+        store.refresh_statistics().await?;
         let setup_s = t.elapsed().as_secs_f64();
         let mut ids2 = Vec::new();
         for i in 0..b.services {
