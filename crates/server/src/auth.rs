@@ -223,3 +223,11 @@ pub async fn token(state: &AppState, RawBody(body): RawBody) -> ApiResult<axum::
 pub fn forbidden(msg: &str) -> ApiError {
     ApiError::Detail(StatusCode::FORBIDDEN, msg.to_string())
 }
+
+/// A ScopedKey from a path segment that the caller may reach: 400 when malformed, the
+/// scope refusal of [`Caller::authorize`] otherwise.
+pub fn path_sk(caller: &Caller, raw: &str) -> ApiResult<alchemiscale_model::ScopedKey> {
+    let sk = crate::extract::parse_sk(raw)?;
+    caller.authorize(sk.scope())?;
+    Ok(sk)
+}

@@ -21,19 +21,13 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, Caller};
+use crate::auth::{self, path_sk, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{parse_sk, Body, Params, ResultUpload};
+use crate::extract::{Body, Params, ResultUpload};
 use crate::user_api::RawJson;
 use crate::AppState;
 
 type JsonResult = ApiResult<Json<serde_json::Value>>;
-
-fn path_sk(caller: &Caller, raw: &str) -> ApiResult<alchemiscale_model::ScopedKey> {
-    let sk = parse_sk(raw)?;
-    caller.authorize(sk.scope())?;
-    Ok(sk)
-}
 
 /// Routes of the compute API with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {

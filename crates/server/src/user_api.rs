@@ -25,7 +25,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, Caller};
+use crate::auth::{self, path_sk, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_sk, parse_sk_dicts, parse_sks, scope_error, Body, Params};
 use crate::AppState;
@@ -75,13 +75,6 @@ fn visible(caller: &Caller, keys: Vec<ScopedKey>) -> Vec<Option<ScopedKey>> {
 /// Rule (A): every key authorised, or the first failure.
 fn authorize_all(caller: &Caller, keys: &[ScopedKey]) -> ApiResult<()> {
     keys.iter().try_for_each(|k| caller.authorize(k.scope()))
-}
-
-/// Path key that the caller may reach.
-fn path_sk(caller: &Caller, raw: &str) -> ApiResult<ScopedKey> {
-    let sk = parse_sk(raw)?;
-    caller.authorize(sk.scope())?;
-    Ok(sk)
 }
 
 /// All routes of the user API with their OpenAPI descriptions.

@@ -342,16 +342,7 @@ impl Store {
                 tfs.contains(&t.transformation_id) && matches!(t.status, TaskStatus::Waiting | TaskStatus::Running | TaskStatus::Error)
             })
             .collect();
-        let ids: Vec<Arg> = eligible.iter().map(|t| Arg::I64(t.id)).collect();
-        let existing = fetch_in_chunks(
-            &mut tx,
-            self.backend,
-            "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})",
-            &[Arg::I64(hub)],
-            &ids,
-        )
-        .await?;
-        let already: std::collections::HashSet<i64> = existing.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
+        let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
         let new_rows: Vec<Vec<Arg>> = eligible
             .iter()
             .filter(|t| !already.contains(&t.id))
@@ -405,16 +396,7 @@ impl Store {
         };
         let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
         let found = load_tasks(&mut tx, self.backend, &keys).await?;
-        let ids: Vec<Arg> = found.values().map(|t| Arg::I64(t.id)).collect();
-        let rows = fetch_in_chunks(
-            &mut tx,
-            self.backend,
-            "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})",
-            &[Arg::I64(hub)],
-            &ids,
-        )
-        .await?;
-        let was: std::collections::HashSet<i64> = rows.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
+        let was = actioned_on(&mut tx, self.backend, hub, found.values().map(|t| t.id)).await?;
         let was_args: Vec<Arg> = was.iter().map(|&i| Arg::I64(i)).collect();
         cancel_on_hub(&mut tx, self.backend, hub, &was_args).await?;
         tx.commit().await?;
@@ -426,6 +408,20 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Which of the given task ids are actioned on `hub`.
+async fn actioned_on(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    hub: i64,
+    task_ids: impl Iterator<Item = i64>,
+) -> Result<std::collections::HashSet<i64>> {
+    let ids: Vec<Arg> = task_ids.map(Arg::I64).collect();
+    let rows =
+        fetch_in_chunks(conn, backend, "SELECT task_id FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], &ids)
+            .await?;
+    rows.iter().map(|r| get_i64(r, 0)).collect()
 }
 
 /// Remove ACTIONS from `hub` and the APPLIES of `hub`'s patterns for the given task ids.
