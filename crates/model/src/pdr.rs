@@ -82,6 +82,24 @@ pub fn zstd_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, PdrError> {
     Ok(out)
 }
 
+/// Decompress a zstd blob of JSON text through [`json::SkimWriter`]: the text with its
+/// very long strings emptied (for [`json::parse_skim`] at [`SKIM_STRING_LIMIT`]).
+fn skim_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, PdrError> {
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if size > limit as u64 {
+            return Err(PdrError::TooLarge(limit));
+        }
+    }
+    let mut skim = json::SkimWriter::new(SKIM_STRING_LIMIT, limit);
+    let copied = zstd::stream::copy_decode(data, &mut skim);
+    let text = skim.finish().map_err(|e| match e {
+        json::SkimError::TooLarge(_) => PdrError::TooLarge(limit),
+        other => PdrError::Json(other.to_string()),
+    })?;
+    copied.map_err(|e| PdrError::Blob(e.to_string()))?;
+    Ok(text)
+}
+
 /// Compress with a one-shot compressor (level 3), which records the content size in the
 /// frame header as the Python clients require (api.md §2.6).
 pub fn zstd_compress(data: &[u8]) -> Vec<u8> {
@@ -154,15 +172,16 @@ pub struct ResultBlob {
 /// keyed-chain JSON (what the 0.8 clients send) or plain keyed-chain JSON (normalised to a
 /// blob).
 pub fn read_result(bytes: Vec<u8>, limit: usize) -> Result<ResultBlob, PdrError> {
+    // the analysis needs keys, references, source keys and tracebacks, never the bulk of
+    // the outputs: long string values are skipped, not copied; a compressed blob is
+    // decompressed through a skimming filter, so its full text is never held
     let (blob, text) = if is_zstd(&bytes) {
-        let text = zstd_decompress(&bytes, limit)?;
+        let text = skim_decompress(&bytes, limit)?;
         (bytes, text)
     } else {
         let blob = zstd_compress(&bytes);
         (blob, bytes)
     };
-    // the analysis needs keys, references, source keys and tracebacks, never the bulk of
-    // the outputs: long string values are skipped, not copied
     let value = json::parse_skim(&text, SKIM_STRING_LIMIT).map_err(|e| PdrError::Json(e.to_string()))?;
     drop(text);
     let chain = KeyedChain::from_value(value).map_err(|e| PdrError::Chain(e.to_string()))?;

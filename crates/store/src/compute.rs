@@ -403,19 +403,6 @@ fn combiner(key: &str, backend: Backend) -> Arc<Combiner> {
     c
 }
 
-/// The same error again, for every request of a failed batch.
-fn replicate(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::NotFound => StoreError::NotFound,
-        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Schema(m) => StoreError::Schema(m.clone()),
-        StoreError::Dump(m) => StoreError::Dump(m.clone()),
-        other => StoreError::Database(sqlx::Error::Protocol(other.to_string())),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Claiming from one hub.
 
@@ -981,7 +968,7 @@ impl Store {
             Err(e) => {
                 for r in batch.iter_mut() {
                     if let Some(reply) = r.reply.take() {
-                        let _ = reply.send(Err(replicate(&e)));
+                        let _ = reply.send(Err(e.replicate()));
                     }
                 }
             }

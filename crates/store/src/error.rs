@@ -47,4 +47,20 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+impl StoreError {
+    /// The same error again, for every request of a failed batch (sqlx errors are not
+    /// `Clone`; they are carried over as their message).
+    pub(crate) fn replicate(&self) -> StoreError {
+        match self {
+            StoreError::NotFound => StoreError::NotFound,
+            StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Schema(m) => StoreError::Schema(m.clone()),
+            StoreError::Dump(m) => StoreError::Dump(m.clone()),
+            other => StoreError::Database(sqlx::Error::Protocol(other.to_string())),
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -6,6 +6,9 @@
 //! The caller (the compute API) has already decoded the result and written its bytes to
 //! the object store; [`RecordedResult`] says where they went.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
 use alchemiscale_model::hash::{python_isoformat, PdrrFields, TracebacksFields};
 use alchemiscale_model::{GufeKey, ScopedKey, TaskStatus};
 use chrono::{DateTime, Utc};
@@ -17,7 +20,7 @@ use crate::error::{Result, StoreError};
 use crate::networks::object_id;
 use crate::restart::resolve_restarts;
 use crate::tasks::{apply_status, load_task};
-use crate::Store;
+use crate::{Backend, Store};
 
 /// A result whose bytes are in the object store, to be recorded against a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,106 +180,94 @@ impl Store {
             return Err(StoreError::Invalid("`task` ScopedKey does not correspond to a `Task`".into()));
         }
         validate(result)?;
-        let mut tx = self.begin_write().await?;
-        // the task and, in the same statement, who holds its claim now
-        let row = crate::db::bind_sk(
-            sqlx::query(
-                "SELECT t.id, t.status, (SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id \
-                 WHERE tc.task_id = t.id) FROM task t WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4",
-            ),
-            task,
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let (task_id, task_status, holder) = (get_i64(&row, 0)?, crate::tasks::parse_status(&get_str(&row, 1)?)?, get_opt_str(&row, 2)?);
-        let fields = PdrrFields {
-            location: Some(result.location.clone()),
-            obj_key: result.obj_key.clone(),
-            scope: task.scope().to_string(),
-            ok: result.ok,
-            datetime_created: Some(python_isoformat(at)),
-            creator: result.creator.clone(),
-        };
-        let pdrr_sk =
-            ScopedKey::new(fields.key(), task.scope().clone()).map_err(|e| StoreError::Invalid(format!("invalid result key: {e}")))?;
-        let inserted = crate::db::bind_sk(sqlx::query(
-            "INSERT INTO pdrr (gufe_key, org, campaign, project, obj_key, location, ok, datetime_created, creator, content_sha256, size) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (gufe_key, org, campaign, project) DO UPDATE SET obj_key = excluded.obj_key RETURNING id",
-        ), &pdrr_sk)
-        .bind(fields.obj_key.as_str())
-        .bind(fields.location.clone())
-        .bind(fields.ok as i64)
-        .bind(fields.datetime_created.clone())
-        .bind(fields.creator.clone())
-        .bind(result.content_sha256.as_str())
-        .bind(result.size)
-        // fetch_all: SQLite must step an INSERT … RETURNING to completion before the next
-        // statement runs
-        .fetch_all(&mut *tx)
-        .await?;
-        // (an identical reference already stored is reused: the no-op update returns its id)
-        let pdrr_id = get_i64(inserted.first().ok_or_else(|| StoreError::Invalid("result reference not stored".into()))?, 0)?;
-        sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(task_id)
-            .bind(pdrr_id)
-            .execute(&mut *tx)
-            .await?;
-
-        // A late failure from a service that lost its claim (its registration expired and
-        // another service claimed the task again) is recorded but does not disturb the run in
-        // progress; a late success completes the task (upstream issue #513), which also
-        // releases the other service's claim.
-        let other_service_runs_it = holder.is_some() && holder != result.creator;
-
-        if result.ok {
-            complete_task(&mut tx, self.backend, task_id, task_status).await?;
-        } else {
-            if let Some(tb) = result.tracebacks.as_ref().filter(|tb| !tb.tracebacks.is_empty()) {
-                // Identical traceback content in one scope is one record (its key is a content
-                // hash) that may detail several results, as upstream's graph allows.
-                sqlx::query(
-                    "INSERT INTO tracebacks (gufe_key, org, campaign, project, body) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
-                )
-                .bind(tb.key().as_str())
-                .bind(pdrr_sk.org())
-                .bind(pdrr_sk.campaign())
-                .bind(pdrr_sk.project())
-                .bind(tb.keyed_dict().to_python_json())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO pdrr_tracebacks (pdrr_id, tracebacks_id) SELECT $1, id FROM tracebacks \
-                     WHERE gufe_key = $2 AND org = $3 AND campaign = $4 AND project = $5 ON CONFLICT DO NOTHING",
-                )
-                .bind(pdrr_id)
-                .bind(tb.key().as_str())
-                .bind(pdrr_sk.org())
-                .bind(pdrr_sk.campaign())
-                .bind(pdrr_sk.project())
-                .execute(&mut *tx)
-                .await?;
-            }
-            if other_service_runs_it {
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.begin_write().await?;
+                let sk = record_in(&mut tx, self.backend, task, result, at).await?;
                 tx.commit().await?;
-                return Ok(pdrr_sk);
+                Ok(sk)
             }
-            apply_status(&mut tx, self.backend, &[(task_id, task_status)], TaskStatus::Error).await?;
-            if let Some(creator) = &result.creator {
-                sqlx::query(
-                    "INSERT INTO compute_service_failure (service_id, failed_at) SELECT id, $1 FROM compute_service WHERE identifier = $2",
-                )
-                .bind(at.timestamp_micros())
-                .bind(creator.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            resolve_restarts(&mut tx, self.backend, &[task_id]).await?;
+            // one writer: concurrent recordings share a transaction, and so one fsync
+            Backend::Sqlite => self.record_grouped(task.clone(), result.clone(), at).await,
         }
-        tx.commit().await?;
-        Ok(pdrr_sk)
+    }
+
+    /// Record through this store's [`RecordGroup`]: queue the request; whoever holds the
+    /// group's permit runs every queued request in one transaction, each in its own
+    /// savepoint (so one request's error leaves the others' work standing), and answers
+    /// each after the commit.
+    async fn record_grouped(&self, task: ScopedKey, result: RecordedResult, at: DateTime<Utc>) -> Result<ScopedKey> {
+        let group = record_group(self);
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        group.queue().push(RecordRequest { task, result, at, reply });
+        {
+            let _permit = group.permit.acquire().await.map_err(|_| StoreError::Unavailable("result recorder closed".into()))?;
+            if let Ok(a) = answer.try_recv() {
+                return a;
+            }
+            let batch = std::mem::take(&mut *group.queue());
+            if !batch.is_empty() {
+                // in its own task: the batch completes (and answers the others) even if
+                // this caller goes away
+                let store = self.clone();
+                let _ = tokio::spawn(async move { store.record_batch(batch).await }).await;
+            }
+        }
+        answer.await.map_err(|_| StoreError::Unavailable("result recording was abandoned".into()))?
+    }
+
+    async fn record_batch(&self, batch: Vec<RecordRequest>) {
+        let mut tx = match self.begin_write().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(e.replicate()));
+                }
+                return;
+            }
+        };
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut failed: Option<StoreError> = None;
+        for r in &batch {
+            let outcome = async {
+                let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+                match record_in(&mut sp, self.backend, &r.task, &r.result, r.at).await {
+                    Ok(sk) => {
+                        sp.commit().await?;
+                        Ok(Ok(sk))
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        Ok(Err(e))
+                    }
+                }
+            }
+            .await;
+            match outcome {
+                Ok(answer) => answers.push(answer),
+                // the savepoint machinery itself failed: the transaction is unusable
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let committed = match failed {
+            Some(e) => Err(e),
+            None => tx.commit().await.map_err(StoreError::from),
+        };
+        match committed {
+            Ok(()) => {
+                for (r, a) in batch.into_iter().zip(answers) {
+                    let _ = r.reply.send(a);
+                }
+            }
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(e.replicate()));
+                }
+            }
+        }
     }
 
     /// Refuse a result for `task` from a compute service that never claimed it. Results
@@ -420,4 +411,142 @@ impl Store {
         tx.commit().await?;
         Ok(out)
     }
+}
+
+/// The body of [`Store::record_result_at`] inside the caller's write transaction.
+async fn record_in(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    task: &ScopedKey,
+    result: &RecordedResult,
+    at: DateTime<Utc>,
+) -> Result<ScopedKey> {
+    let row = crate::db::bind_sk(
+        sqlx::query(
+            "SELECT t.id, t.status, (SELECT cs.identifier FROM task_claim tc JOIN compute_service cs ON cs.id = tc.service_id \
+             WHERE tc.task_id = t.id) FROM task t WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4",
+        ),
+        task,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let (task_id, task_status, holder) = (get_i64(&row, 0)?, crate::tasks::parse_status(&get_str(&row, 1)?)?, get_opt_str(&row, 2)?);
+    let fields = PdrrFields {
+        location: Some(result.location.clone()),
+        obj_key: result.obj_key.clone(),
+        scope: task.scope().to_string(),
+        ok: result.ok,
+        datetime_created: Some(python_isoformat(at)),
+        creator: result.creator.clone(),
+    };
+    let pdrr_sk =
+        ScopedKey::new(fields.key(), task.scope().clone()).map_err(|e| StoreError::Invalid(format!("invalid result key: {e}")))?;
+    let inserted = crate::db::bind_sk(
+        sqlx::query(
+            "INSERT INTO pdrr (gufe_key, org, campaign, project, obj_key, location, ok, datetime_created, creator, content_sha256, size) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (gufe_key, org, campaign, project) DO UPDATE SET obj_key = excluded.obj_key RETURNING id",
+        ),
+        &pdrr_sk,
+    )
+    .bind(fields.obj_key.as_str())
+    .bind(fields.location.clone())
+    .bind(fields.ok as i64)
+    .bind(fields.datetime_created.clone())
+    .bind(fields.creator.clone())
+    .bind(result.content_sha256.as_str())
+    .bind(result.size)
+    // fetch_all: SQLite must step an INSERT … RETURNING to completion before the next
+    // statement runs
+    .fetch_all(&mut *conn)
+    .await?;
+    // (an identical reference already stored is reused: the no-op update returns its id)
+    let pdrr_id = get_i64(inserted.first().ok_or_else(|| StoreError::Invalid("result reference not stored".into()))?, 0)?;
+    sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(task_id)
+        .bind(pdrr_id)
+        .execute(&mut *conn)
+        .await?;
+
+    // A late failure from a service that lost its claim (its registration expired and
+    // another service claimed the task again) is recorded but does not disturb the run in
+    // progress; a late success completes the task (upstream issue #513), which also
+    // releases the other service's claim.
+    let other_service_runs_it = holder.is_some() && holder != result.creator;
+
+    if result.ok {
+        complete_task(conn, backend, task_id, task_status).await?;
+    } else {
+        if let Some(tb) = result.tracebacks.as_ref().filter(|tb| !tb.tracebacks.is_empty()) {
+            // Identical traceback content in one scope is one record (its key is a content
+            // hash) that may detail several results, as upstream's graph allows.
+            sqlx::query(
+                "INSERT INTO tracebacks (gufe_key, org, campaign, project, body) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (gufe_key, org, campaign, project) DO NOTHING",
+            )
+            .bind(tb.key().as_str())
+            .bind(pdrr_sk.org())
+            .bind(pdrr_sk.campaign())
+            .bind(pdrr_sk.project())
+            .bind(tb.keyed_dict().to_python_json())
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO pdrr_tracebacks (pdrr_id, tracebacks_id) SELECT $1, id FROM tracebacks \
+                 WHERE gufe_key = $2 AND org = $3 AND campaign = $4 AND project = $5 ON CONFLICT DO NOTHING",
+            )
+            .bind(pdrr_id)
+            .bind(tb.key().as_str())
+            .bind(pdrr_sk.org())
+            .bind(pdrr_sk.campaign())
+            .bind(pdrr_sk.project())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if other_service_runs_it {
+            return Ok(pdrr_sk);
+        }
+        apply_status(conn, backend, &[(task_id, task_status)], TaskStatus::Error).await?;
+        if let Some(creator) = &result.creator {
+            sqlx::query(
+                "INSERT INTO compute_service_failure (service_id, failed_at) SELECT id, $1 FROM compute_service WHERE identifier = $2",
+            )
+            .bind(at.timestamp_micros())
+            .bind(creator.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+        resolve_restarts(conn, backend, &[task_id]).await?;
+    }
+    Ok(pdrr_sk)
+}
+
+/// A recording waiting for its group's transaction.
+struct RecordRequest {
+    task: ScopedKey,
+    result: RecordedResult,
+    at: DateTime<Utc>,
+    reply: tokio::sync::oneshot::Sender<Result<ScopedKey>>,
+}
+
+/// Recordings of one store waiting to share a transaction, and the permit to run them.
+struct RecordGroup {
+    queue: Mutex<Vec<RecordRequest>>,
+    permit: tokio::sync::Semaphore,
+}
+
+impl RecordGroup {
+    fn queue(&self) -> MutexGuard<'_, Vec<RecordRequest>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+static RECORD_GROUPS: LazyLock<Mutex<HashMap<String, Arc<RecordGroup>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn record_group(store: &Store) -> Arc<RecordGroup> {
+    let mut map = RECORD_GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(store.location().to_string())
+        .or_insert_with(|| Arc::new(RecordGroup { queue: Mutex::new(Vec::new()), permit: tokio::sync::Semaphore::new(1) }))
+        .clone()
 }

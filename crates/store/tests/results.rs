@@ -259,6 +259,36 @@ store_test!(bad_input_changes_nothing, |store| async move {
     assert_eq!(status(&store, &t).await, TaskStatus::Waiting);
 });
 
+store_test!(concurrent_recordings_answer_each_and_fail_alone, |store| async move {
+    // concurrent recordings may share one transaction (SQLite); a request that fails
+    // must leave the others' results standing, and each caller gets its own answer
+    let (_, tfs) = network(&store, "group").await;
+    let ts = tasks(&store, &tfs[0], 24).await;
+    let missing: ScopedKey = format!("Task-00000000000000000000000000000000-{}", scope()).parse().unwrap();
+    let mut handles = Vec::new();
+    for (i, t) in ts.iter().enumerate() {
+        let (store, t, missing) = (store.clone(), t.clone(), missing.clone());
+        handles.push(tokio::spawn(async move {
+            // every third request names a task that does not exist
+            let target = if i % 3 == 0 { missing } else { t };
+            store.record_result(&target, &result(100 + i as u32, true)).await
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.await.unwrap();
+        if i % 3 == 0 {
+            assert!(matches!(r, Err(StoreError::NotFound)), "request {i}: {r:?}");
+            assert_eq!(status(&store, &ts[i]).await, TaskStatus::Waiting);
+        } else {
+            let pdrr = r.unwrap();
+            assert_eq!(store.task_results(&ts[i], true).await.unwrap(), vec![pdrr]);
+            assert_eq!(status(&store, &ts[i]).await, TaskStatus::Complete);
+        }
+    }
+    let c = counts(&store).await;
+    assert_eq!((c["pdrr"], c["task_result"]), (16, 16));
+});
+
 /// Failure accounting needs a registered compute service, which this crate cannot create
 /// yet: the test inserts one with SQL through a second connection.
 async fn failure_times(store: Store, location: StoreLocation) {

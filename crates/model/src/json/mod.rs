@@ -19,11 +19,13 @@
 mod de;
 mod float;
 mod parse;
+mod skim;
 mod write;
 
 pub use de::{from_value, DeError};
 pub use float::python_float_repr;
 pub use parse::{parse, parse_bytes, parse_skim, ParseError, MAX_DEPTH, MAX_INT_DIGITS};
+pub use skim::{SkimError, SkimWriter};
 
 use std::collections::HashMap;
 

@@ -1,0 +1,305 @@
+//! Skimming JSON text as it streams by: [`SkimWriter`] copies a document, replacing very
+//! long strings with `""`, so a large document whose bulk lives in a few long strings (a
+//! ProtocolDAGResult's outputs) can be analysed without ever holding its text.
+//!
+//! The copy is then read with [`super::parse_skim`] at the same limit, which gives what
+//! the whole text would have given: the parser empties strings whose *decoded* length
+//! passes the limit, and the writer drops only strings whose escaped length passes six
+//! times the limit (no escape is longer than six bytes per decoded byte), which the parser
+//! would have emptied too; strings in between are copied and left to the parser. Inside a
+//! dropped string the writer checks what the parser would have — control characters,
+//! escapes, UTF-8 — so a malformed document is still refused. One case is refused
+//! outright: a dropped string used as an object key (`parse_skim` keeps keys), which
+//! would take a key six times longer than the limit.
+
+use std::io;
+
+/// Why a skimmed document is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkimError {
+    #[error("JSON text exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("{message} (at byte {offset})")]
+    Invalid { offset: usize, message: &'static str },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Outside,
+    /// Inside a string; `start` is the position in `out` just after its opening quote.
+    String {
+        start: usize,
+        dropping: bool,
+        raw: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Esc {
+    None,
+    Backslash,
+    /// Hex digits of a `\uXXXX` escape still expected.
+    Hex(u8),
+}
+
+/// An [`io::Write`] sink: write the document in any chunking, then [`SkimWriter::finish`].
+pub struct SkimWriter {
+    out: Vec<u8>,
+    /// Escaped length past which a string is dropped.
+    drop_over: usize,
+    limit: usize,
+    seen: usize,
+    state: State,
+    esc: Esc,
+    /// The tail of a dropped string's last chunk that may be an incomplete UTF-8 sequence.
+    utf8_carry: Vec<u8>,
+    /// A string was just dropped: it must not turn out to be an object key.
+    check_key: bool,
+    error: Option<SkimError>,
+}
+
+impl SkimWriter {
+    /// Skim for [`super::parse_skim`] at `max_string`; refuse documents longer than
+    /// `limit` bytes.
+    pub fn new(max_string: usize, limit: usize) -> SkimWriter {
+        SkimWriter {
+            out: Vec::new(),
+            drop_over: max_string.saturating_mul(6),
+            limit,
+            seen: 0,
+            state: State::Outside,
+            esc: Esc::None,
+            utf8_carry: Vec::new(),
+            check_key: false,
+            error: None,
+        }
+    }
+
+    /// The skimmed text (to be read with [`super::parse_skim`]).
+    pub fn finish(self) -> Result<Vec<u8>, SkimError> {
+        match self.error {
+            Some(e) => Err(e),
+            // an unterminated string is left for the parser to report
+            None => Ok(self.out),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) -> Result<(), SkimError> {
+        let base = self.seen;
+        self.seen += data.len();
+        if self.seen > self.limit {
+            return Err(SkimError::TooLarge(self.limit));
+        }
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Outside => {
+                    let rest = &data[i..];
+                    if self.check_key {
+                        match rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+                            None => {
+                                self.out.extend_from_slice(rest);
+                                return Ok(());
+                            }
+                            Some(j) if rest[j] == b':' => {
+                                return Err(SkimError::Invalid { offset: base + i + j, message: "object key longer than the skim limit" })
+                            }
+                            Some(_) => self.check_key = false,
+                        }
+                    }
+                    match memchr::memchr(b'"', rest) {
+                        None => {
+                            self.out.extend_from_slice(rest);
+                            i = data.len();
+                        }
+                        Some(j) => {
+                            self.out.extend_from_slice(&rest[..=j]);
+                            i += j + 1;
+                            self.state = State::String { start: self.out.len(), dropping: false, raw: 0 };
+                            self.esc = Esc::None;
+                        }
+                    }
+                }
+                State::String { start, mut dropping, mut raw } => {
+                    let rest = &data[i..];
+                    // the part of `rest` inside the string, and whether the string ends here
+                    let (inside, ends) = self.scan(rest, base + i)?;
+                    raw += inside;
+                    if !dropping && raw > self.drop_over {
+                        dropping = true;
+                        // what was copied so far goes, but still has to be valid
+                        let earlier = self.out.split_off(start);
+                        self.check_dropped(&earlier, true, base + i)?;
+                        self.check_dropped(&rest[..inside], ends.is_none(), base + i)?;
+                    } else if dropping {
+                        self.check_dropped(&rest[..inside], ends.is_none(), base + i)?;
+                    } else {
+                        self.out.extend_from_slice(&rest[..inside]);
+                    }
+                    match ends {
+                        None => {
+                            self.state = State::String { start, dropping, raw };
+                            i = data.len();
+                        }
+                        Some(_) => {
+                            if dropping && !self.utf8_carry.is_empty() {
+                                return Err(SkimError::Invalid { offset: base + i + inside, message: "invalid UTF-8 in string" });
+                            }
+                            self.out.push(b'"');
+                            i += inside + 1;
+                            self.check_key = dropping;
+                            self.state = State::Outside;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Scan string content at the start of `data` (continuing the escape state): returns
+    /// how many bytes belong to the string and `Some(())` if its closing quote follows.
+    fn scan(&mut self, data: &[u8], offset: usize) -> Result<(usize, Option<()>), SkimError> {
+        let bad = |at: usize, message: &'static str| SkimError::Invalid { offset: offset + at, message };
+        let mut i = 0;
+        while i < data.len() {
+            match self.esc {
+                Esc::None => match memchr::memchr2(b'"', b'\\', &data[i..]) {
+                    None => return Ok((data.len(), None)),
+                    Some(j) => {
+                        i += j;
+                        if data[i] == b'"' {
+                            return Ok((i, Some(())));
+                        }
+                        self.esc = Esc::Backslash;
+                        i += 1;
+                    }
+                },
+                Esc::Backslash => {
+                    self.esc = match data[i] {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Esc::None,
+                        b'u' => Esc::Hex(4),
+                        _ => return Err(bad(i, "invalid \\escape")),
+                    };
+                    i += 1;
+                }
+                Esc::Hex(n) => {
+                    if !data[i].is_ascii_hexdigit() {
+                        return Err(bad(i, "invalid \\uXXXX escape"));
+                    }
+                    self.esc = if n == 1 { Esc::None } else { Esc::Hex(n - 1) };
+                    i += 1;
+                }
+            }
+        }
+        Ok((data.len(), None))
+    }
+
+    /// Checks on the content of a dropped string that the parser would have made:
+    /// no control characters, valid UTF-8 (a sequence may continue in the next chunk when
+    /// `more` is true). Escapes were checked by [`SkimWriter::scan`].
+    fn check_dropped(&mut self, content: &[u8], more: bool, offset: usize) -> Result<(), SkimError> {
+        if let Some(j) = content.iter().position(|&b| b < 0x20) {
+            return Err(SkimError::Invalid { offset: offset + j, message: "invalid control character in string" });
+        }
+        let joined;
+        let text: &[u8] = if self.utf8_carry.is_empty() {
+            content
+        } else {
+            joined = [std::mem::take(&mut self.utf8_carry).as_slice(), content].concat();
+            &joined
+        };
+        match std::str::from_utf8(text) {
+            Ok(_) => Ok(()),
+            // an incomplete sequence at the very end may finish in the next chunk
+            Err(e) if more && e.error_len().is_none() => {
+                self.utf8_carry = text[e.valid_up_to()..].to_vec();
+                Ok(())
+            }
+            Err(_) => Err(SkimError::Invalid { offset, message: "invalid UTF-8 in string" }),
+        }
+    }
+}
+
+impl io::Write for SkimWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(e) = &self.error {
+            return Err(io::Error::other(e.clone()));
+        }
+        if let Err(e) = self.feed(data) {
+            self.error = Some(e.clone());
+            return Err(io::Error::other(e));
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::json::parse_skim;
+
+    fn skim(text: &[u8], max: usize, chunk: usize) -> Result<Vec<u8>, SkimError> {
+        let mut w = SkimWriter::new(max, usize::MAX);
+        for c in text.chunks(chunk.max(1)) {
+            if w.write_all(c).is_err() {
+                break;
+            }
+        }
+        w.finish()
+    }
+
+    /// In any chunking, skimming then parsing gives what parsing the whole text gives.
+    #[test]
+    fn same_tree_as_parse_skim_in_any_chunking() {
+        let long = "x".repeat(40);
+        let escaped = "\\u00e9\\n\\\"".repeat(10);
+        let text = format!(
+            "{{\"a\": \"{long}\", \"b\": [1, 2.5, NaN, \"short\", \"{escaped}\"], \"caf\\u00e9\": {{\"k\": \"é{long}\"}}, \"n\": null}}"
+        );
+        // (a limit under a sixth of the longest key, 9 bytes escaped, is refused: see below)
+        for max in [2, 5, 9, 16, 17, 39, 40, 41, 1000] {
+            let expected = parse_skim(text.as_bytes(), max).unwrap().to_python_json();
+            for chunk in [1, 2, 3, 7, 64, text.len()] {
+                let skimmed = skim(text.as_bytes(), max, chunk).unwrap();
+                assert!(skimmed.len() <= text.len());
+                let got = parse_skim(&skimmed, max).unwrap().to_python_json();
+                assert_eq!(got, expected, "max {max}, chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_dropped_strings_are_refused() {
+        let cases: [&[u8]; 5] = [
+            b"{\"a\": \"0123456789\x01\"}",
+            b"{\"a\": \"0123456789\\q\"}",
+            b"{\"a\": \"0123456789\\u12g4\"}",
+            b"{\"a\": \"0123456789\xff\"}",
+            b"{\"a\": \"0123456789\xc3\"}",
+        ];
+        // (limit 1: strings over 6 escaped bytes are dropped, and checked)
+        for case in cases {
+            for chunk in [1, 3, case.len()] {
+                let r = skim(case, 1, chunk);
+                assert!(matches!(r, Err(SkimError::Invalid { .. })), "{:?} chunk {chunk}: {r:?}", String::from_utf8_lossy(case));
+            }
+        }
+        // a valid two-byte character split across chunks is fine
+        assert!(skim("{\"a\": \"0123456789é\"}".as_bytes(), 1, 1).is_ok());
+    }
+
+    #[test]
+    fn a_long_key_and_the_limit_are_refused() {
+        assert!(matches!(skim(b"{\"0123456789\" : 1}", 1, 3), Err(SkimError::Invalid { .. })));
+        let mut w = SkimWriter::new(1, 10);
+        assert!(w.write_all(b"[\"0123456789\"]").is_err());
+        assert_eq!(w.finish(), Err(SkimError::TooLarge(10)));
+    }
+}
