@@ -82,7 +82,9 @@ pub struct Client {
     pub max_retries: u32,
 }
 
-fn gzip(text: &str) -> Vec<u8> {
+/// `text` gzip-compressed as this client sends bodies (level 5, what upstream's client
+/// uses); public so benchmarks can prepare bodies before their clocks start.
+pub fn gzip(text: &str) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5));
     enc.write_all(text.as_bytes()).expect("in-memory gzip");
     enc.finish().expect("in-memory gzip")

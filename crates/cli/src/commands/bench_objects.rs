@@ -133,12 +133,6 @@ async fn start_serve(data_dir: &std::path::Path, objects: &ObjectArgs) -> anyhow
     bail!("cannot log in to the server under test")
 }
 
-fn gzip(text: &str) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5));
-    std::io::Write::write_all(&mut gz, text.as_bytes()).expect("in-memory gzip");
-    gz.finish().expect("in-memory gzip")
-}
-
 /// A result body as an upstream compute client would send it, but with the latin-1 string
 /// written as raw UTF-8 instead of `\u00XX` escapes (equally valid; much smaller).
 fn result_body(blob: &[u8], service: &str) -> String {
@@ -191,7 +185,7 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
             (
                 t.clone(),
                 tf.clone(),
-                gzip(&result_body(
+                alchemiscale_client::gzip(&result_body(
                     &zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes()),
                     &service,
                 )),

@@ -4,13 +4,13 @@
 //!
 //! The copy is then read with [`super::parse_skim`] at the same limit, which gives what
 //! the whole text would have given: the parser empties strings whose *decoded* length
-//! passes the limit, and the writer drops only strings whose escaped length passes six
-//! times the limit (no escape is longer than six bytes per decoded byte), which the parser
-//! would have emptied too; strings in between are copied and left to the parser. Inside a
-//! dropped string the writer checks what the parser would have — control characters,
-//! escapes, UTF-8 — so a malformed document is still refused. One case is refused
-//! outright: a dropped string used as an object key (`parse_skim` keeps keys), which
-//! would take a key six times longer than the limit.
+//! passes the limit, and the writer drops a string once a lower bound of its decoded
+//! length passes it (every escape is at most six bytes and decodes to at least one, every
+//! other byte to exactly one), so it drops only strings the parser would have emptied;
+//! strings it keeps are left to the parser. Inside a dropped string the writer checks
+//! what the parser would have — control characters, escapes, UTF-8 — so a malformed
+//! document is still refused. One case is refused outright: a dropped string used as an
+//! object key (`parse_skim` keeps keys), which takes a key longer than the limit.
 
 use std::io;
 
@@ -27,10 +27,12 @@ pub enum SkimError {
 enum State {
     Outside,
     /// Inside a string; `start` is the position in `out` just after its opening quote.
+    /// `raw` bytes of content so far, `escapes` of them starting an escape.
     String {
         start: usize,
         dropping: bool,
         raw: usize,
+        escapes: usize,
     },
 }
 
@@ -45,8 +47,7 @@ enum Esc {
 /// An [`io::Write`] sink: write the document in any chunking, then [`SkimWriter::finish`].
 pub struct SkimWriter {
     out: Vec<u8>,
-    /// Escaped length past which a string is dropped.
-    drop_over: usize,
+    max_string: usize,
     limit: usize,
     seen: usize,
     state: State,
@@ -64,7 +65,7 @@ impl SkimWriter {
     pub fn new(max_string: usize, limit: usize) -> SkimWriter {
         SkimWriter {
             out: Vec::new(),
-            drop_over: max_string.saturating_mul(6),
+            max_string,
             limit,
             seen: 0,
             state: State::Outside,
@@ -115,30 +116,32 @@ impl SkimWriter {
                         Some(j) => {
                             self.out.extend_from_slice(&rest[..=j]);
                             i += j + 1;
-                            self.state = State::String { start: self.out.len(), dropping: false, raw: 0 };
+                            self.state = State::String { start: self.out.len(), dropping: false, raw: 0, escapes: 0 };
                             self.esc = Esc::None;
                         }
                     }
                 }
-                State::String { start, mut dropping, mut raw } => {
+                State::String { start, mut dropping, mut raw, mut escapes } => {
                     let rest = &data[i..];
-                    // the part of `rest` inside the string, and whether the string ends here
-                    let (inside, ends) = self.scan(rest, base + i)?;
+                    // the part of `rest` inside the string, whether the string ends here,
+                    // and how many escapes started in that part
+                    let (inside, ends, started) = self.scan(rest, base + i)?;
                     raw += inside;
-                    if !dropping && raw > self.drop_over {
+                    escapes += started;
+                    if !dropping && decoded_at_least(raw, escapes) > self.max_string {
                         dropping = true;
                         // what was copied so far goes, but still has to be valid
-                        let earlier = self.out.split_off(start);
-                        self.check_dropped(&earlier, true, base + i)?;
-                        self.check_dropped(&rest[..inside], ends.is_none(), base + i)?;
+                        check_dropped(&mut self.utf8_carry, &self.out[start..], true, base + i)?;
+                        self.out.truncate(start);
+                        check_dropped(&mut self.utf8_carry, &rest[..inside], ends.is_none(), base + i)?;
                     } else if dropping {
-                        self.check_dropped(&rest[..inside], ends.is_none(), base + i)?;
+                        check_dropped(&mut self.utf8_carry, &rest[..inside], ends.is_none(), base + i)?;
                     } else {
                         self.out.extend_from_slice(&rest[..inside]);
                     }
                     match ends {
                         None => {
-                            self.state = State::String { start, dropping, raw };
+                            self.state = State::String { start, dropping, raw, escapes };
                             i = data.len();
                         }
                         Some(_) => {
@@ -159,19 +162,21 @@ impl SkimWriter {
 
     /// Scan string content at the start of `data` (continuing the escape state): returns
     /// how many bytes belong to the string and `Some(())` if its closing quote follows.
-    fn scan(&mut self, data: &[u8], offset: usize) -> Result<(usize, Option<()>), SkimError> {
+    fn scan(&mut self, data: &[u8], offset: usize) -> Result<(usize, Option<()>, usize), SkimError> {
         let bad = |at: usize, message: &'static str| SkimError::Invalid { offset: offset + at, message };
         let mut i = 0;
+        let mut escapes = 0;
         while i < data.len() {
             match self.esc {
                 Esc::None => match memchr::memchr2(b'"', b'\\', &data[i..]) {
-                    None => return Ok((data.len(), None)),
+                    None => return Ok((data.len(), None, escapes)),
                     Some(j) => {
                         i += j;
                         if data[i] == b'"' {
-                            return Ok((i, Some(())));
+                            return Ok((i, Some(()), escapes));
                         }
                         self.esc = Esc::Backslash;
+                        escapes += 1;
                         i += 1;
                     }
                 },
@@ -192,33 +197,40 @@ impl SkimWriter {
                 }
             }
         }
-        Ok((data.len(), None))
+        Ok((data.len(), None, escapes))
     }
+}
 
-    /// Checks on the content of a dropped string that the parser would have made:
-    /// no control characters, valid UTF-8 (a sequence may continue in the next chunk when
-    /// `more` is true). Escapes were checked by [`SkimWriter::scan`].
-    fn check_dropped(&mut self, content: &[u8], more: bool, offset: usize) -> Result<(), SkimError> {
-        if let Some(j) = content.iter().position(|&b| b < 0x20) {
-            return Err(SkimError::Invalid { offset: offset + j, message: "invalid control character in string" });
-        }
-        let joined;
-        let text: &[u8] = if self.utf8_carry.is_empty() {
-            content
-        } else {
-            joined = [std::mem::take(&mut self.utf8_carry).as_slice(), content].concat();
-            &joined
-        };
-        match std::str::from_utf8(text) {
-            Ok(_) => Ok(()),
-            // an incomplete sequence at the very end may finish in the next chunk
-            Err(e) if more && e.error_len().is_none() => {
-                self.utf8_carry = text[e.valid_up_to()..].to_vec();
-                Ok(())
-            }
-            Err(_) => Err(SkimError::Invalid { offset, message: "invalid UTF-8 in string" }),
-        }
+/// Checks on the content of a dropped string that the parser would have made:
+/// no control characters, valid UTF-8 (a sequence may continue in the next chunk when
+/// `more` is true). Escapes are checked by `SkimWriter::scan`.
+fn check_dropped(utf8_carry: &mut Vec<u8>, content: &[u8], more: bool, offset: usize) -> Result<(), SkimError> {
+    if let Some(j) = content.iter().position(|&b| b < 0x20) {
+        return Err(SkimError::Invalid { offset: offset + j, message: "invalid control character in string" });
     }
+    let joined;
+    let text: &[u8] = if utf8_carry.is_empty() {
+        content
+    } else {
+        joined = [std::mem::take(utf8_carry).as_slice(), content].concat();
+        &joined
+    };
+    match std::str::from_utf8(text) {
+        Ok(_) => Ok(()),
+        // an incomplete sequence at the very end may finish in the next chunk
+        Err(e) if more && e.error_len().is_none() => {
+            *utf8_carry = text[e.valid_up_to()..].to_vec();
+            Ok(())
+        }
+        Err(_) => Err(SkimError::Invalid { offset, message: "invalid UTF-8 in string" }),
+    }
+}
+
+/// A lower bound of a string's decoded length (UTF-8 bytes) from its escaped length and
+/// the escapes in it: every escape is at most six bytes and decodes to at least one, every
+/// other byte to one.
+fn decoded_at_least(raw: usize, escapes: usize) -> usize {
+    escapes.max(raw.saturating_sub(5 * escapes))
 }
 
 impl io::Write for SkimWriter {
@@ -263,8 +275,8 @@ mod tests {
         let text = format!(
             "{{\"a\": \"{long}\", \"b\": [1, 2.5, NaN, \"short\", \"{escaped}\"], \"caf\\u00e9\": {{\"k\": \"é{long}\"}}, \"n\": null}}"
         );
-        // (a limit under a sixth of the longest key, 9 bytes escaped, is refused: see below)
-        for max in [2, 5, 9, 16, 17, 39, 40, 41, 1000] {
+        // (limits under the longest key's length are refused: see below)
+        for max in [7, 9, 16, 17, 29, 30, 31, 39, 40, 41, 1000] {
             let expected = parse_skim(text.as_bytes(), max).unwrap().to_python_json();
             for chunk in [1, 2, 3, 7, 64, text.len()] {
                 let skimmed = skim(text.as_bytes(), max, chunk).unwrap();
@@ -276,6 +288,15 @@ mod tests {
     }
 
     #[test]
+    fn a_long_string_is_never_held() {
+        // a plain string is dropped once it passes the limit, not at six times it
+        let text = format!("{{\"bulk\": \"{}\", \"k\": 1}}", "y".repeat(1 << 20));
+        let out = skim(text.as_bytes(), 1000, 64 << 10).unwrap();
+        assert_eq!(out, b"{\"bulk\": \"\", \"k\": 1}");
+        assert!(out.capacity() < 128 << 10, "held {} bytes", out.capacity());
+    }
+
+    #[test]
     fn malformed_dropped_strings_are_refused() {
         let cases: [&[u8]; 5] = [
             b"{\"a\": \"0123456789\x01\"}",
@@ -284,7 +305,7 @@ mod tests {
             b"{\"a\": \"0123456789\xff\"}",
             b"{\"a\": \"0123456789\xc3\"}",
         ];
-        // (limit 1: strings over 6 escaped bytes are dropped, and checked)
+        // (limit 1: every string here is dropped, and checked)
         for case in cases {
             for chunk in [1, 3, case.len()] {
                 let r = skim(case, 1, chunk);
