@@ -73,6 +73,8 @@ pub struct Objects {
     inner: Arc<dyn ObjectStore>,
     prefix: String,
     description: String,
+    /// The directory of the local backend (whose writes `put` makes durable itself).
+    local_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -86,6 +88,21 @@ fn classify(path: &str, e: object_store::Error) -> ObjectError {
         object_store::Error::NotFound { .. } => ObjectError::NotFound { path: path.to_string() },
         other => ObjectError::Unavailable(format!("{path}: {other}")),
     }
+}
+
+/// fsync `file`, then every directory from its parent up to `root` (new directory entries
+/// are durable only once their directory is synced).
+fn sync_path(root: &std::path::Path, file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -104,7 +121,12 @@ impl Objects {
             ObjectStoreConfig::Local { root } => {
                 std::fs::create_dir_all(root).map_err(|e| ObjectError::Config(format!("cannot create {}: {e}", root.display())))?;
                 let fs = LocalFileSystem::new_with_prefix(root).map_err(|e| ObjectError::Config(e.to_string()))?;
-                Ok(Objects { inner: Arc::new(fs), prefix: String::new(), description: format!("local directory {}", root.display()) })
+                Ok(Objects {
+                    inner: Arc::new(fs),
+                    prefix: String::new(),
+                    description: format!("local directory {}", root.display()),
+                    local_root: Some(root.clone()),
+                })
             }
             ObjectStoreConfig::S3(c) => {
                 if c.bucket.is_empty() {
@@ -131,7 +153,7 @@ impl Objects {
                 }
                 let s3 = b.with_retry(retry).with_client_options(client).build().map_err(|e| ObjectError::Config(e.to_string()))?;
                 let prefix = c.prefix.trim_matches('/').to_string();
-                Ok(Objects { inner: Arc::new(s3), prefix, description: format!("s3://{}/{}", c.bucket, c.prefix) })
+                Ok(Objects { inner: Arc::new(s3), prefix, description: format!("s3://{}/{}", c.bucket, c.prefix), local_root: None })
             }
         }
     }
@@ -151,10 +173,21 @@ impl Objects {
         }
     }
 
-    /// Write `data` at `rel` (replacing any object there); returns its SHA-256.
+    /// Write `data` at `rel` (replacing any object there); returns its SHA-256. When this
+    /// returns, the object is durable: S3 acknowledges stored objects, and on the local
+    /// backend the file and the directories leading to it are fsynced (`object_store`'s
+    /// local backend writes and renames without syncing, so a power cut could otherwise
+    /// lose an object whose reference the state store has already made durable).
     pub async fn put(&self, rel: &str, data: Bytes) -> Result<String> {
         let digest = sha256_hex(&data);
         self.inner.put(&self.key(rel), PutPayload::from_bytes(data)).await.map_err(|e| classify(rel, e))?;
+        if let Some(root) = &self.local_root {
+            let (root, file) = (root.clone(), root.join(rel));
+            tokio::task::spawn_blocking(move || sync_path(&root, &file))
+                .await
+                .map_err(|e| ObjectError::Unavailable(format!("{rel}: {e}")))?
+                .map_err(|e| ObjectError::Unavailable(format!("{rel}: cannot sync to disk: {e}")))?;
+        }
         Ok(digest)
     }
 
@@ -219,6 +252,7 @@ mod tests {
                 inner: Arc::new(object_store::memory::InMemory::new()),
                 prefix: prefix.trim_matches('/').into(),
                 description: String::new(),
+                local_root: None,
             };
             assert_eq!(o.key("a/b").as_ref(), want);
         }
