@@ -273,11 +273,19 @@ impl UploadDecoder {
     /// Decode payload characters from `data`; returns (bytes used, string ended).
     fn payload(&mut self, data: &[u8], mut esc: Esc, offset: usize) -> Result<(usize, bool), UploadError> {
         let bad = |at: usize, what: &str| UploadError::Json { offset: offset + at, message: what.to_string() };
-        self.scratch.clear();
-        self.scratch.reserve(data.len());
+        // a local buffer (not a field), so the loops keep its length in registers
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.reserve(data.len());
         let mut i = 0;
         let mut ended = false;
         while i < data.len() {
+            if let Esc::None = esc {
+                i += fast_latin1(&data[i..], &mut out);
+                if i == data.len() {
+                    break;
+                }
+            }
             let b = data[i];
             match esc {
                 Esc::None => match b {
@@ -288,7 +296,7 @@ impl UploadDecoder {
                     }
                     b'\\' => esc = Esc::Backslash,
                     0x00..=0x1F => return Err(bad(i, "invalid control character in string")),
-                    0x20..=0x7F => self.scratch.push(b),
+                    0x20..=0x7F => out.push(b),
                     0xC2 | 0xC3 => esc = Esc::Utf8 { lead: b },
                     _ => return Err(PdrError::NotLatin1.into()),
                 },
@@ -296,18 +304,18 @@ impl UploadDecoder {
                     if b & 0xC0 != 0x80 {
                         return Err(bad(i, "invalid UTF-8 in string"));
                     }
-                    self.scratch.push(((lead & 0x1F) << 6) | (b & 0x3F));
+                    out.push(((lead & 0x1F) << 6) | (b & 0x3F));
                     esc = Esc::None;
                 }
                 Esc::Backslash => {
                     esc = Esc::None;
                     match b {
-                        b'"' | b'\\' | b'/' => self.scratch.push(b),
-                        b'b' => self.scratch.push(0x08),
-                        b'f' => self.scratch.push(0x0C),
-                        b'n' => self.scratch.push(b'\n'),
-                        b'r' => self.scratch.push(b'\r'),
-                        b't' => self.scratch.push(b'\t'),
+                        b'"' | b'\\' | b'/' => out.push(b),
+                        b'b' => out.push(0x08),
+                        b'f' => out.push(0x0C),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
                         b'u' => esc = Esc::Unicode { digits: 0, value: 0 },
                         _ => return Err(bad(i, "invalid \\escape")),
                     }
@@ -318,7 +326,7 @@ impl UploadDecoder {
                     if digits == 3 {
                         // anything above U+00FF (surrogates included) is not a latin-1 byte
                         let byte = u8::try_from(value).map_err(|_| PdrError::NotLatin1)?;
-                        self.scratch.push(byte);
+                        out.push(byte);
                         esc = Esc::None;
                     } else {
                         esc = Esc::Unicode { digits: digits + 1, value };
@@ -328,9 +336,8 @@ impl UploadDecoder {
             i += 1;
         }
         self.lex = Lex::Payload(esc);
-        let scratch = std::mem::take(&mut self.scratch);
-        let r = self.sink_write(&scratch);
-        self.scratch = scratch;
+        let r = self.sink_write(&out);
+        self.scratch = out;
         r?;
         Ok((i, ended))
     }
@@ -433,6 +440,49 @@ impl UploadDecoder {
 /// progress (so an output sized from the frame header is never reallocated). Returns
 /// whether the frame is complete; a step that can neither read nor write means the frame
 /// is truncated.
+/// Hex digit values; 0xF0 marks a byte that is not a hex digit.
+static HEX: [u8; 256] = {
+    let mut t = [0xF0u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decode the common tokens of a Python-encoded latin-1 payload, printable ASCII and
+/// `\u00XX`, from the start of `data` into `out`; stop before anything else (the closing
+/// quote, other escapes, invalid bytes) or where an escape might be incomplete, and return
+/// the bytes consumed. The byte loop in `payload` takes it from there.
+fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
+    let mut i = 0usize;
+    while i + 6 <= data.len() {
+        let b = data[i];
+        if b == b'\\' {
+            let t = &data[i..i + 6];
+            let (hi, lo) = (HEX[t[4] as usize], HEX[t[5] as usize]);
+            if t[1] != b'u' || t[2] != b'0' || t[3] != b'0' || (hi | lo) >= 16 {
+                break;
+            }
+            out.push((hi << 4) | lo);
+            i += 6;
+        } else if (0x20..0x80).contains(&b) && b != b'"' {
+            out.push(b);
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
 fn zstd_step(dec: &mut ZstdDecoder<'static>, out: &mut Vec<u8>, input: &mut InBuffer<'_>, limit: usize) -> Result<bool, UploadError> {
     let too_large = || UploadError::Codec(PdrError::TooLarge(limit));
     for attempt in 0..2 {
@@ -532,6 +582,34 @@ mod tests {
             let up = gzd.finish().unwrap().finish().unwrap();
             assert_eq!(up.bytes, blob, "codec layer removed, blob as the client compressed it");
             assert_eq!(up.compute_service_id, "vecservice-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_and_the_byte_loop_agree() {
+        // every byte value, written the ways JSON allows (Python's \u00xx, upper-case hex,
+        // short escapes, `\/`), long enough runs for the fast path and split anywhere
+        let mut text = String::new();
+        let mut expect = Vec::new();
+        for round in 0..3 {
+            for b in 0..=255u8 {
+                expect.push(b);
+                match (b, round) {
+                    (b'"', _) => text.push_str("\\\""),
+                    (b'\\', _) => text.push_str("\\\\"),
+                    (b'/', 1) => text.push_str("\\/"),
+                    (b'\n', 2) => text.push_str("\\n"),
+                    (0x20..=0x7F, 0) => text.push(b as char),
+                    (_, 1) => text.push_str(&format!("\\u{b:04X}")),
+                    _ => text.push_str(&format!("\\u{b:04x}")),
+                }
+            }
+        }
+        let body =
+            format!("{{\"protocoldagresult\": {{\"__class__\": \"bytes\", \"latin-1\": \"{text}\"}}, \"compute_service_id\": \"s\"}}");
+        for chunk in [1, 5, 6, 7, 64, body.len()] {
+            let up = decode_in(body.as_bytes(), chunk).unwrap();
+            assert_eq!(up.bytes, expect, "chunk {chunk}");
         }
     }
 
