@@ -460,6 +460,61 @@ mod tests {
         }
     }
 
+    /// Migration 0002 on a store that version 1 left with actioned tasks: the priorities
+    /// are copied into the claim queue and claims follow them.
+    #[tokio::test]
+    async fn upgrading_from_version_1_keeps_actioned_tasks_claimable() {
+        use alchemiscale_model::chain::KeyedChain;
+        use alchemiscale_model::synthetic::network_chain_json;
+        use alchemiscale_model::{ComputeServiceId, NetworkState};
+
+        use crate::tasks::TaskRequest;
+        use crate::{Store, StoreLocation, StoreOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&StoreLocation::Sqlite { path: dir.path().join("state.db") }, &StoreOptions::default()).await.unwrap();
+        let v1 = sqlx::migrate::Migrator {
+            migrations: super::SQLITE_MIGRATIONS.migrations.iter().filter(|m| m.version == 1).cloned().collect::<Vec<_>>().into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        v1.run(&store.write).await.unwrap();
+        assert!(matches!(store.schema_status().await.unwrap(), super::SchemaStatus::Outdated { applied: 1, .. }));
+
+        // what version 1 stored: a network, three tasks, ACTIONS rows without the new columns
+        let chain = KeyedChain::from_value(alchemiscale_model::json::parse(&network_chain_json(2, 1, "upgrade")).unwrap()).unwrap();
+        let scope: alchemiscale_model::Scope = "up-grade-test".parse().unwrap();
+        let created = store.create_network(&chain, &scope, NetworkState::Active).await.unwrap();
+        let tf = store.network_transformations(&created.network).await.unwrap().remove(0);
+        let reqs: Vec<TaskRequest> = (0..3).map(|_| TaskRequest { transformation: tf.clone(), extends: None }).collect();
+        let tasks = store.create_tasks(&reqs, None).await.unwrap();
+        sqlx::query("INSERT INTO task_action (network_id, task_id, weight) SELECT n.id, t.id, 0.5 FROM network n, task t")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE task SET priority = 1 WHERE gufe_key = $1")
+            .bind(tasks[2].gufe_key().as_str())
+            .execute(&store.write)
+            .await
+            .unwrap();
+
+        store.init().await.unwrap();
+        assert!(store.schema_status().await.unwrap().is_current());
+        let rows = sqlx::query("SELECT t.priority, a.priority FROM task_action a JOIN task t ON t.id = a.task_id")
+            .fetch_all(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            assert_eq!(sqlx::Row::try_get::<i64, _>(r, 0).unwrap(), sqlx::Row::try_get::<i64, _>(r, 1).unwrap());
+        }
+        let service = ComputeServiceId::mint("upgrader").unwrap();
+        store.register_compute_service(&service, None).await.unwrap();
+        let got = store.claim_taskhub_tasks(&created.taskhub, &service, 1, None).await.unwrap();
+        assert_eq!(got, vec![Some(tasks[2].clone())], "the most urgent task comes first after the upgrade");
+        let rest = store.claim_taskhub_tasks(&created.taskhub, &service, 5, None).await.unwrap();
+        assert_eq!(rest.iter().flatten().count(), 2);
+    }
+
     #[test]
     fn every_table_is_catalogued() {
         let sql = include_str!("../migrations/sqlite/0001_init.sql");
