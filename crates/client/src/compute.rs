@@ -18,7 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use alchemiscale_model::json::{self, Value};
-use alchemiscale_model::pdr::{encode_bytes_codec, latin1_to_bytes};
+use alchemiscale_model::pdr::{encode_bytes_codec, latin1_string_into_bytes};
 use alchemiscale_model::{ComputeManagerId, ComputeServiceId, Scope, ScopedKey, ScopedKeyDict};
 use serde_json::json;
 
@@ -180,7 +180,7 @@ impl Client {
         }
         let extends = match extends {
             Value::Null => None,
-            Value::String(s) => Some(decode(latin1_to_bytes(&s))?),
+            Value::String(s) => Some(decode(latin1_string_into_bytes(s))?),
             _ => return Err(ClientError::Decode("element 1 is neither null nor a latin-1 string".into())),
         };
         Ok(TaskTransformation { chain, extends })

@@ -234,9 +234,9 @@ pub fn parse_loglevel(name: &str) -> Option<LevelFilter> {
     }
 }
 
+/// Protocol names follow the grammar of scope components.
 fn valid_protocol_name(p: &str) -> bool {
-    let mut c = p.chars();
-    matches!(c.next(), Some(x) if x.is_ascii_alphabetic()) && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    alchemiscale_model::scope::is_valid_component(p)
 }
 
 impl Settings {

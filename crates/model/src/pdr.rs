@@ -129,23 +129,6 @@ pub fn decode_bytes_codec(v: &Value, limit: usize) -> Result<Vec<u8>, PdrError> 
     Ok(raw)
 }
 
-/// [`decode_bytes_codec`] taking ownership, so the latin-1 string is converted in place.
-pub fn decode_bytes_codec_owned(v: Value, limit: usize) -> Result<Vec<u8>, PdrError> {
-    let Value::Object(mut o) = v else { return Err(PdrError::NotBytes) };
-    if o.get("__class__").and_then(Value::as_str) != Some("bytes") {
-        return Err(PdrError::NotBytes);
-    }
-    let Some(Value::String(s)) = o.remove("latin-1") else { return Err(PdrError::NotBytes) };
-    drop(o);
-    let raw = latin1_string_into_bytes(s)?;
-    if is_zstd(&raw) {
-        if let Ok(inner) = zstd_decompress(&raw, limit) {
-            return Ok(inner);
-        }
-    }
-    Ok(raw)
-}
-
 /// gufe's bytes codec object for `data` (zstd-compressed inside, as gufe ≥ 1.2 writes it).
 pub fn encode_bytes_codec(data: &[u8]) -> Value {
     Value::Object(object([
@@ -372,9 +355,6 @@ mod tests {
         assert_eq!(latin1_string_into_bytes(bytes_to_latin1(&all)).unwrap(), all);
         assert_eq!(latin1_string_into_bytes("\u{100}".into()).unwrap_err(), PdrError::NotLatin1);
         assert_eq!(latin1_string_into_bytes("a€".into()).unwrap_err(), PdrError::NotLatin1);
-        let v = encode_bytes_codec(&all);
-        assert_eq!(decode_bytes_codec_owned(v.clone(), 1 << 20).unwrap(), decode_bytes_codec(&v, 1 << 20).unwrap());
-        assert_eq!(decode_bytes_codec_owned(Value::from("x"), 1).unwrap_err(), PdrError::NotBytes);
     }
 
     #[test]

@@ -436,10 +436,6 @@ impl UploadDecoder {
     }
 }
 
-/// One decompression step into `out`, growing it only when the decoder cannot otherwise
-/// progress (so an output sized from the frame header is never reallocated). Returns
-/// whether the frame is complete; a step that can neither read nor write means the frame
-/// is truncated.
 /// Hex digit values; 0xF0 marks a byte that is not a hex digit.
 static HEX: [u8; 256] = {
     let mut t = [0xF0u8; 256];
@@ -483,6 +479,10 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
     i
 }
 
+/// One decompression step into `out`, growing it only when the decoder cannot otherwise
+/// progress (so an output sized from the frame header is never reallocated). Returns
+/// whether the frame is complete; a step that can neither read nor write means the frame
+/// is truncated.
 fn zstd_step(dec: &mut ZstdDecoder<'static>, out: &mut Vec<u8>, input: &mut InBuffer<'_>, limit: usize) -> Result<bool, UploadError> {
     let too_large = || UploadError::Codec(PdrError::TooLarge(limit));
     for attempt in 0..2 {

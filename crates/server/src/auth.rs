@@ -231,3 +231,8 @@ pub fn path_sk(caller: &Caller, raw: &str) -> ApiResult<alchemiscale_model::Scop
     caller.authorize(sk.scope())?;
     Ok(sk)
 }
+
+/// Refuse unless the caller may reach every key's scope.
+pub fn authorize_all(caller: &Caller, keys: &[alchemiscale_model::ScopedKey]) -> ApiResult<()> {
+    keys.iter().try_for_each(|k| caller.authorize(k.scope()))
+}

@@ -11,7 +11,6 @@
 use alchemiscale_model::json::{object, Value};
 use alchemiscale_model::{ComputeManagerId, ComputeServiceId, Scope, ScopeDict};
 use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome};
-use alchemiscale_store::identities::IdentityKind;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -21,9 +20,10 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, path_sk, Caller};
+use crate::auth::{authorize_all, path_sk, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params, ResultUpload};
+use crate::user_api::opt_strings;
 use crate::user_api::RawJson;
 use crate::AppState;
 
@@ -31,12 +31,7 @@ type JsonResult = ApiResult<Json<serde_json::Value>>;
 
 /// Routes of the compute API with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(crate::service::ping))
-        .routes(routes!(crate::service::token))
-        .routes(routes!(crate::service::info))
-        .routes(routes!(crate::service::check))
-        .routes(routes!(identity_scopes))
+    crate::service::router()
         .routes(routes!(task_transformation))
         .routes(routes!(task_transformation_gufe))
         .routes(routes!(set_task_result))
@@ -53,16 +48,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(manager_clear_error))
         .routes(routes!(task_wanted))
         .routes(routes!(release_tasks))
-}
-
-/// C5: scopes of the calling compute identity (others' only for nobody: compute
-/// identities are never admins).
-#[utoipa::path(get, path = "/identities/{identifier}/scopes", tag = "service", params(("identifier" = String, Path)))]
-async fn identity_scopes(State(state): State<AppState>, caller: Caller, Path(identifier): Path<String>) -> JsonResult {
-    if identifier != caller.identifier {
-        return Err(auth::forbidden("an identity may only list its own scopes"));
-    }
-    Ok(Json(json!(state.store().list_scopes(IdentityKind::Compute, &identifier).await?.unwrap_or_default())))
 }
 
 /// C12: the transformation a task performs.
@@ -206,7 +191,7 @@ async fn claim_taskhub_tasks(State(state): State<AppState>, caller: Caller, Path
     let id = service_id(&b.compute_service_id, StatusCode::BAD_REQUEST)?;
     let count = b.count.max(0) as usize;
     let claimed = state.store().claim_taskhub_tasks(&hub, &id, count, b.protocols.as_deref()).await?;
-    Ok(Json(json!(claimed.iter().map(|k| k.as_ref().map(ToString::to_string)).collect::<Vec<_>>())))
+    Ok(opt_strings(claimed))
 }
 
 #[derive(Deserialize)]
@@ -238,7 +223,7 @@ async fn claim_tasks(State(state): State<AppState>, caller: Caller, body: Body) 
         state.store().claim_tasks(&spaces, &exclude, &id, count, b.protocols.as_deref(), s.forgive_time_seconds, s.max_failures).await?;
     Ok(Json(match outcome {
         ClaimOutcome::Denied => serde_json::Value::Null,
-        ClaimOutcome::Claimed(keys) => json!(keys.iter().map(|k| k.as_ref().map(ToString::to_string)).collect::<Vec<_>>()),
+        ClaimOutcome::Claimed(keys) => opt_strings(keys).0,
     }))
 }
 
@@ -356,9 +341,7 @@ async fn release_tasks(State(state): State<AppState>, caller: Caller, Path(raw):
     let id = service_id(&raw, StatusCode::UNPROCESSABLE_ENTITY)?;
     let b: Release = body.typed()?;
     let tasks = crate::extract::parse_sks(&b.tasks)?;
-    for t in &tasks {
-        caller.authorize(t.scope())?;
-    }
+    authorize_all(&caller, &tasks)?;
     let released = state.store().release_tasks(&tasks, &id.to_string()).await?;
-    Ok(Json(json!(released.iter().map(|k| k.as_ref().map(ToString::to_string)).collect::<Vec<_>>())))
+    Ok(opt_strings(released))
 }

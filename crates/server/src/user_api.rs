@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use alchemiscale_model::chain::KeyedChain;
 use alchemiscale_model::json::{self, Value};
 use alchemiscale_model::{NetworkState, Scope, ScopeDict, ScopedKey, ScopedKeyDict, TaskStatus};
-use alchemiscale_store::identities::IdentityKind;
 use alchemiscale_store::tasks::{TaskRequest, Weights};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
@@ -25,7 +24,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, path_sk, Caller};
+use crate::auth::{authorize_all, path_sk, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_sk, parse_sk_dicts, parse_sks, scope_error, Body, Params};
 use crate::AppState;
@@ -39,7 +38,8 @@ fn strings(keys: Vec<ScopedKey>) -> Json<serde_json::Value> {
     Json(json!(keys.iter().map(ToString::to_string).collect::<Vec<_>>()))
 }
 
-fn opt_strings(keys: Vec<Option<ScopedKey>>) -> Json<serde_json::Value> {
+/// Keys, or null where there is none, as the JSON list both APIs answer with.
+pub(crate) fn opt_strings(keys: Vec<Option<ScopedKey>>) -> Json<serde_json::Value> {
     Json(json!(keys.iter().map(|k| k.as_ref().map(ToString::to_string)).collect::<Vec<_>>()))
 }
 
@@ -72,19 +72,9 @@ fn visible(caller: &Caller, keys: Vec<ScopedKey>) -> Vec<Option<ScopedKey>> {
     keys.into_iter().map(|k| caller.authorize(k.scope()).ok().map(|_| k)).collect()
 }
 
-/// Rule (A): every key authorised, or the first failure.
-fn authorize_all(caller: &Caller, keys: &[ScopedKey]) -> ApiResult<()> {
-    keys.iter().try_for_each(|k| caller.authorize(k.scope()))
-}
-
 /// All routes of the user API with their OpenAPI descriptions.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(crate::service::ping))
-        .routes(routes!(crate::service::token))
-        .routes(routes!(crate::service::info))
-        .routes(routes!(crate::service::check))
-        .routes(routes!(identity_scopes))
+    crate::service::router()
         .routes(routes!(exists))
         .routes(routes!(create_network, query_networks))
         .routes(routes!(set_networks_state))
@@ -141,22 +131,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 // ---- service routes (U1–U5) ------------------------------------------------------------
-
-/// U5: scopes of an identity. Callers may read their own; admins anyone's (403 otherwise).
-#[utoipa::path(get, path = "/identities/{identifier}/scopes", tag = "service", params(("identifier" = String, Path)))]
-async fn identity_scopes(State(state): State<AppState>, caller: Caller, Path(identifier): Path<String>) -> JsonResult {
-    let scopes = if identifier == caller.identifier {
-        state.store().list_scopes(caller.kind, &identifier).await?
-    } else if caller.is_admin() {
-        match state.store().list_scopes(IdentityKind::User, &identifier).await? {
-            Some(s) => Some(s),
-            None => state.store().list_scopes(IdentityKind::Admin, &identifier).await?,
-        }
-    } else {
-        return Err(auth::forbidden("an identity may only list its own scopes"));
-    };
-    Ok(Json(json!(scopes.unwrap_or_default())))
-}
 
 // ---- existence and networks (U6–U9) -----------------------------------------------------
 

@@ -37,8 +37,8 @@ use std::collections::HashMap;
 use rand::Rng;
 use sqlx::AnyConnection;
 
-use crate::db::{bind, dialect, fetch_json_rows, json_id_list, json_rows_select, values_rows, Arg, MAX_PARAMS};
-use crate::error::{Result, StoreError};
+use crate::db::{bind, dialect, fetch_json_rows, json_id_list, json_ids, json_rows_select, values_rows, Arg, MAX_PARAMS};
+use crate::error::Result;
 use crate::Backend;
 
 /// The rank of a weight-0 row (finite, so it survives every JSON and SQL round trip).
@@ -70,7 +70,7 @@ pub(crate) async fn redraw(conn: &mut AnyConnection, backend: Backend, tasks: &[
     if tasks.is_empty() {
         return Ok(());
     }
-    let ids = serde_json::to_string(tasks).map_err(|e| StoreError::Invalid(format!("cannot encode task ids: {e}")))?;
+    let ids = json_ids(tasks);
     let hub_condition = if hub.is_some() { " AND a.network_id = $2" } else { "" };
     let sql = format!(
         "{} FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.task_id IN ({}){hub_condition}",

@@ -89,8 +89,8 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use crate::db::{
-    bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_id_list, json_rows_select,
-    json_text_list, Arg,
+    bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_str, json_array, json_id_list, json_ids,
+    json_rows_select, json_text_list, Arg,
 };
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
@@ -198,11 +198,8 @@ fn protocol_filter(protocols: Option<&[String]>) -> Result<Option<Vec<String>>> 
     if list.is_empty() {
         return Err(StoreError::Invalid(EMPTY_PROTOCOLS_ERROR.into()));
     }
-    let valid = |p: &str| {
-        let mut chars = p.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if !list.iter().all(|p| valid(p)) {
+    // (the grammar of scope components)
+    if !list.iter().all(|p| alchemiscale_model::scope::is_valid_component(p)) {
         return Err(StoreError::Invalid(PROTOCOL_NAME_ERROR.into()));
     }
     let mut names = list.to_vec();
@@ -380,16 +377,10 @@ impl Combiner {
 
 static COMBINERS: LazyLock<Mutex<HashMap<String, Arc<Combiner>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// Batches of one search space that may run at once: one on SQLite (there is one writer
-/// anyway), a few on PostgreSQL (they proceed in parallel under `SKIP LOCKED`).
-fn batch_permits(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 1,
-    }
-}
-
-fn combiner(key: &str, backend: Backend) -> Arc<Combiner> {
+/// The combiner of a search space. Its batches run one at a time per process: on SQLite
+/// they would queue for the single writer anyway, and on PostgreSQL one at a time measured
+/// faster than two.
+fn combiner(key: &str) -> Arc<Combiner> {
     let mut map = COMBINERS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = map.get(key) {
         return c.clone();
@@ -398,7 +389,7 @@ fn combiner(key: &str, backend: Backend) -> Arc<Combiner> {
         // forget idle combiners (nobody holds them)
         map.retain(|_, c| Arc::strong_count(c) > 1);
     }
-    let c = Arc::new(Combiner { queue: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(batch_permits(backend)) });
+    let c = Arc::new(Combiner { queue: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(1) });
     map.insert(key.to_string(), c.clone());
     c
 }
@@ -492,7 +483,7 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64
     // the claim log outlives the claim: results are accepted from any service that
     // claimed the task (`Store::check_result_submitter`)
     let ids: Vec<i64> = inserted.iter().copied().collect();
-    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(format!("cannot encode task ids: {e}")))?;
+    let ids = json_ids(&ids);
     let log = format!(
         "INSERT INTO task_claim_log (task_id, service_identifier, claimed) \
          SELECT c.task_id, s.identifier, c.claimed FROM task_claim c JOIN compute_service s ON s.id = c.service_id \
@@ -914,7 +905,7 @@ impl Store {
             max_failures,
         };
         let key = space.key(self);
-        let combiner = combiner(&key, self.backend);
+        let combiner = combiner(&key);
         let mut request = Some(ClaimRequest { service: service.clone(), count, reply: None });
         loop {
             let (tx, mut rx) = tokio::sync::oneshot::channel();

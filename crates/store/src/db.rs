@@ -159,6 +159,11 @@ pub(crate) fn json_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String
     serde_json::to_string(&items.into_iter().collect::<Vec<_>>()).expect("strings serialise")
 }
 
+/// The JSON array text for [`json_id_list`].
+pub(crate) fn json_ids(ids: &[i64]) -> String {
+    serde_json::to_string(ids).expect("integers serialise")
+}
+
 /// `$start, $start+1, …` (n placeholders).
 pub(crate) fn placeholders(start: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 5);

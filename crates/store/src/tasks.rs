@@ -343,11 +343,10 @@ impl Store {
             })
             .collect();
         let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
-        let new_rows: Vec<Vec<Arg>> = eligible
-            .iter()
-            .filter(|t| !already.contains(&t.id))
-            .map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5), Arg::I64(t.priority)])
-            .collect();
+        let new: Vec<&&TaskRow> = eligible.iter().filter(|t| !already.contains(&t.id)).collect();
+        let new_ids: Vec<i64> = new.iter().map(|t| t.id).collect();
+        let new_rows: Vec<Vec<Arg>> =
+            new.iter().map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5), Arg::I64(t.priority)]).collect();
         insert_rows(
             &mut tx,
             self.backend,
@@ -357,14 +356,13 @@ impl Store {
             &new_rows,
         )
         .await?;
-        let new_ids: Vec<Arg> = new_rows.iter().map(|r| r[1].clone()).collect();
         execute_in_chunks(
             &mut tx,
             self.backend,
             "INSERT INTO restart_applies (pattern_id, task_id, num_retries) SELECT rp.id, t.id, 0 FROM restart_pattern rp, task t \
              WHERE rp.network_id = $1 AND t.id IN ({}) ON CONFLICT DO NOTHING",
             &[Arg::I64(hub)],
-            &new_ids,
+            &id_args(&new_ids),
         )
         .await?;
         let actioned: std::collections::HashSet<i64> = eligible.iter().map(|t| t.id).collect();
@@ -378,10 +376,7 @@ impl Store {
         match weights {
             // (redraws every listed row on the hub, the new ones included)
             Some(w) => set_action_weights(&mut tx, self.backend, hub, tasks, &found, &w).await?,
-            None => {
-                let ids: Vec<i64> = new_rows.iter().filter_map(|r| if let Arg::I64(id) = r[1] { Some(id) } else { None }).collect();
-                redraw(&mut tx, self.backend, &ids, Some(hub), Entry::Fresh).await?;
-            }
+            None => redraw(&mut tx, self.backend, &new_ids, Some(hub), Entry::Fresh).await?,
         }
         tx.commit().await?;
         Ok(result)
