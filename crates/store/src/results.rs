@@ -274,16 +274,24 @@ impl Store {
     /// from a service whose claim has since ended (completion elsewhere, registration
     /// expiry) are accepted: the claim log remembers every claim.
     pub async fn check_result_submitter(&self, task: &ScopedKey, service: &str) -> Result<()> {
-        let mut conn = self.reader().acquire().await?;
-        let t = load_task(&mut conn, task).await?.ok_or(StoreError::NotFound)?;
-        let row = sqlx::query("SELECT 1 FROM task_claim_log WHERE task_id = $1 AND service_identifier = $2")
-            .bind(t.id)
-            .bind(service)
-            .fetch_optional(&mut *conn)
-            .await?;
-        match row {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Conflict(format!("task {task} was not claimed by compute service {service}"))),
+        if task.qualname() != "Task" {
+            return Err(StoreError::NotFound);
+        }
+        // the task and, in the same statement, whether the service ever claimed it
+        let row = crate::db::bind_sk(
+            sqlx::query(
+                "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM task_claim_log l WHERE l.task_id = t.id AND l.service_identifier = $5) \
+                 THEN 1 ELSE 0 END AS BIGINT) FROM task t WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4",
+            ),
+            task,
+        )
+        .bind(service)
+        .fetch_optional(self.reader())
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        match get_i64(&row, 0)? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict(format!("task {task} was not claimed by compute service {service}"))),
         }
     }
 
