@@ -4,7 +4,7 @@
 
 mod common;
 
-use alchemiscale_client::Client;
+use alchemiscale_client::{Client, Payload};
 use alchemiscale_compute::result::failure_blob;
 use alchemiscale_model::json::Value;
 use alchemiscale_model::{ComputeServiceId, Scope};
@@ -23,6 +23,9 @@ async fn compute_routes() {
     let id = ComputeServiceId::mint("clienttest").unwrap();
     assert_eq!(c.register(&id, None).await.unwrap(), id);
     assert_eq!(c.heartbeat(&id).await.unwrap(), id);
+    // C5: a compute identity lists its own scopes, nobody else's
+    assert_eq!(c.get(&format!("/identities/{COMPUTE_ID}/scopes")).await.unwrap(), serde_json::json!(["synth-*-*"]));
+    assert_eq!(c.send(reqwest::Method::GET, "/identities/someone-else/scopes", Payload::None).await.unwrap().status, 403);
 
     let all = Scope::all();
     let hubs = c.query_taskhubs(&[all.clone(), "synth-*-*".parse().unwrap()]).await.unwrap();
