@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
 
 use crate::chain::{as_reference, KeyedChain};
 use crate::hash::TracebacksFields;
@@ -82,22 +82,111 @@ pub fn zstd_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, PdrError> {
     Ok(out)
 }
 
-/// Decompress a zstd blob of JSON text through [`json::SkimWriter`]: the text with its
-/// very long strings emptied (for [`json::parse_skim`] at [`SKIM_STRING_LIMIT`]).
-fn skim_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, PdrError> {
-    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(data) {
-        if size > limit as u64 {
-            return Err(PdrError::TooLarge(limit));
+/// Decoded bytes handed on at a time by [`FrameDecoder`].
+const FRAME_CHUNK: usize = 1 << 20;
+
+/// One zstd frame decoded as its bytes arrive, into any writer: at most `limit` decoded
+/// bytes, nothing after the end of the frame, and (at [`FrameDecoder::finish`]) a frame
+/// that has ended. Memory is one chunk of output, whatever the frame's size.
+pub struct FrameDecoder<W> {
+    dec: Box<zstd::stream::raw::Decoder<'static>>,
+    buf: Vec<u8>,
+    out: W,
+    total: usize,
+    limit: usize,
+    ended: bool,
+}
+
+impl<W: Write> FrameDecoder<W> {
+    pub fn new(out: W, limit: usize) -> Result<FrameDecoder<W>, PdrError> {
+        let dec = zstd::stream::raw::Decoder::new().map_err(|e| PdrError::Blob(e.to_string()))?;
+        Ok(FrameDecoder { dec: Box::new(dec), buf: Vec::with_capacity(FRAME_CHUNK), out, total: 0, limit, ended: false })
+    }
+
+    /// Decode the next compressed bytes (any chunking), writing what they give.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), PdrError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut input = InBuffer::around(data);
+        loop {
+            if self.ended {
+                if input.pos() < data.len() {
+                    return Err(PdrError::Blob("data after the end of the zstd frame".into()));
+                }
+                return Ok(());
+            }
+            self.buf.clear();
+            let hint = self.dec.run(&mut input, &mut OutBuffer::around(&mut self.buf)).map_err(|e| PdrError::Blob(e.to_string()))?;
+            let produced = self.buf.len();
+            if produced > 0 {
+                self.total += produced;
+                if self.total > self.limit {
+                    return Err(PdrError::TooLarge(self.limit));
+                }
+                self.out.write_all(&self.buf).map_err(|e| write_error(e, self.limit))?;
+            }
+            if hint == 0 {
+                self.ended = true;
+            } else if input.pos() == data.len() && produced < self.buf.capacity() {
+                // all input taken and the decoder is not holding back output
+                return Ok(());
+            }
         }
     }
-    let mut skim = json::SkimWriter::new(SKIM_STRING_LIMIT, limit);
-    let copied = zstd::stream::copy_decode(data, &mut skim);
-    let text = skim.finish().map_err(|e| match e {
-        json::SkimError::TooLarge(_) => PdrError::TooLarge(limit),
-        other => PdrError::Json(other.to_string()),
-    })?;
-    copied.map_err(|e| PdrError::Blob(e.to_string()))?;
-    Ok(text)
+
+    /// The frame is complete: the writer back.
+    pub fn finish(mut self) -> Result<W, PdrError> {
+        self.feed(&[])?;
+        if !self.ended {
+            return Err(PdrError::Blob("the zstd frame is truncated".into()));
+        }
+        Ok(self.out)
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+}
+
+/// A writer's refusal as a result error (the skimmer's own reasons kept).
+fn write_error(e: std::io::Error, limit: usize) -> PdrError {
+    match e.get_ref().and_then(|x| x.downcast_ref::<json::SkimError>()) {
+        Some(json::SkimError::TooLarge(_)) => PdrError::TooLarge(limit),
+        Some(other) => PdrError::Json(other.to_string()),
+        None => PdrError::Blob(e.to_string()),
+    }
+}
+
+/// Analysis of a result blob (a zstd frame of keyed-chain JSON) as its bytes arrive: the
+/// frame is decompressed through [`json::SkimWriter`], so neither the blob nor its text
+/// is ever held whole. [`read_result`] uses it for whole blobs; the server feeds it the
+/// upload while the blob is being stored.
+pub struct BlobAnalyser {
+    frame: FrameDecoder<json::SkimWriter>,
+}
+
+impl BlobAnalyser {
+    pub fn new(limit: usize) -> Result<BlobAnalyser, PdrError> {
+        Ok(BlobAnalyser { frame: FrameDecoder::new(json::SkimWriter::new(SKIM_STRING_LIMIT, limit), limit)? })
+    }
+
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), PdrError> {
+        self.frame.feed(data)
+    }
+
+    pub fn finish(self) -> Result<PdrSummary, PdrError> {
+        let text = self.frame.finish()?.finish().map_err(|e| match e {
+            json::SkimError::TooLarge(limit) => PdrError::TooLarge(limit),
+            other => PdrError::Json(other.to_string()),
+        })?;
+        summarise(&text)
+    }
+}
+
+/// Parse skimmed keyed-chain text and analyse the ProtocolDAGResult in it.
+fn summarise(text: &[u8]) -> Result<PdrSummary, PdrError> {
+    let value = json::parse_skim(text, SKIM_STRING_LIMIT).map_err(|e| PdrError::Json(e.to_string()))?;
+    let chain = KeyedChain::from_value(value).map_err(|e| PdrError::Chain(e.to_string()))?;
+    analyse(&chain)
 }
 
 /// Compress with a one-shot compressor (level 3), which records the content size in the
@@ -156,20 +245,20 @@ pub struct ResultBlob {
 /// blob).
 pub fn read_result(bytes: Vec<u8>, limit: usize) -> Result<ResultBlob, PdrError> {
     // the analysis needs keys, references, source keys and tracebacks, never the bulk of
-    // the outputs: long string values are skipped, not copied; a compressed blob is
-    // decompressed through a skimming filter, so its full text is never held
-    let (blob, text) = if is_zstd(&bytes) {
-        let text = skim_decompress(&bytes, limit)?;
-        (bytes, text)
+    // the outputs: long string values are skipped, not copied
+    if is_zstd(&bytes) {
+        if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&bytes) {
+            if size > limit as u64 {
+                return Err(PdrError::TooLarge(limit));
+            }
+        }
+        let mut analyser = BlobAnalyser::new(limit)?;
+        analyser.feed(&bytes)?;
+        Ok(ResultBlob { summary: analyser.finish()?, blob: bytes })
     } else {
-        let blob = zstd_compress(&bytes);
-        (blob, bytes)
-    };
-    let value = json::parse_skim(&text, SKIM_STRING_LIMIT).map_err(|e| PdrError::Json(e.to_string()))?;
-    drop(text);
-    let chain = KeyedChain::from_value(value).map_err(|e| PdrError::Chain(e.to_string()))?;
-    let summary = analyse(&chain)?;
-    Ok(ResultBlob { blob, summary })
+        let summary = summarise(&bytes)?;
+        Ok(ResultBlob { blob: zstd_compress(&bytes), summary })
+    }
 }
 
 /// One failed unit.
@@ -336,6 +425,47 @@ mod tests {
         let plain = read_result(text.clone(), 1 << 30).unwrap();
         assert_eq!(plain.summary, ok.summary);
         assert_eq!(zstd::bulk::decompress(&plain.blob, text.len()).unwrap(), text, "content size is in the frame header");
+    }
+
+    #[test]
+    fn frames_decode_in_any_chunking_and_refuse_what_they_should() {
+        // several output chunks, so the decoder must flush what it holds after the input
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let frame = zstd_compress(&data);
+        for chunk in [1usize, 7, 4096, 1 << 20, frame.len()] {
+            let mut d = FrameDecoder::new(Vec::new(), 1 << 30).unwrap();
+            for c in frame.chunks(chunk) {
+                d.feed(c).unwrap();
+            }
+            assert!(d.finish().unwrap() == data, "chunk {chunk}");
+        }
+        let mut d = FrameDecoder::new(Vec::new(), 1 << 30).unwrap();
+        d.feed(&frame[..frame.len() - 1]).unwrap();
+        assert!(matches!(d.finish(), Err(PdrError::Blob(m)) if m.contains("truncated")));
+        let mut d = FrameDecoder::new(Vec::new(), 1 << 30).unwrap();
+        let mut trailing = frame.clone();
+        trailing.push(0);
+        assert!(matches!(d.feed(&trailing), Err(PdrError::Blob(m)) if m.contains("after the end")));
+        let mut d = FrameDecoder::new(Vec::new(), data.len() - 1).unwrap();
+        assert_eq!(d.feed(&frame).unwrap_err(), PdrError::TooLarge(data.len() - 1));
+        assert!(FrameDecoder::new(Vec::new(), 1 << 30).unwrap().feed(b"not zstd at all").is_err());
+    }
+
+    #[test]
+    fn streamed_analysis_agrees_with_whole_blobs() {
+        for name in ["pdr_ok.json.zst", "pdr_failure.json.zst"] {
+            let blob = vector(name);
+            let whole = read_result(blob.clone(), 1 << 30).unwrap();
+            let mut a = BlobAnalyser::new(1 << 30).unwrap();
+            for c in blob.chunks(3) {
+                a.feed(c).unwrap();
+            }
+            assert_eq!(a.finish().unwrap(), whole.summary, "{name}");
+        }
+        // the text limit holds for streamed blobs too
+        let blob = vector("pdr_ok.json.zst");
+        let mut a = BlobAnalyser::new(100).unwrap();
+        assert_eq!(a.feed(&blob).unwrap_err(), PdrError::TooLarge(100));
     }
 
     #[test]

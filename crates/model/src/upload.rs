@@ -11,14 +11,18 @@
 //! rest of the body (its "skeleton", with the payload replaced by `""`) is kept and parsed
 //! with the ordinary Python-dialect reader, so malformed JSON anywhere is still refused.
 //!
+//! The decoded payload goes to any [`std::io::Write`] as it is produced, in chunks (a
+//! `Vec<u8>` by default), so a caller can store and analyse a large result while its
+//! upload is still arriving.
+//!
 //! The lexer only tracks enough structure to find the payload (nesting, keys, strings); it
 //! does not validate. Validation is the skeleton parse plus the payload decoder's own
 //! checks (escapes, control characters, code points above U+00FF).
 
-use zstd::stream::raw::{Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
+use std::io::Write;
 
 use crate::json::{self, Value};
-use crate::pdr::{is_zstd, PdrError};
+use crate::pdr::{is_zstd, FrameDecoder, PdrError};
 
 /// Keys longer than this (raw) are never the ones we look for.
 const KEY_CAPTURE: usize = 64;
@@ -39,12 +43,12 @@ pub enum UploadError {
     Shape(String),
 }
 
-/// A decoded upload: who sent it and the ProtocolDAGResult bytes (the codec's content,
-/// already zstd-decompressed once when it was a zstd frame).
+/// A decoded upload: who sent it and where the ProtocolDAGResult bytes went (the codec's
+/// content, already zstd-decompressed once when it was a zstd frame).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upload {
+pub struct Upload<W = Vec<u8>> {
     pub compute_service_id: String,
-    pub bytes: Vec<u8>,
+    pub payload: W,
 }
 
 #[derive(Debug)]
@@ -74,19 +78,21 @@ enum Esc {
     Utf8 { lead: u8 },
 }
 
-enum Sink {
+/// Where the payload stands, holding the output.
+enum Sink<W> {
+    /// Before the payload string.
+    Waiting(W),
     /// The first bytes, until it is known whether they start a zstd frame.
-    Head(Vec<u8>),
-    Raw(Vec<u8>),
-    Zstd {
-        dec: Box<ZstdDecoder<'static>>,
-        out: Vec<u8>,
-        finished: bool,
-    },
+    Head(Vec<u8>, W),
+    /// Not a zstd frame: bytes go out as they are (`written` so far).
+    Raw(W, usize),
+    Zstd(Box<FrameDecoder<W>>),
+    /// Only while changing state, or after an error.
+    Broken,
 }
 
 /// Push the body in with [`UploadDecoder::feed`] (any chunking), then [`UploadDecoder::finish`].
-pub struct UploadDecoder {
+pub struct UploadDecoder<W: Write = Vec<u8>> {
     limit: usize,
     fed: usize,
     skeleton: Vec<u8>,
@@ -96,7 +102,7 @@ pub struct UploadDecoder {
     key_overflow: bool,
     /// Decoded payload bytes not yet handed to the sink.
     scratch: Vec<u8>,
-    sink: Option<Sink>,
+    sink: Sink<W>,
     payloads: usize,
     error: Option<UploadError>,
 }
@@ -104,6 +110,13 @@ pub struct UploadDecoder {
 impl UploadDecoder {
     /// `limit` bounds the body and the decoded payload (each).
     pub fn new(limit: usize) -> UploadDecoder {
+        UploadDecoder::with_output(limit, Vec::new())
+    }
+}
+
+impl<W: Write> UploadDecoder<W> {
+    /// Decode into `out` (which sees the payload in order, in chunks).
+    pub fn with_output(limit: usize, out: W) -> UploadDecoder<W> {
         UploadDecoder {
             limit,
             fed: 0,
@@ -113,9 +126,18 @@ impl UploadDecoder {
             key_raw: Vec::new(),
             key_overflow: false,
             scratch: Vec::new(),
-            sink: None,
+            sink: Sink::Waiting(out),
             payloads: 0,
             error: None,
+        }
+    }
+
+    /// The output (`None` after an error broke the decoder).
+    pub fn output_mut(&mut self) -> Option<&mut W> {
+        match &mut self.sink {
+            Sink::Waiting(w) | Sink::Head(_, w) | Sink::Raw(w, _) => Some(w),
+            Sink::Zstd(f) => Some(f.get_mut()),
+            Sink::Broken => None,
         }
     }
 
@@ -201,7 +223,10 @@ impl UploadDecoder {
                                     return Err(UploadError::Shape("`latin-1` is given more than once".into()));
                                 }
                                 self.skeleton.push(b'"');
-                                self.sink = Some(Sink::Head(Vec::new()));
+                                self.sink = match std::mem::replace(&mut self.sink, Sink::Broken) {
+                                    Sink::Waiting(w) => Sink::Head(Vec::new(), w),
+                                    _ => return Err(UploadError::Shape("`latin-1` is given more than once".into())),
+                                };
                                 self.lex = Lex::Payload(Esc::None);
                             } else {
                                 self.skeleton.push(b);
@@ -344,56 +369,45 @@ impl UploadDecoder {
 
     fn sink_write(&mut self, data: &[u8]) -> Result<(), UploadError> {
         let limit = self.limit;
-        let too_large = || UploadError::Codec(PdrError::TooLarge(limit));
-        match self.sink.as_mut().expect("a payload sink while in the payload") {
-            Sink::Head(h) => {
+        match &mut self.sink {
+            Sink::Head(h, _) => {
                 let take = (ZSTD_HEADER_MAX - h.len()).min(data.len());
                 h.extend_from_slice(&data[..take]);
                 if h.len() < ZSTD_HEADER_MAX {
                     return Ok(());
                 }
-                let head = std::mem::take(h);
-                self.start_sink(head)?;
+                self.start_sink()?;
                 self.sink_write(&data[take..])
             }
-            Sink::Raw(v) => {
-                if v.len() + data.len() > limit {
-                    return Err(too_large());
+            Sink::Raw(w, written) => {
+                *written += data.len();
+                if *written > limit {
+                    return Err(PdrError::TooLarge(limit).into());
                 }
-                v.extend_from_slice(data);
-                Ok(())
+                w.write_all(data).map_err(|e| PdrError::Blob(e.to_string()).into())
             }
-            Sink::Zstd { dec, out, finished } => {
-                let mut input = InBuffer::around(data);
-                while input.pos() < data.len() {
-                    if *finished {
-                        return Err(PdrError::Blob("data after the end of the zstd frame".into()).into());
-                    }
-                    *finished = zstd_step(dec, out, &mut input, limit)?;
-                }
-                Ok(())
-            }
+            Sink::Zstd(f) => Ok(f.feed(data)?),
+            Sink::Waiting(_) | Sink::Broken => unreachable!("payload bytes outside the payload"),
         }
     }
 
-    /// Decide from the first bytes whether the payload is a zstd frame.
-    fn start_sink(&mut self, head: Vec<u8>) -> Result<(), UploadError> {
+    /// Decide from the first bytes whether the payload is a zstd frame, and pass them on.
+    fn start_sink(&mut self) -> Result<(), UploadError> {
+        let Sink::Head(head, out) = std::mem::replace(&mut self.sink, Sink::Broken) else { unreachable!("start_sink after the head") };
         if is_zstd(&head) {
             let size = zstd::zstd_safe::get_frame_content_size(&head).ok().flatten();
             if size.is_some_and(|s| s > self.limit as u64) {
                 return Err(PdrError::TooLarge(self.limit).into());
             }
-            let dec = ZstdDecoder::new().map_err(|e| PdrError::Blob(e.to_string()))?;
-            let out = Vec::with_capacity(size.map_or(0, |s| s as usize));
-            self.sink = Some(Sink::Zstd { dec: Box::new(dec), out, finished: false });
+            self.sink = Sink::Zstd(Box::new(FrameDecoder::new(out, self.limit)?));
         } else {
-            self.sink = Some(Sink::Raw(Vec::new()));
+            self.sink = Sink::Raw(out, 0);
         }
         self.sink_write(&head)
     }
 
     /// The body is complete: parse the skeleton and return the upload.
-    pub fn finish(mut self) -> Result<Upload, UploadError> {
+    pub fn finish(mut self) -> Result<Upload<W>, UploadError> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -413,26 +427,18 @@ impl UploadDecoder {
         if !is_bytes || self.payloads != 1 || codec.get("latin-1").and_then(Value::as_str) != Some("") {
             return Err(PdrError::NotBytes.into());
         }
-        let bytes = match self.sink.take() {
-            Some(Sink::Head(h)) => {
-                // shorter than a zstd frame header: take it as it is unless it is a whole frame
-                if is_zstd(&h) {
-                    crate::pdr::zstd_decompress(&h, self.limit).unwrap_or(h)
-                } else {
-                    h
-                }
-            }
-            Some(Sink::Raw(v)) => v,
-            Some(Sink::Zstd { mut dec, mut out, mut finished }) => {
-                // output the decoder still holds
-                while !finished {
-                    finished = zstd_step(&mut dec, &mut out, &mut InBuffer::around(&[]), self.limit)?;
-                }
+        let payload = match std::mem::replace(&mut self.sink, Sink::Broken) {
+            Sink::Head(h, mut out) => {
+                // shorter than a zstd frame header: taken as it is unless it is a whole frame
+                let bytes = if is_zstd(&h) { crate::pdr::zstd_decompress(&h, self.limit).unwrap_or(h) } else { h };
+                out.write_all(&bytes).map_err(|e| PdrError::Blob(e.to_string()))?;
                 out
             }
-            None => return Err(PdrError::NotBytes.into()),
+            Sink::Raw(out, _) => out,
+            Sink::Zstd(f) => f.finish()?,
+            Sink::Waiting(_) | Sink::Broken => return Err(PdrError::NotBytes.into()),
         };
-        Ok(Upload { compute_service_id, bytes })
+        Ok(Upload { compute_service_id, payload })
     }
 }
 
@@ -453,67 +459,133 @@ static HEX: [u8; 256] = {
     t
 };
 
-/// Decode the common tokens of a Python-encoded latin-1 payload, printable ASCII and
-/// `\u00XX`, from the start of `data` into `out`; stop before anything else (the closing
-/// quote, other escapes, invalid bytes) or where an escape might be incomplete, and return
-/// the bytes consumed. The byte loop in `payload` takes it from there.
-fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
-    let mut i = 0usize;
-    while i + 6 <= data.len() {
-        let b = data[i];
-        if b == b'\\' {
-            let t = &data[i..i + 6];
-            let (hi, lo) = (HEX[t[4] as usize], HEX[t[5] as usize]);
-            if t[1] != b'u' || t[2] != b'0' || t[3] != b'0' || (hi | lo) >= 16 {
-                break;
-            }
-            out.push((hi << 4) | lo);
-            i += 6;
-        } else if (0x20..0x80).contains(&b) && b != b'"' {
-            out.push(b);
-            i += 1;
-        } else {
+/// What a payload byte starts: 0 anything the fast path leaves to the byte loop (the
+/// closing quote, control characters, invalid bytes), 1 a printable ASCII character, 2 the
+/// lead byte of a two-byte UTF-8 sequence of a latin-1 character, 3 an escape.
+static KIND: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0x20;
+    while b < 0x80 {
+        t[b] = 1;
+        b += 1;
+    }
+    t[b'"' as usize] = 0;
+    t[b'\\' as usize] = 3;
+    t[0xC2] = 2;
+    t[0xC3] = 2;
+    t
+};
+
+/// The byte a two-character escape stands for; 0xF0 for `u` and anything invalid.
+static SHORT_ESCAPE: [u8; 256] = {
+    let mut t = [0xF0u8; 256];
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t[b'/' as usize] = b'/';
+    t[b'b' as usize] = 0x08;
+    t[b'f' as usize] = 0x0C;
+    t[b'n' as usize] = b'\n';
+    t[b'r' as usize] = b'\r';
+    t[b't' as usize] = b'\t';
+    t
+};
+
+/// The token at the start of `w` (eight payload bytes, little-endian): the byte it
+/// stands for and its length, or length 0 when the fast path does not take it. Written
+/// without data-dependent branches: the payload is compressed data, so the kind of each
+/// token is random and a branch per token would be mispredicted about half the time.
+#[inline(always)]
+fn token(w: u64) -> (u8, usize) {
+    let b0 = w as u8;
+    let b1 = (w >> 8) as u8;
+    let kind = KIND[b0 as usize] as usize;
+    // `\u00XX`
+    let (h4, h5) = (HEX[(w >> 32) as u8 as usize], HEX[(w >> 40) as u8 as usize]);
+    let unicode = b1 == b'u';
+    let unicode_ok = (w >> 16) as u16 == 0x3030 && (h4 | h5) < 16;
+    let short = SHORT_ESCAPE[b1 as usize];
+    let esc_value = if unicode { (h4 << 4) | (h5 & 0x0F) } else { short };
+    let esc_len = if unicode { 6 } else { 2 };
+    let esc_ok = if unicode { unicode_ok } else { short != 0xF0 };
+    let values = [0, b0, (b0 << 6) | (b1 & 0x3F), esc_value];
+    let lens = [0, 1, 2, esc_len];
+    let oks = [false, true, b1 & 0xC0 == 0x80, esc_ok];
+    (values[kind], if oks[kind] { lens[kind] } else { 0 })
+}
+
+#[inline(always)]
+fn word(data: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(data[i..i + 8].try_into().expect("eight bytes"))
+}
+
+/// Decode tokens from `data[i..end]` (with `end + 8 <= data.len()` so every token can be
+/// read as a whole word) into `out`; stop at `end` or before a token the fast path does
+/// not take. Returns where it stopped.
+#[inline(always)]
+fn run(data: &[u8], mut i: usize, end: usize, out: &mut Vec<u8>) -> usize {
+    while i < end {
+        let (value, len) = token(word(data, i));
+        if len == 0 {
             break;
         }
+        out.push(value);
+        i += len;
     }
     i
 }
 
-/// One decompression step into `out`, growing it only when the decoder cannot otherwise
-/// progress (so an output sized from the frame header is never reallocated). Returns
-/// whether the frame is complete; a step that can neither read nor write means the frame
-/// is truncated.
-fn zstd_step(dec: &mut ZstdDecoder<'static>, out: &mut Vec<u8>, input: &mut InBuffer<'_>, limit: usize) -> Result<bool, UploadError> {
-    let too_large = || UploadError::Codec(PdrError::TooLarge(limit));
-    for attempt in 0..2 {
-        if attempt == 1 || out.capacity() == out.len() {
-            if out.len() >= limit {
-                return Err(too_large());
-            }
-            let grow = (out.len() / 4).clamp(64 * 1024, 64 << 20).min(limit - out.len());
-            out.reserve_exact(grow.max(1));
-        }
-        let before = (input.pos(), out.len());
-        let pos = out.len();
-        let hint = dec.run(input, &mut OutBuffer::around_pos(out, pos)).map_err(|e| PdrError::Blob(e.to_string()))?;
-        if out.len() > limit {
-            return Err(too_large());
-        }
-        if hint == 0 {
-            return Ok(true);
-        }
-        if (input.pos(), out.len()) != before {
-            return Ok(false);
-        }
-        if out.capacity() > out.len() {
-            // room to write, nothing to read, and no progress: the input has ended early
-            break;
-        }
-    }
-    Err(PdrError::Blob("the zstd frame is truncated".into()).into())
+/// True if a token starts at `p`: not inside a two-byte UTF-8 sequence, and no backslash
+/// in the five bytes before (an escape is at most six bytes, so one covering `p` would
+/// start there).
+fn token_boundary(data: &[u8], p: usize) -> bool {
+    p >= 5 && data[p] & 0xC0 != 0x80 && !data[p - 5..p].contains(&b'\\')
 }
 
-impl std::io::Write for UploadDecoder {
+/// Decode the common tokens of a latin-1 payload (printable ASCII, `\u00XX` as Python
+/// writes it, two-byte UTF-8, short escapes) from the start of `data` into `out`; stop
+/// before anything else (the closing quote, invalid bytes) or near the end, where a token
+/// might be incomplete, and return the bytes consumed. The byte loop in `payload` takes
+/// it from there.
+///
+/// Each token's length depends on the previous one's, which makes a single cursor a
+/// chain of dependent loads. A long input is therefore split at a token boundary and both
+/// halves are decoded in one interleaved loop: the two chains are independent, so the
+/// processor overlaps them.
+fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
+    if data.len() < 8 {
+        return 0;
+    }
+    let end = data.len() - 7;
+    out.reserve(data.len());
+    let split = if end < 4096 { None } else { (end / 2..end.min(end / 2 + 4096)).find(|&p| token_boundary(data, p)) };
+    let Some(split) = split else {
+        return run(data, 0, end, out);
+    };
+    let mut second = Vec::with_capacity(end - split);
+    let (mut a, mut b) = (0, split);
+    while a < split && b < end {
+        let (va, la) = token(word(data, a));
+        let (vb, lb) = token(word(data, b));
+        if la == 0 || lb == 0 {
+            break;
+        }
+        out.push(va);
+        second.push(vb);
+        a += la;
+        b += lb;
+    }
+    let a = run(data, a, split, out);
+    if a != split {
+        // the first half stopped early (the string ends there, or something the byte
+        // loop must judge): the second half's work does not count
+        return a;
+    }
+    let b = run(data, b, end, &mut second);
+    out.extend_from_slice(&second);
+    b
+}
+
+impl<W: Write> std::io::Write for UploadDecoder<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.feed(buf).map_err(std::io::Error::other)?;
         Ok(buf.len())
@@ -562,7 +634,7 @@ mod tests {
             for text in [ascii, raw] {
                 for chunk in [1, 2, 3, 5, 7, 13, 64, 4096, 1 << 20] {
                     let up = decode_in(text.as_bytes(), chunk).unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
-                    assert_eq!(&up.bytes, expect, "chunk {chunk}");
+                    assert_eq!(&up.payload, expect, "chunk {chunk}");
                     assert_eq!(up.compute_service_id, "svc-1");
                 }
             }
@@ -580,7 +652,7 @@ mod tests {
                 std::io::Write::write_all(&mut gzd, c).unwrap();
             }
             let up = gzd.finish().unwrap().finish().unwrap();
-            assert_eq!(up.bytes, blob, "codec layer removed, blob as the client compressed it");
+            assert_eq!(up.payload, blob, "codec layer removed, blob as the client compressed it");
             assert_eq!(up.compute_service_id, "vecservice-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
         }
     }
@@ -609,7 +681,56 @@ mod tests {
             format!("{{\"protocoldagresult\": {{\"__class__\": \"bytes\", \"latin-1\": \"{text}\"}}, \"compute_service_id\": \"s\"}}");
         for chunk in [1, 5, 6, 7, 64, body.len()] {
             let up = decode_in(body.as_bytes(), chunk).unwrap();
-            assert_eq!(up.bytes, expect, "chunk {chunk}");
+            assert_eq!(up.payload, expect, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn long_payloads_decode_the_same_split_anywhere() {
+        // long enough for the two-cursor path, in every spelling JSON allows, with the
+        // string's end and invalid bytes placed in either half
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let spell = |style: usize| {
+            let mut text = String::new();
+            for (i, &b) in data.iter().enumerate() {
+                match (b, (style + i) % 3) {
+                    (b'"', _) => text.push_str("\\\""),
+                    (b'\\', _) => text.push_str("\\\\"),
+                    (b'\n', 0) => text.push_str("\\n"),
+                    (b'/', 1) => text.push_str("\\/"),
+                    (0x20..=0x7F, _) => text.push(b as char),
+                    (0x80..=0xFF, 2) if style == 1 => text.push(char::from(b)),
+                    _ => text.push_str(&format!("\\u{b:04x}")),
+                }
+            }
+            text
+        };
+        for style in [0, 1] {
+            let text = spell(style);
+            let body =
+                format!("{{\"protocoldagresult\": {{\"__class__\": \"bytes\", \"latin-1\": \"{text}\"}}, \"compute_service_id\": \"s\"}}");
+            for chunk in [1000, 65_536, 100_003, body.len()] {
+                let up = decode_in(body.as_bytes(), chunk).unwrap_or_else(|e| panic!("style {style} chunk {chunk}: {e}"));
+                assert!(up.payload == data, "style {style} chunk {chunk}");
+            }
+            // an invalid escape early or late (in either half) is still refused
+            for at in [text.len() / 5, text.len() * 4 / 5] {
+                let at = (at..).find(|&i| text.is_char_boundary(i) && !text[..i].ends_with('\\')).unwrap();
+                let bad = format!("{}\\q{}", &text[..at], &text[at..]);
+                let body = format!(
+                    "{{\"protocoldagresult\": {{\"__class__\": \"bytes\", \"latin-1\": \"{bad}\"}}, \"compute_service_id\": \"s\"}}"
+                );
+                let e = decode_in(body.as_bytes(), body.len()).unwrap_err();
+                assert!(matches!(e, UploadError::Json { .. }), "{e:?}");
+            }
         }
     }
 
@@ -617,19 +738,19 @@ mod tests {
     fn a_zstd_payload_is_decompressed_once() {
         let blob = zstd_compress(b"[[\"A-1\", {}]]");
         let up = decode_in(body(&encode_bytes_codec(&blob), "s-1").as_bytes(), 10).unwrap();
-        assert_eq!(up.bytes, blob);
+        assert_eq!(up.payload, blob);
         // tiny payloads (shorter than a frame header) too
         let up = decode_in(body(&encode_bytes_codec(b"x"), "s-1").as_bytes(), 3).unwrap();
-        assert_eq!(up.bytes, b"x");
+        assert_eq!(up.payload, b"x");
         let up = decode_in(body(&Value::Object(object([("__class__", "bytes"), ("latin-1", "ab")])), "s-1").as_bytes(), 1).unwrap();
-        assert_eq!(up.bytes, b"ab");
+        assert_eq!(up.payload, b"ab");
     }
 
     #[test]
     fn escaped_keys_and_unknown_members_are_understood() {
         let text = r#"{"extra": {"latin-1": "not this", "x": [1, NaN, {"a": "b\"}"}]}, "protocol\u0064agresult": {"__class__": "bytes", "latin\u002d1": "\u0041\u00ff\n"}, "compute_service_id": "svc-2"}"#;
         let up = decode_in(text.as_bytes(), 4).unwrap();
-        assert_eq!(up.bytes, vec![0x41, 0xFF, b'\n']);
+        assert_eq!(up.payload, vec![0x41, 0xFF, b'\n']);
         assert_eq!(up.compute_service_id, "svc-2");
     }
 

@@ -13,6 +13,13 @@
 //! reference; every read checks it, so an object altered or truncated behind the server's
 //! back is reported (naming the object) instead of served. Local writes are atomic
 //! (temporary file, then rename); S3 puts are atomic by nature.
+//!
+//! A large object can also be written while it is still arriving, before its final place
+//! is known ([`Objects::writer`]): it is assembled under `<prefix>/_staging/` (a file, or
+//! an S3 multipart upload) and moved into place once the caller knows where it belongs
+//! ([`StagedObject::commit`]: a rename, or an S3 copy). Abandoned staging objects are
+//! removed when their writer is dropped; a crash can leave one behind, never a reference
+//! to one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +29,7 @@ use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +101,11 @@ fn classify(path: &str, e: object_store::Error) -> ObjectError {
 /// are durable only once their directory is synced).
 fn sync_path(root: &std::path::Path, file: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(file)?.sync_all()?;
+    sync_dirs(root, file)
+}
+
+/// fsync the directories from `file`'s parent up to `root`.
+fn sync_dirs(root: &std::path::Path, file: &std::path::Path) -> std::io::Result<()> {
     let mut dir = file.parent();
     while let Some(d) = dir {
         std::fs::File::open(d)?.sync_all()?;
@@ -224,6 +236,15 @@ impl Objects {
         self.inner.delete(&self.key(rel)).await.map_err(|e| classify(rel, e))
     }
 
+    /// Relative paths of the objects under `rel` (a directory-like prefix).
+    pub async fn list(&self, rel: &str) -> Result<Vec<String>> {
+        use futures_util::TryStreamExt;
+        let base = self.key(rel);
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let found: Vec<_> = self.inner.list(Some(&base)).try_collect().await.map_err(|e| classify(rel, e))?;
+        Ok(found.into_iter().map(|m| m.location.as_ref()[strip..].to_string()).collect())
+    }
+
     /// Reachable and writable: write and delete a probe object (`_check_test`).
     pub async fn check(&self) -> Result<()> {
         let probe = "_check_test";
@@ -233,6 +254,214 @@ impl Objects {
             return Err(ObjectError::Unavailable("the check object read back differently".into()));
         }
         self.delete(probe).await
+    }
+}
+
+/// Where objects are assembled before their place is known (relative to the prefix).
+pub const STAGING_DIR: &str = "_staging";
+/// S3 multipart part size (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 << 20;
+/// S3 parts in flight per object.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Local writes are flushed to disk every this many bytes, so the disk works while the
+/// object is still arriving and the final fsync has little left to do.
+const LOCAL_SYNC_EVERY: u64 = 16 << 20;
+
+/// An object being written piece by piece ([`Objects::writer`]).
+pub struct ObjectWriter {
+    objects: Objects,
+    staging: String,
+    hasher: Sha256,
+    size: u64,
+    sink: Option<WriterSink>,
+}
+
+enum WriterSink {
+    Local { file: std::fs::File, path: PathBuf, unsynced: u64 },
+    Remote(WriteMultipart),
+}
+
+impl ObjectWriter {
+    /// Append `chunk`.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.size += chunk.len() as u64;
+        let staging = self.staging.clone();
+        match self.sink.take() {
+            Some(WriterSink::Local { mut file, path, mut unsynced }) => {
+                let mut hasher = std::mem::take(&mut self.hasher);
+                let written = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                    use std::io::Write;
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)?;
+                    unsynced += chunk.len() as u64;
+                    if unsynced >= LOCAL_SYNC_EVERY {
+                        file.sync_data()?;
+                        unsynced = 0;
+                    }
+                    Ok((file, hasher, unsynced))
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+                let (file, hasher, unsynced) = match written {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(ObjectError::Unavailable(format!("{staging}: {e}")));
+                    }
+                };
+                self.hasher = hasher;
+                self.sink = Some(WriterSink::Local { file, path, unsynced });
+            }
+            Some(WriterSink::Remote(mut upload)) => {
+                self.hasher.update(&chunk);
+                let waited = upload.wait_for_capacity(PARTS_IN_FLIGHT).await;
+                upload.put(chunk);
+                self.sink = Some(WriterSink::Remote(upload));
+                waited.map_err(|e| classify(&staging, e))?;
+            }
+            None => return Err(ObjectError::Unavailable(format!("{staging}: written after a failure"))),
+        }
+        Ok(())
+    }
+
+    /// Everything written is durable at the staging place: ready to be moved into place.
+    pub async fn finish(mut self) -> Result<StagedObject> {
+        let staging = self.staging.clone();
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        match self.sink.take() {
+            Some(WriterSink::Local { file, path, .. }) => {
+                let sync = tokio::task::spawn_blocking(move || file.sync_all()).await;
+                let staged = StagedObject {
+                    objects: self.objects.clone(),
+                    staging: staging.clone(),
+                    local: Some(path),
+                    sha256,
+                    size: self.size,
+                    done: false,
+                };
+                sync.map_err(|e| ObjectError::Unavailable(format!("{staging}: {e}")))?
+                    .map_err(|e| ObjectError::Unavailable(format!("{staging}: cannot sync to disk: {e}")))?;
+                Ok(staged)
+            }
+            Some(WriterSink::Remote(upload)) => {
+                upload.finish().await.map_err(|e| classify(&staging, e))?;
+                Ok(StagedObject { objects: self.objects.clone(), staging, local: None, sha256, size: self.size, done: false })
+            }
+            None => Err(ObjectError::Unavailable(format!("{staging}: finished after a failure"))),
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// An unfinished object is abandoned: its staging file or multipart upload goes.
+    fn drop(&mut self) {
+        match self.sink.take() {
+            Some(WriterSink::Local { path, .. }) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Some(WriterSink::Remote(upload)) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = upload.abort().await;
+                    });
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// A complete object at its staging place, to be [committed](StagedObject::commit) to its
+/// final one (or dropped, which removes it).
+pub struct StagedObject {
+    objects: Objects,
+    staging: String,
+    local: Option<PathBuf>,
+    sha256: String,
+    size: u64,
+    done: bool,
+}
+
+impl StagedObject {
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Move the object to `rel` (replacing any object there); durable when this returns.
+    /// Returns its SHA-256.
+    pub async fn commit(mut self, rel: &str) -> Result<String> {
+        match (&self.local, &self.objects.local_root) {
+            (Some(from), Some(root)) => {
+                let (from, root, to) = (from.clone(), root.clone(), root.join(rel));
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::rename(&from, &to)?;
+                    sync_dirs(&root, &to)
+                })
+                .await
+                .map_err(|e| ObjectError::Unavailable(format!("{rel}: {e}")))?
+                .map_err(|e| ObjectError::Unavailable(format!("{rel}: cannot move into place: {e}")))?;
+            }
+            _ => {
+                let (from, to) = (self.objects.key(&self.staging), self.objects.key(rel));
+                self.objects.inner.copy(&from, &to).await.map_err(|e| classify(rel, e))?;
+                if let Err(e) = self.objects.inner.delete(&from).await {
+                    tracing::warn!(staging = %self.staging, error = %e, "could not remove a staging object after copying it into place");
+                }
+            }
+        }
+        self.done = true;
+        Ok(std::mem::take(&mut self.sha256))
+    }
+}
+
+impl Drop for StagedObject {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(path) = &self.local {
+            let _ = std::fs::remove_file(path);
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (inner, key) = (self.objects.inner.clone(), self.objects.key(&self.staging));
+            rt.spawn(async move {
+                let _ = inner.delete(&key).await;
+            });
+        }
+    }
+}
+
+impl Objects {
+    /// Start an object whose place is not known yet: write it with [`ObjectWriter::write`],
+    /// then [`ObjectWriter::finish`] and [`StagedObject::commit`].
+    pub async fn writer(&self) -> Result<ObjectWriter> {
+        let staging = format!("{STAGING_DIR}/{}", uuid::Uuid::new_v4().simple());
+        let sink = match &self.local_root {
+            Some(root) => {
+                let path = root.join(&staging);
+                let p = path.clone();
+                let file = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(p.parent().expect("a staging path has a parent"))?;
+                    std::fs::File::create(&p)
+                })
+                .await
+                .map_err(|e| ObjectError::Unavailable(format!("{staging}: {e}")))?
+                .map_err(|e| ObjectError::Unavailable(format!("{staging}: {e}")))?;
+                WriterSink::Local { file, path, unsynced: 0 }
+            }
+            None => {
+                let upload = self.inner.put_multipart(&self.key(&staging)).await.map_err(|e| classify(&staging, e))?;
+                WriterSink::Remote(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+            }
+        };
+        Ok(ObjectWriter { objects: self.clone(), staging, hasher: Sha256::new(), size: 0, sink: Some(sink) })
     }
 }
 

@@ -109,3 +109,36 @@ async fn local_disk_full_is_unavailable_and_leaves_nothing() {
         assert!(matches!(result.unwrap_err(), ObjectError::Unavailable(_)));
     }
 }
+
+objects_test!(staged_writes_move_into_place, |objects| async move {
+    // an object written in pieces before its place is known, then committed
+    let data: Vec<u8> = (0..(19u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let mut w = objects.writer().await.unwrap();
+    for piece in data.chunks((1 << 20) + 7) {
+        w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    let staged = w.finish().await.unwrap();
+    assert_eq!(staged.size(), data.len() as u64);
+    assert_eq!(staged.sha256(), sha256_hex(&data));
+    assert_eq!(objects.list("_staging").await.unwrap().len(), 1, "assembled at a staging place");
+    let path = result_path("o", "c", "p", "Transformation-1", true, "ProtocolDAGResult-3");
+    let digest = staged.commit(&path).await.unwrap();
+    assert_eq!(digest, sha256_hex(&data));
+    let back = objects.get_verified(&path, Some(&digest), Some(data.len() as i64)).await.unwrap();
+    assert!(back == data);
+    assert!(objects.list("_staging").await.unwrap().is_empty(), "nothing left at the staging place");
+
+    // abandoned writers and staged objects leave nothing behind
+    let mut w = objects.writer().await.unwrap();
+    w.write(Bytes::from(vec![1u8; 10 << 20])).await.unwrap();
+    drop(w);
+    let mut w = objects.writer().await.unwrap();
+    w.write(Bytes::from_static(b"small")).await.unwrap();
+    drop(w.finish().await.unwrap());
+    // (S3 cleanup runs in the background)
+    let start = std::time::Instant::now();
+    while !objects.list("_staging").await.unwrap().is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "staging objects were not removed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+});

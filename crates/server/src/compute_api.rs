@@ -96,12 +96,14 @@ async fn set_task_result(
     State(state): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    ResultUpload(upload): ResultUpload,
+    request: axum::extract::Request,
 ) -> JsonResult {
     let task = path_sk(&caller, &raw)?;
     if task.qualname() != "Task" {
         return Err(ApiError::bad_request("`task` ScopedKey does not correspond to a `Task`"));
     }
+    // the body is read only once the path is known to be acceptable
+    let ResultUpload(upload) = <ResultUpload as axum::extract::FromRequest<AppState>>::from_request(request, &state).await?;
     let pdrr = crate::results::ingest(&state, &task, upload).await?;
     Ok(Json(json!(pdrr.to_dict())))
 }

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::{ApiError, ApiResult, ValidationItem};
+use crate::results::Tee;
 use crate::AppState;
 
 /// The raw request body after gzip inflation, within the configured size limit.
@@ -34,16 +35,36 @@ impl FromRequest<AppState> for RawBody {
 }
 
 /// A result upload (C14) decoded while it streams in: the payload string becomes bytes as
-/// it arrives instead of being held as JSON text first (see `alchemiscale_model::upload`).
-pub struct ResultUpload(pub Upload);
+/// it arrives instead of being held as JSON text first (see `alchemiscale_model::upload`),
+/// and a large payload is stored and analysed as it is decoded ([`Tee`]).
+pub struct ResultUpload(pub Upload<Tee>);
 
 impl FromRequest<AppState> for ResultUpload {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
-        let decoder = stream_body(req, limit, UploadDecoder::new(limit)).await?;
+        let tee = Tee::new(state.objects()?.clone(), limit);
+        let decoder = stream_body(req, limit, UploadDecoder::with_output(limit, tee)).await?;
         decoder.finish().map(ResultUpload).map_err(upload_error)
+    }
+}
+
+/// A body sink that may have work to hand on, asynchronously, between body frames.
+pub trait BodySink: Write + Send {
+    fn pass_on(&mut self) -> impl std::future::Future<Output = ApiResult<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl BodySink for Limited {}
+
+impl BodySink for UploadDecoder<Tee> {
+    async fn pass_on(&mut self) -> ApiResult<()> {
+        match self.output_mut() {
+            Some(tee) => tee.pass_on().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -95,7 +116,7 @@ impl Write for Limited {
 /// Feed the request body, frame by frame and inflated on the way when it is gzip-encoded,
 /// into `sink` (which enforces `limit` on the inflated bytes). Errors: 413 over the limit,
 /// the sink's own refusal, 400 for a broken connection or invalid gzip.
-async fn stream_body<W: Write>(req: Request, limit: usize, sink: W) -> ApiResult<W> {
+async fn stream_body<W: BodySink>(req: Request, limit: usize, sink: W) -> ApiResult<W> {
     let (declared, gzip) = body_headers(&req);
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
@@ -125,6 +146,10 @@ async fn stream_body<W: Write>(req: Request, limit: usize, sink: W) -> ApiResult
                 Err(gz) => gz.write_all(&data),
             }
             .map_err(write_error)?;
+            match &mut inflate {
+                Ok(w) => w.pass_on().await?,
+                Err(gz) => gz.get_mut().pass_on().await?,
+            }
         }
     }
     match inflate {

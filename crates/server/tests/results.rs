@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use alchemiscale_client::{parse_keys, Client, Payload};
-use alchemiscale_model::pdr::{encode_bytes_codec, read_result};
+use alchemiscale_model::pdr::{encode_bytes_codec, read_result, zstd_compress};
+use alchemiscale_model::synthetic::result_chain_json;
 use alchemiscale_model::{ComputeServiceId, ScopedKey};
 use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
 use alchemiscale_server::ApiKind;
@@ -62,6 +63,29 @@ async fn push_blob(c: &Client, task: &ScopedKey, blob: &[u8], service: &str) -> 
     c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body)).await.unwrap()
 }
 
+/// A large result as the Python client would send it (codec-compressed, gzip), with the
+/// latin-1 string written as raw UTF-8 so it fits the tests' body limit.
+async fn push_large(c: &Client, task: &ScopedKey, blob: &[u8], service: &str) -> alchemiscale_client::RawResponse {
+    let mut body = br#"{"protocoldagresult": {"__class__": "bytes", "__module__": "builtins", ":is_custom:": true, "latin-1": ""#.to_vec();
+    alchemiscale_server::results::push_latin1_json(&zstd_compress(blob), &mut body);
+    body.extend_from_slice(format!("\"}}, \"compute_service_id\": \"{service}\"}}").as_bytes());
+    let bytes = alchemiscale_client::gzip(std::str::from_utf8(&body).unwrap());
+    c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::Raw { bytes, content_encoding: Some("gzip".into()) }).await.unwrap()
+}
+
+/// Wait until the object store's staging place is empty (S3 clean-up runs in the background).
+async fn staging_empties(s: &Setup) {
+    let start = std::time::Instant::now();
+    loop {
+        let left = s.compute_server.objects.list(alchemiscale_objects::STAGING_DIR).await.unwrap();
+        if left.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "staging objects left behind: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn latin1_of(r: &alchemiscale_client::RawResponse) -> Vec<u8> {
     let v: Vec<String> = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v.len(), 1);
@@ -97,6 +121,19 @@ async fn round_trip(s: Setup) {
     let missing = pdrr.replace("ProtocolDAGResultRef-", "ProtocolDAGResultRef-0");
     let r = get(&s.user, &format!("/transformations/{TF0}/results/{}", missing.replacen(&missing[21..53], &"0".repeat(32), 1))).await;
     expect(&r, 400);
+
+    // a large result: stored and analysed while its upload arrives, then moved into place
+    let big_task = claimed_task(&s, &tf, SERVICE, None).await;
+    let big_blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, 7 << 20, 7).as_bytes());
+    assert!(big_blob.len() > 4 << 20, "past the size handled in memory: {}", big_blob.len());
+    let r = push_large(&s.compute, &big_task, &big_blob, SERVICE).await;
+    expect(&r, 200);
+    let big_pdrr = format!("{}-{SCOPE}", r.json()["gufe_key"].as_str().unwrap());
+    assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&big_task)).await.unwrap(), vec![Some("complete".into())]);
+    let r = get(&s.user, &format!("/transformations/{TF0}/results/{big_pdrr}")).await;
+    expect(&r, 200);
+    assert!(latin1_of(&r) == big_blob, "the large result comes back byte for byte");
+    staging_empties(&s).await;
 
     // a task extending the completed one gets its result with the transformation (C13)
     let child = claimed_task(&s, &tf, SERVICE, Some(&task)).await;
@@ -155,6 +192,16 @@ async fn round_trip(s: Setup) {
         let r = s.compute.send(Method::POST, &format!("/tasks/{wrong_tf}/results"), Payload::GzipJson(b.clone())).await.unwrap();
         assert!(r.status == 422 || r.status == 400, "{b}: {} {}", r.status, r.text());
     }
+    // large refused uploads (another transformation's result; a truncated frame) leave
+    // nothing behind either
+    let mut truncated = big_blob.clone();
+    truncated.truncate(truncated.len() - 1000);
+    for (blob, why) in [(&big_blob, "is for transformation"), (&truncated, "truncated")] {
+        let r = push_large(&s.compute, &wrong_tf, blob, SERVICE).await;
+        expect(&r, 422);
+        assert!(detail(&r).contains(why), "{}", detail(&r));
+    }
+    staging_empties(&s).await;
     let r = push_raw(&s.compute, &wrong_tf, b"not gzip".to_vec()).await;
     expect(&r, 400);
     let r = s
