@@ -62,7 +62,22 @@ enum Command {
     Bench(BenchCommand),
 }
 
+/// glibc's allocator raises its mmap threshold each time a large block is freed (up to
+/// 32 MiB), after which freed buffers of a large upload's size class stay cached in every
+/// thread's arena: the server then holds several times the memory it uses. A fixed
+/// threshold returns blocks of 1 MiB and more to the system when they are freed (`bench
+/// objects`: peak memory 3.8–4.3x a 50 MB result's size before, 1.6–1.8x after, at the
+/// same speed within the noise).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_) | Command::Api(_) | Command::Compute(_)) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -71,6 +71,23 @@ pub enum Payload {
     },
 }
 
+/// A request body as sent: encoded once, shared by every attempt.
+struct Body {
+    bytes: Option<bytes::Bytes>,
+    content_encoding: Option<String>,
+}
+
+impl From<Payload> for Body {
+    fn from(p: Payload) -> Body {
+        match p {
+            Payload::None => Body { bytes: None, content_encoding: None },
+            Payload::Json(s) => Body { bytes: Some(s.into()), content_encoding: None },
+            Payload::GzipJson(s) => Body { bytes: Some(gzip(&s).into()), content_encoding: Some("gzip".into()) },
+            Payload::Raw { bytes, content_encoding } => Body { bytes: Some(bytes.into()), content_encoding },
+        }
+    }
+}
+
 /// A client of one API (user or compute).
 pub struct Client {
     http: reqwest::Client,
@@ -134,23 +151,18 @@ impl Client {
         self.login().await
     }
 
-    async fn send_once(&self, method: &Method, path: &str, payload: &Payload, token: Option<&str>) -> Result<RawResponse> {
+    async fn send_once(&self, method: &Method, path: &str, body: &Body, token: Option<&str>) -> Result<RawResponse> {
         let mut req = self.http.request(method.clone(), self.url(path)).header("Accept-Encoding", "gzip");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        req = match payload {
-            Payload::None => req,
-            Payload::Json(s) => req.header("Content-Type", "application/json").body(s.clone()),
-            Payload::GzipJson(s) => req.header("Content-Type", "application/json").header("Content-Encoding", "gzip").body(gzip(s)),
-            Payload::Raw { bytes, content_encoding } => {
-                let r = req.header("Content-Type", "application/json").body(bytes.clone());
-                match content_encoding {
-                    Some(ce) => r.header("Content-Encoding", ce),
-                    None => r,
-                }
+        if let Some(bytes) = &body.bytes {
+            // a clone of `Bytes` shares the buffer: retries neither copy nor re-compress
+            req = req.header("Content-Type", "application/json").body(bytes.clone());
+            if let Some(ce) = &body.content_encoding {
+                req = req.header("Content-Encoding", ce);
             }
-        };
+        }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -161,6 +173,7 @@ impl Client {
     /// Send with the current token; on a 401 log in again and repeat once. Connection
     /// errors and 502/503/504 are retried with backoff up to `max_retries` times.
     pub async fn send(&self, method: Method, path: &str, payload: Payload) -> Result<RawResponse> {
+        let payload = Body::from(payload);
         let mut attempt = 0;
         loop {
             let token = self.current_token().await?;
@@ -187,12 +200,12 @@ impl Client {
 
     /// Send without any token (for `/ping` and tests).
     pub async fn send_anonymous(&self, method: Method, path: &str, payload: Payload) -> Result<RawResponse> {
-        self.send_once(&method, path, &payload, None).await
+        self.send_once(&method, path, &Body::from(payload), None).await
     }
 
     /// Send with an explicit Authorization token (tests of the auth matrix).
     pub async fn send_with_token(&self, method: Method, path: &str, payload: Payload, token: &str) -> Result<RawResponse> {
-        self.send_once(&method, path, &payload, Some(token)).await
+        self.send_once(&method, path, &Body::from(payload), Some(token)).await
     }
 
     fn check(r: RawResponse) -> Result<RawResponse> {

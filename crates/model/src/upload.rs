@@ -102,6 +102,8 @@ pub struct UploadDecoder<W: Write = Vec<u8>> {
     key_overflow: bool,
     /// Decoded payload bytes not yet handed to the sink.
     scratch: Vec<u8>,
+    /// The fast path's second output buffer.
+    spare: Vec<u8>,
     sink: Sink<W>,
     payloads: usize,
     error: Option<UploadError>,
@@ -126,6 +128,7 @@ impl<W: Write> UploadDecoder<W> {
             key_raw: Vec::new(),
             key_overflow: false,
             scratch: Vec::new(),
+            spare: Vec::new(),
             sink: Sink::Waiting(out),
             payloads: 0,
             error: None,
@@ -306,7 +309,7 @@ impl<W: Write> UploadDecoder<W> {
         let mut ended = false;
         while i < data.len() {
             if let Esc::None = esc {
-                i += fast_latin1(&data[i..], &mut out);
+                i += fast_latin1(&data[i..], &mut out, &mut self.spare);
                 if i == data.len() {
                     break;
                 }
@@ -490,27 +493,55 @@ static SHORT_ESCAPE: [u8; 256] = {
     t
 };
 
+/// Every first two bytes of a token: the byte it stands for (low 8 bits) and its length
+/// (bits 8–10; 0 when the fast path does not take it), or bit 11 for `\u` (whose value
+/// and validity are in the next four bytes).
+static PAIR: [u16; 65536] = {
+    let mut t = [0u16; 65536];
+    let mut i = 0;
+    while i < 65536 {
+        let (b0, b1) = ((i & 0xFF) as u8, (i >> 8) as u8);
+        t[i] = match KIND[b0 as usize] {
+            1 => b0 as u16 | 1 << 8,
+            2 if b1 & 0xC0 == 0x80 => ((b0 << 6) | (b1 & 0x3F)) as u16 | 2 << 8,
+            3 if b1 == b'u' => 1 << 11,
+            3 if SHORT_ESCAPE[b1 as usize] != 0xF0 => SHORT_ESCAPE[b1 as usize] as u16 | 2 << 8,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// `XX` of `\u00XX`, for every two bytes: the byte, or 0x100 when they are not hex digits.
+static HEX_PAIR: [u16; 65536] = {
+    let mut t = [0x100u16; 65536];
+    let mut i = 0;
+    while i < 65536 {
+        let (hi, lo) = (HEX[i & 0xFF], HEX[i >> 8]);
+        if hi < 16 && lo < 16 {
+            t[i] = ((hi << 4) | lo) as u16;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// The token at the start of `w` (eight payload bytes, little-endian): the byte it
-/// stands for and its length, or length 0 when the fast path does not take it. Written
-/// without data-dependent branches: the payload is compressed data, so the kind of each
-/// token is random and a branch per token would be mispredicted about half the time.
+/// stands for and its length, or length 0 when the fast path does not take it. Two table
+/// lookups and no data-dependent branches: the payload is compressed data, so the kind of
+/// each token is random and a branch per token would be mispredicted about half the time.
 #[inline(always)]
 fn token(w: u64) -> (u8, usize) {
-    let b0 = w as u8;
-    let b1 = (w >> 8) as u8;
-    let kind = KIND[b0 as usize] as usize;
-    // `\u00XX`
-    let (h4, h5) = (HEX[(w >> 32) as u8 as usize], HEX[(w >> 40) as u8 as usize]);
-    let unicode = b1 == b'u';
-    let unicode_ok = (w >> 16) as u16 == 0x3030 && (h4 | h5) < 16;
-    let short = SHORT_ESCAPE[b1 as usize];
-    let esc_value = if unicode { (h4 << 4) | (h5 & 0x0F) } else { short };
-    let esc_len = if unicode { 6 } else { 2 };
-    let esc_ok = if unicode { unicode_ok } else { short != 0xF0 };
-    let values = [0, b0, (b0 << 6) | (b1 & 0x3F), esc_value];
-    let lens = [0, 1, 2, esc_len];
-    let oks = [false, true, b1 & 0xC0 == 0x80, esc_ok];
-    (values[kind], if oks[kind] { lens[kind] } else { 0 })
+    let e = PAIR[(w & 0xFFFF) as usize];
+    let hex = HEX_PAIR[((w >> 32) & 0xFFFF) as usize];
+    let unicode_ok = ((w >> 16) as u16 == 0x3030) as usize & (hex < 0x100) as usize;
+    // select with masks rather than `if`, which the compiler may turn into a branch
+    let unicode = ((e >> 11) & 1) as usize;
+    let mask = 0u8.wrapping_sub(unicode as u8);
+    let value = (hex as u8 & mask) | (e as u8 & !mask);
+    let len = unicode * 6 * unicode_ok + (1 - unicode) * ((e >> 8) & 7) as usize;
+    (value, len)
 }
 
 #[inline(always)]
@@ -550,8 +581,9 @@ fn token_boundary(data: &[u8], p: usize) -> bool {
 /// Each token's length depends on the previous one's, which makes a single cursor a
 /// chain of dependent loads. A long input is therefore split at a token boundary and both
 /// halves are decoded in one interleaved loop: the two chains are independent, so the
-/// processor overlaps them.
-fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
+/// processor overlaps them. (`spare` is a buffer for the second half's output, kept by
+/// the caller so it is not allocated again for every chunk.)
+fn fast_latin1(data: &[u8], out: &mut Vec<u8>, spare: &mut Vec<u8>) -> usize {
     if data.len() < 8 {
         return 0;
     }
@@ -561,7 +593,9 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
     let Some(split) = split else {
         return run(data, 0, end, out);
     };
-    let mut second = Vec::with_capacity(end - split);
+    let second = &mut *spare;
+    second.clear();
+    second.reserve(end - split);
     let (mut a, mut b) = (0, split);
     while a < split && b < end {
         let (va, la) = token(word(data, a));
@@ -580,8 +614,8 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>) -> usize {
         // loop must judge): the second half's work does not count
         return a;
     }
-    let b = run(data, b, end, &mut second);
-    out.extend_from_slice(&second);
+    let b = run(data, b, end, second);
+    out.extend_from_slice(second);
     b
 }
 

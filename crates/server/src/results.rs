@@ -253,7 +253,10 @@ pub fn push_latin1_json(bytes: &[u8], out: &mut Vec<u8>) {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x00..=0x1F => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            0x00..=0x1F => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xF) as usize]]);
+            }
             0x20..=0x7F => out.push(b),
             _ => out.extend_from_slice(&[0xC0 | (b >> 6), 0x80 | (b & 0x3F)]),
         }
