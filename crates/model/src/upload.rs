@@ -589,6 +589,11 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>, spare: &mut Vec<u8>) -> usize {
     }
     let end = data.len() - 7;
     out.reserve(data.len());
+    #[cfg(target_arch = "x86_64")]
+    if sparse_escapes(data) && std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
+        // SAFETY: the processor has the features `runs_and_escapes` is compiled for
+        return unsafe { simd::runs_and_escapes(data, end, out) };
+    }
     let split = if end < 4096 { None } else { (end / 2..end.min(end / 2 + 4096)).find(|&p| token_boundary(data, p)) };
     let Some(split) = split else {
         return run(data, 0, end, out);
@@ -617,6 +622,114 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>, spare: &mut Vec<u8>) -> usize {
     let b = run(data, b, end, second);
     out.extend_from_slice(second);
     b
+}
+
+/// True when backslashes are rare at the start of `data` (a payload written as raw UTF-8,
+/// where only control characters are escaped), so that long runs of plain characters
+/// between escapes are worth decoding sixteen bytes at a time. Python's `ensure_ascii`
+/// output escapes most bytes and is left to the token loop.
+#[cfg(target_arch = "x86_64")]
+fn sparse_escapes(data: &[u8]) -> bool {
+    let sample = &data[..data.len().min(1024)];
+    sample.len() >= 256 && sample.iter().filter(|&&b| b == b'\\').count() * 10 < sample.len()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{token, word};
+
+    /// For each 8-bit mask: the positions of its set bits in order (then zeros), i.e. the
+    /// shuffle that packs the kept bytes of eight to the front.
+    static PACK: [[u8; 8]; 256] = {
+        let mut t = [[0u8; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut bit, mut n) = (0, 0);
+            while bit < 8 {
+                if m & (1 << bit) != 0 {
+                    t[m][n] = bit as u8;
+                    n += 1;
+                }
+                bit += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// Decode from `data[0..end]` (with `end + 7 == data.len()`): runs of printable ASCII
+    /// and two-byte UTF-8 sixteen bytes at a time, each escape with the token decoder;
+    /// stop before anything else and return the bytes consumed (as `fast_latin1`).
+    ///
+    /// A block's bytes are classified at once: quote, backslash and control characters
+    /// end the run; a byte ≥ 0x80 must be a C2/C3 lead followed by a continuation byte or
+    /// such a continuation (anything else ends the run, for the byte loop to judge). Every
+    /// position that is not a continuation yields one byte — itself, or for a lead the
+    /// latin-1 character of the pair — and the kept bytes are packed with `pshufb`.
+    #[target_feature(enable = "ssse3,popcnt")]
+    pub(super) unsafe fn runs_and_escapes(data: &[u8], end: usize, out: &mut Vec<u8>) -> usize {
+        // each block reads 17 bytes and may write 16 (of which the kept ones count)
+        out.reserve(end + 16);
+        let base = out.as_mut_ptr();
+        let mut o = out.len();
+        let mut i = 0;
+        let src = data.as_ptr();
+        'outer: while i < end {
+            while i + 17 <= data.len() && i < end {
+                let v = _mm_loadu_si128(src.add(i) as *const __m128i);
+                let next = _mm_loadu_si128(src.add(i + 1) as *const __m128i);
+                let special = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)), _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8))),
+                    _mm_cmpeq_epi8(_mm_and_si128(v, _mm_set1_epi8(0xE0u8 as i8)), _mm_setzero_si128()),
+                );
+                let lead = _mm_cmpeq_epi8(_mm_or_si128(v, _mm_set1_epi8(1)), _mm_set1_epi8(0xC3u8 as i8));
+                let cont = _mm_cmpeq_epi8(_mm_and_si128(v, _mm_set1_epi8(0xC0u8 as i8)), _mm_set1_epi8(0x80u8 as i8));
+                let next_cont = _mm_cmpeq_epi8(_mm_and_si128(next, _mm_set1_epi8(0xC0u8 as i8)), _mm_set1_epi8(0x80u8 as i8));
+                let m_special = _mm_movemask_epi8(special) as u32;
+                let m_high = _mm_movemask_epi8(v) as u32;
+                let m_lead = _mm_movemask_epi8(lead) as u32;
+                let m_cont = _mm_movemask_epi8(cont) as u32;
+                let m_next_cont = _mm_movemask_epi8(next_cont) as u32;
+                // a high byte is a lead followed by a continuation, or a continuation after a lead
+                let bad = (m_high & !(m_lead | m_cont)) | (m_cont & !(m_lead << 1)) | (m_lead & !m_next_cont);
+                let stop = m_special | bad;
+                let n = if stop == 0 { 16 } else { stop.trailing_zeros() };
+                let keep = !m_cont & ((1u32 << n) - 1);
+                let paired = _mm_or_si128(
+                    _mm_and_si128(_mm_slli_epi16(v, 6), _mm_set1_epi8(0xC0u8 as i8)),
+                    _mm_and_si128(next, _mm_set1_epi8(0x3F)),
+                );
+                let value = _mm_or_si128(_mm_and_si128(lead, paired), _mm_andnot_si128(lead, v));
+                let (lo, hi) = ((keep & 0xFF) as usize, ((keep >> 8) & 0xFF) as usize);
+                let pack_lo = _mm_loadl_epi64(PACK[lo].as_ptr() as *const __m128i);
+                let pack_hi = _mm_add_epi8(_mm_loadl_epi64(PACK[hi].as_ptr() as *const __m128i), _mm_set1_epi8(8));
+                _mm_storel_epi64(base.add(o) as *mut __m128i, _mm_shuffle_epi8(value, pack_lo));
+                o += lo.count_ones() as usize;
+                _mm_storel_epi64(base.add(o) as *mut __m128i, _mm_shuffle_epi8(value, pack_hi));
+                o += hi.count_ones() as usize;
+                // a lead in the last position takes its continuation from the next block
+                i += n as usize + (n == 16 && m_lead & 0x8000 != 0) as usize;
+                if n < 16 {
+                    break;
+                }
+            }
+            // an escape (or the end of the run)
+            if i >= end {
+                break;
+            }
+            let (value, len) = token(word(data, i));
+            if len == 0 {
+                break 'outer;
+            }
+            *base.add(o) = value;
+            o += 1;
+            i += len;
+        }
+        out.set_len(o);
+        i
+    }
 }
 
 impl<W: Write> std::io::Write for UploadDecoder<W> {
@@ -764,6 +877,60 @@ mod tests {
                 );
                 let e = decode_in(body.as_bytes(), body.len()).unwrap_err();
                 assert!(matches!(e, UploadError::Json { .. }), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_utf8_payloads_decode_block_wise_and_refuse_bad_bytes_anywhere() {
+        // raw UTF-8 with only control characters escaped (JSON with ensure_ascii off): the
+        // block decoder's input; long runs, escapes at every offset of a block
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let data: Vec<u8> = (0..200_000).map(|_| (next() >> 24) as u8).collect();
+        let mut text = Vec::new();
+        crate::pdr::bytes_to_latin1(&data).chars().for_each(|c| match c {
+            '"' => text.extend_from_slice(b"\\\""),
+            '\\' => text.extend_from_slice(b"\\\\"),
+            '\n' => text.extend_from_slice(b"\\n"),
+            c if (c as u32) < 0x20 => text.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c => text.extend_from_slice(c.to_string().as_bytes()),
+        });
+        let wrap = |t: &[u8]| {
+            let mut b = br#"{"protocoldagresult": {"__class__": "bytes", "latin-1": ""#.to_vec();
+            b.extend_from_slice(t);
+            b.extend_from_slice(br#""}, "compute_service_id": "s"}"#);
+            b
+        };
+        let body = wrap(&text);
+        for chunk in [997, 65_536, body.len()] {
+            assert!(decode_in(&body, chunk).unwrap().payload == data, "chunk {chunk}");
+        }
+        // a bad byte anywhere in a run is refused as the byte loop refuses it
+        type Check = fn(&UploadError) -> bool;
+        let bad: [(&[u8], Check); 5] = [
+            (&[0x80], |e| matches!(e, UploadError::Codec(PdrError::NotLatin1))),
+            (&[0xC4, 0x80], |e| matches!(e, UploadError::Codec(PdrError::NotLatin1))),
+            (&[0xC3, b'A'], |e| matches!(e, UploadError::Json { .. })),
+            (&[0x01], |e| matches!(e, UploadError::Json { .. })),
+            (&[0xC3, 0x80, 0x80], |e| matches!(e, UploadError::Codec(PdrError::NotLatin1))),
+        ];
+        for (k, (insert, ok)) in bad.iter().enumerate() {
+            for _ in 0..20 {
+                let mut at = (next() % text.len() as u64) as usize;
+                // between two tokens: not after a lead byte or inside an escape
+                while text[at] & 0xC0 == 0x80 || text[at.saturating_sub(6)..at].contains(&b'\\') {
+                    at += 1;
+                }
+                let mut t = text.clone();
+                t.splice(at..at, insert.iter().copied());
+                let e = decode_in(&wrap(&t), 65_536).unwrap_err();
+                assert!(ok(&e), "case {k} at {at}: {e:?}");
             }
         }
     }

@@ -25,7 +25,7 @@ use crate::AppState;
 /// while it is still arriving instead of after.
 const STREAM_FROM: usize = 4 << 20;
 /// Chunks (of up to 1 MiB) queued for the analysis and for the object writer each.
-const CHANNEL_DEPTH: usize = 8;
+const CHANNEL_DEPTH: usize = 16;
 
 /// Where an upload's decoded payload (the ProtocolDAGResult blob) goes while the body
 /// streams in (the output of [`alchemiscale_model::upload::UploadDecoder`]).
