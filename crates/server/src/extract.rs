@@ -37,7 +37,24 @@ impl FromRequest<AppState> for RawBody {
 /// A result upload (C14) decoded while it streams in: the payload string becomes bytes as
 /// it arrives instead of being held as JSON text first (see `alchemiscale_model::upload`),
 /// and a large payload is stored and analysed as it is decoded ([`Tee`]).
+///
+/// Receiving (and inflating, for a gzip body) runs here; decoding runs on a blocking
+/// thread fed through a channel, so the two overlap: for the Python client's gzip bodies
+/// inflating costs as much as decoding.
 pub struct ResultUpload(pub Upload<Tee>);
+
+/// Body bytes go to the decoding thread in pieces of about this size…
+const PIECE: usize = 256 * 1024;
+/// …with this many in flight.
+const PIECES_IN_FLIGHT: usize = 16;
+
+/// How a stage of the upload pipeline ended.
+enum Stage<T> {
+    Done(T),
+    /// The next stage stopped taking input (it failed, and says why).
+    Stopped,
+    Failed(ApiError),
+}
 
 impl FromRequest<AppState> for ResultUpload {
     type Rejection = ApiError;
@@ -45,26 +62,125 @@ impl FromRequest<AppState> for ResultUpload {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
         let tee = Tee::new(state.objects()?.clone(), limit);
-        let decoder = stream_body(req, limit, UploadDecoder::with_output(limit, tee)).await?;
-        decoder.finish().map(ResultUpload).map_err(upload_error)
-    }
-}
-
-/// A body sink that may have work to hand on, asynchronously, between body frames.
-pub trait BodySink: Write + Send {
-    fn pass_on(&mut self) -> impl std::future::Future<Output = ApiResult<()>> + Send {
-        async { Ok(()) }
-    }
-}
-
-impl BodySink for Limited {}
-
-impl BodySink for UploadDecoder<Tee> {
-    async fn pass_on(&mut self) -> ApiResult<()> {
-        match self.output_mut() {
-            Some(tee) => tee.pass_on().await,
-            None => Ok(()),
+        let (declared, gzip) = body_headers(&req);
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large(limit));
         }
+        let (decode_tx, mut decode_rx) = tokio::sync::mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
+        let rt = tokio::runtime::Handle::current();
+        // decoding: fails only for what it meets while input still arrives (a body cut
+        // short just ends its input; the caller then reports the cause)
+        let decoding = tokio::task::spawn_blocking(move || -> ApiResult<UploadDecoder<Tee>> {
+            let mut decoder = UploadDecoder::with_output(limit, tee);
+            while let Some(piece) = decode_rx.blocking_recv() {
+                decoder.feed(&piece).map_err(upload_error)?;
+                if let Some(tee) = decoder.output_mut() {
+                    rt.block_on(tee.pass_on())?;
+                }
+            }
+            Ok(decoder)
+        });
+        // inflating a gzip body (as the Python client sends) on a thread of its own
+        let (frames_tx, inflating) = if gzip {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
+            let inflating = tokio::task::spawn_blocking(move || -> Stage<()> {
+                let out = Pieces { tx: decode_tx, piece: Vec::with_capacity(PIECE), inflated: 0, limit };
+                let mut gz = flate2::write::GzDecoder::new(out);
+                while let Some(frame) = rx.blocking_recv() {
+                    if let Err(e) = gz.write_all(&frame) {
+                        return inflate_failure(e, limit);
+                    }
+                }
+                match gz.finish().and_then(|mut out| out.flush()) {
+                    Ok(()) => Stage::Done(()),
+                    Err(e) => inflate_failure(e, limit),
+                }
+            });
+            (tx, Some(inflating))
+        } else {
+            (decode_tx, None)
+        };
+        let received = receive(req, limit, frames_tx).await;
+        let inflated = match inflating {
+            Some(h) => h.await.unwrap_or_else(|e| Stage::Failed(ApiError::Internal(e.to_string()))),
+            None => Stage::Done(()),
+        };
+        let decoded = decoding.await.map_err(|e| ApiError::Internal(e.to_string())).and_then(|r| r);
+        // the first stage that failed on its own account says why
+        if let Stage::Failed(e) = received {
+            return Err(e);
+        }
+        if let Stage::Failed(e) = inflated {
+            return Err(e);
+        }
+        decoded?.finish().map(ResultUpload).map_err(upload_error)
+    }
+}
+
+/// Receive the body frame by frame into `tx` (refusing more than `limit` bytes).
+async fn receive(req: Request, limit: usize, tx: tokio::sync::mpsc::Sender<Bytes>) -> Stage<()> {
+    let mut received = 0usize;
+    let mut body = req.into_body();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Stage::Failed(ApiError::bad_request(format!("could not read the request body: {e}"))),
+        };
+        if let Ok(data) = frame.into_data() {
+            received += data.len();
+            if received > limit {
+                return Stage::Failed(too_large(limit));
+            }
+            if tx.send(data).await.is_err() {
+                return Stage::Stopped;
+            }
+        }
+    }
+    Stage::Done(())
+}
+
+fn inflate_failure(e: std::io::Error, limit: usize) -> Stage<()> {
+    if e.get_ref().is_some_and(|x| x.is::<Closed>()) {
+        Stage::Stopped
+    } else if e.get_ref().is_some_and(|x| x.is::<OverLimit>()) {
+        Stage::Failed(too_large(limit))
+    } else {
+        Stage::Failed(ApiError::bad_request(format!("request body is not valid gzip: {e}")))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the next stage stopped")]
+struct Closed;
+
+/// Inflated bytes, sent on in pieces from a blocking thread (which waits while the
+/// decoder is behind, so memory stays bounded whatever the compression ratio).
+struct Pieces {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    piece: Vec<u8>,
+    inflated: usize,
+    limit: usize,
+}
+
+impl Write for Pieces {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.inflated += data.len();
+        if self.inflated > self.limit {
+            return Err(std::io::Error::other(OverLimit));
+        }
+        self.piece.extend_from_slice(data);
+        if self.piece.len() >= PIECE {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(&mut self.piece, Vec::with_capacity(PIECE)));
+        self.tx.blocking_send(piece).map_err(|_| std::io::Error::other(Closed))
     }
 }
 
@@ -116,7 +232,7 @@ impl Write for Limited {
 /// Feed the request body, frame by frame and inflated on the way when it is gzip-encoded,
 /// into `sink` (which enforces `limit` on the inflated bytes). Errors: 413 over the limit,
 /// the sink's own refusal, 400 for a broken connection or invalid gzip.
-async fn stream_body<W: BodySink>(req: Request, limit: usize, sink: W) -> ApiResult<W> {
+async fn stream_body<W: Write>(req: Request, limit: usize, sink: W) -> ApiResult<W> {
     let (declared, gzip) = body_headers(&req);
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
@@ -146,10 +262,6 @@ async fn stream_body<W: BodySink>(req: Request, limit: usize, sink: W) -> ApiRes
                 Err(gz) => gz.write_all(&data),
             }
             .map_err(write_error)?;
-            match &mut inflate {
-                Ok(w) => w.pass_on().await?,
-                Err(gz) => gz.get_mut().pass_on().await?,
-            }
         }
     }
     match inflate {

@@ -202,6 +202,17 @@ async fn round_trip(s: Setup) {
         assert!(detail(&r).contains(why), "{}", detail(&r));
     }
     staging_empties(&s).await;
+    // oversized bodies (the test server's limit is 16 MiB): as sent, and after inflation
+    let bomb = alchemiscale_client::gzip(&" ".repeat(17 << 20));
+    expect(&push_raw(&s.compute, &wrong_tf, bomb).await, 413);
+    let r = s.compute.send(Method::POST, &format!("/tasks/{wrong_tf}/results"), Payload::Json(" ".repeat(17 << 20))).await.unwrap();
+    expect(&r, 413);
+    // a gzip stream damaged in the middle
+    let mut damaged = c14_gzip();
+    let mid = damaged.len() / 2;
+    damaged[mid..mid + 8].copy_from_slice(b"DAMAGED!");
+    let r = push_raw(&s.compute, &wrong_tf, damaged).await;
+    assert!(r.status == 400 || r.status == 422, "{} {}", r.status, r.text());
     let r = push_raw(&s.compute, &wrong_tf, b"not gzip".to_vec()).await;
     expect(&r, 400);
     let r = s
