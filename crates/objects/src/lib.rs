@@ -245,6 +245,24 @@ impl Objects {
         Ok(found.into_iter().map(|m| m.location.as_ref()[strip..].to_string()).collect())
     }
 
+    /// Remove staging objects last written more than `older_than` ago: what a server that
+    /// stopped mid-upload (a crash, a power cut) left behind. Uploads in progress write
+    /// continually, so a day-old staging object belongs to none. (An S3 multipart upload
+    /// cut short that way is not an object; a bucket lifecycle rule aborting incomplete
+    /// multipart uploads cleans those.) Returns how many were removed.
+    pub async fn remove_stale_staging(&self, older_than: Duration) -> Result<usize> {
+        use futures_util::TryStreamExt;
+        let base = self.key(STAGING_DIR);
+        let found: Vec<_> = self.inner.list(Some(&base)).try_collect().await.map_err(|e| classify(STAGING_DIR, e))?;
+        let cutoff = chrono_cutoff(older_than);
+        let mut removed = 0;
+        for meta in found.into_iter().filter(|m| m.last_modified < cutoff) {
+            self.inner.delete(&meta.location).await.map_err(|e| classify(meta.location.as_ref(), e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Reachable and writable: write and delete a probe object (`_check_test`).
     pub async fn check(&self) -> Result<()> {
         let probe = "_check_test";
@@ -255,6 +273,13 @@ impl Objects {
         }
         self.delete(probe).await
     }
+}
+
+fn chrono_cutoff(older_than: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(older_than)
+        .ok()
+        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
 }
 
 /// Where objects are assembled before their place is known (relative to the prefix).

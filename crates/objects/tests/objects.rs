@@ -142,3 +142,20 @@ objects_test!(staged_writes_move_into_place, |objects| async move {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 });
+
+objects_test!(stale_staging_objects_are_swept, |objects| async move {
+    // a staging object a stopped server left behind, and one being written now
+    let mut w = objects.writer().await.unwrap();
+    w.write(Bytes::from_static(b"left behind")).await.unwrap();
+    let staged = w.finish().await.unwrap();
+    std::mem::forget(staged); // as if the process had died before committing or dropping it
+    assert_eq!(objects.remove_stale_staging(std::time::Duration::from_secs(3600)).await.unwrap(), 0, "young objects stay");
+    assert_eq!(objects.list("_staging").await.unwrap().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(objects.remove_stale_staging(std::time::Duration::from_secs(1)).await.unwrap(), 1);
+    assert!(objects.list("_staging").await.unwrap().is_empty());
+    // results are never touched by the sweep
+    objects.put("protocoldagresult/o/c/p/T-1/results/P-1/obj.json.zst", Bytes::from_static(b"kept")).await.unwrap();
+    assert_eq!(objects.remove_stale_staging(std::time::Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(objects.get("protocoldagresult/o/c/p/T-1/results/P-1/obj.json.zst").await.unwrap(), Bytes::from_static(b"kept"));
+});

@@ -264,16 +264,33 @@ pub async fn serve(
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 
+/// How often, and past what age, staging objects of interrupted uploads are removed.
+const STAGING_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// Expire stale compute-service registrations in the background (their running tasks go
 /// back to waiting), every tenth of the expiry window (at least every second, at most every
-/// minute). Upstream expires only when some service heartbeats (model.md §14 Q17).
+/// minute). Upstream expires only when some service heartbeats (model.md §14 Q17). Also
+/// removes, hourly, staging objects older than a day (uploads cut short by a crash).
 pub fn spawn_reaper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let expire = state.settings().registration_expire_seconds.max(1);
         let period = Duration::from_millis(((expire as u64) * 100).clamp(1000, 60_000));
         let mut tick = tokio::time::interval(period);
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
+            // staging objects of uploads a stopped server left behind (hourly)
+            if last_sweep.is_none_or(|t| t.elapsed() >= STAGING_SWEEP_EVERY) {
+                last_sweep = Some(std::time::Instant::now());
+                if let Ok(objects) = state.objects() {
+                    match objects.remove_stale_staging(STAGING_MAX_AGE).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(removed = n, "removed staging objects left by interrupted uploads"),
+                        Err(e) => tracing::warn!(error = %e, "could not sweep the object store's staging place"),
+                    }
+                }
+            }
             match state.store().expire_compute_services(expire).await {
                 Ok(ids) if !ids.is_empty() => tracing::warn!(expired = ?ids, "compute service registrations expired"),
                 Ok(_) => {}
