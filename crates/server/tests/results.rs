@@ -360,3 +360,60 @@ async fn s3_outage_is_503_and_recoverable() {
     assert_eq!(user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("complete".into())]);
     assert_eq!(compute.get("/check").await.unwrap(), json!(null));
 }
+
+/// A compute service that disconnects in the middle of a large upload (the server is
+/// already storing and analysing it): nothing is recorded, the staging object goes, the
+/// task stays running and the same upload succeeds afterwards.
+async fn upload_cut_short(s: Setup, local: bool) {
+    use tokio::io::AsyncWriteExt;
+    let tf = sk(TF0);
+    let task = claimed_task(&s, &tf, SERVICE, None).await;
+    let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, 7 << 20, 11).as_bytes());
+    let mut body = br#"{"protocoldagresult": {"__class__": "bytes", "__module__": "builtins", ":is_custom:": true, "latin-1": ""#.to_vec();
+    alchemiscale_server::results::push_latin1_json(&zstd_compress(&blob), &mut body);
+    body.extend_from_slice(format!("\"}}, \"compute_service_id\": \"{SERVICE}\"}}").as_bytes());
+    let before = s.user_server.store.table_counts().await.unwrap();
+
+    let token = s.compute.login().await.unwrap();
+    let addr = s.compute_server.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /tasks/{task}/results HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // past the size where the server starts storing and analysing (4 MiB of payload)
+    tcp.write_all(&body[..body.len() * 9 / 10]).await.unwrap();
+    tcp.flush().await.unwrap();
+    if local {
+        // the server is storing it by now (on S3 the staging object is a multipart upload
+        // in progress, which is not listed)
+        let start = std::time::Instant::now();
+        while s.compute_server.objects.list(alchemiscale_objects::STAGING_DIR).await.unwrap().is_empty() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "the upload never reached the staging place");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    } else {
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    }
+    drop(tcp);
+
+    staging_empties(&s).await;
+    assert_eq!(s.user_server.store.table_counts().await.unwrap(), before, "nothing recorded");
+    assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("running".into())]);
+    let r = push_large(&s.compute, &task, &blob, SERVICE).await;
+    expect(&r, 200);
+    assert_eq!(s.user.get_tasks_status(std::slice::from_ref(&task)).await.unwrap(), vec![Some("complete".into())]);
+    staging_empties(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_cut_short_local() {
+    upload_cut_short(setup(Backend::Sqlite, ObjectsBackend::Local).await.unwrap(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_cut_short_s3() {
+    let Some(s) = setup(Backend::Postgres, ObjectsBackend::S3).await else { return };
+    upload_cut_short(s, false).await;
+}
