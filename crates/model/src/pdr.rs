@@ -150,9 +150,15 @@ impl<W: Write> FrameDecoder<W> {
 /// A writer's refusal as a result error (the skimmer's own reasons kept).
 fn write_error(e: std::io::Error, limit: usize) -> PdrError {
     match e.get_ref().and_then(|x| x.downcast_ref::<json::SkimError>()) {
-        Some(json::SkimError::TooLarge(_)) => PdrError::TooLarge(limit),
-        Some(other) => PdrError::Json(other.to_string()),
+        Some(skim) => skim_error(skim, limit),
         None => PdrError::Blob(e.to_string()),
+    }
+}
+
+fn skim_error(e: &json::SkimError, limit: usize) -> PdrError {
+    match e {
+        json::SkimError::TooLarge(_) => PdrError::TooLarge(limit),
+        other => PdrError::Json(other.to_string()),
     }
 }
 
@@ -174,10 +180,8 @@ impl BlobAnalyser {
     }
 
     pub fn finish(self) -> Result<PdrSummary, PdrError> {
-        let text = self.frame.finish()?.finish().map_err(|e| match e {
-            json::SkimError::TooLarge(limit) => PdrError::TooLarge(limit),
-            other => PdrError::Json(other.to_string()),
-        })?;
+        let limit = self.frame.limit;
+        let text = self.frame.finish()?.finish().map_err(|e| skim_error(&e, limit))?;
         summarise(&text)
     }
 }

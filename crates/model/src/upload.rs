@@ -105,7 +105,6 @@ pub struct UploadDecoder<W: Write = Vec<u8>> {
     /// The fast path's second output buffer.
     spare: Vec<u8>,
     sink: Sink<W>,
-    payloads: usize,
     error: Option<UploadError>,
 }
 
@@ -130,7 +129,6 @@ impl<W: Write> UploadDecoder<W> {
             scratch: Vec::new(),
             spare: Vec::new(),
             sink: Sink::Waiting(out),
-            payloads: 0,
             error: None,
         }
     }
@@ -221,11 +219,8 @@ impl<W: Write> UploadDecoder<W> {
                         b'"' => {
                             let is_key = self.levels.last().is_some_and(|l| l.object && l.expect_key);
                             if !is_key && self.at_payload() {
-                                self.payloads += 1;
-                                if self.payloads > 1 {
-                                    return Err(UploadError::Shape("`latin-1` is given more than once".into()));
-                                }
                                 self.skeleton.push(b'"');
+                                // the sink leaves `Waiting` once: a second payload is refused
                                 self.sink = match std::mem::replace(&mut self.sink, Sink::Broken) {
                                     Sink::Waiting(w) => Sink::Head(Vec::new(), w),
                                     _ => return Err(UploadError::Shape("`latin-1` is given more than once".into())),
@@ -427,7 +422,8 @@ impl<W: Write> UploadDecoder<W> {
         };
         let codec = body.remove("protocoldagresult").ok_or_else(|| UploadError::Shape("missing `protocoldagresult`".into()))?;
         let is_bytes = codec.get("__class__").and_then(Value::as_str) == Some("bytes");
-        if !is_bytes || self.payloads != 1 || codec.get("latin-1").and_then(Value::as_str) != Some("") {
+        // (no payload string at all leaves the sink `Waiting`: refused below)
+        if !is_bytes || codec.get("latin-1").and_then(Value::as_str) != Some("") {
             return Err(PdrError::NotBytes.into());
         }
         let payload = match std::mem::replace(&mut self.sink, Sink::Broken) {

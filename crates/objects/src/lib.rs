@@ -117,6 +117,16 @@ fn sync_dirs(root: &std::path::Path, file: &std::path::Path) -> std::io::Result<
     Ok(())
 }
 
+/// Run file-system work off the executor; a failure is `Unavailable`, reported as
+/// `<label>: <error>`.
+async fn on_disk<T: Send + 'static>(label: String, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ObjectError::Unavailable(format!("{label}: {e}"))),
+        Err(e) => Err(ObjectError::Unavailable(format!("{label}: {e}"))),
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -195,10 +205,7 @@ impl Objects {
         self.inner.put(&self.key(rel), PutPayload::from_bytes(data)).await.map_err(|e| classify(rel, e))?;
         if let Some(root) = &self.local_root {
             let (root, file) = (root.clone(), root.join(rel));
-            tokio::task::spawn_blocking(move || sync_path(&root, &file))
-                .await
-                .map_err(|e| ObjectError::Unavailable(format!("{rel}: {e}")))?
-                .map_err(|e| ObjectError::Unavailable(format!("{rel}: cannot sync to disk: {e}")))?;
+            on_disk(format!("{rel}: cannot sync to disk"), move || sync_path(&root, &file)).await?;
         }
         Ok(digest)
     }
@@ -236,13 +243,16 @@ impl Objects {
         self.inner.delete(&self.key(rel)).await.map_err(|e| classify(rel, e))
     }
 
+    /// The objects under `rel` (a directory-like prefix), as the store describes them.
+    async fn list_meta(&self, rel: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        use futures_util::TryStreamExt;
+        self.inner.list(Some(&self.key(rel))).try_collect().await.map_err(|e| classify(rel, e))
+    }
+
     /// Relative paths of the objects under `rel` (a directory-like prefix).
     pub async fn list(&self, rel: &str) -> Result<Vec<String>> {
-        use futures_util::TryStreamExt;
-        let base = self.key(rel);
         let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
-        let found: Vec<_> = self.inner.list(Some(&base)).try_collect().await.map_err(|e| classify(rel, e))?;
-        Ok(found.into_iter().map(|m| m.location.as_ref()[strip..].to_string()).collect())
+        Ok(self.list_meta(rel).await?.into_iter().map(|m| m.location.as_ref()[strip..].to_string()).collect())
     }
 
     /// Remove staging objects last written more than `older_than` ago: what a server that
@@ -251,9 +261,7 @@ impl Objects {
     /// cut short that way is not an object; a bucket lifecycle rule aborting incomplete
     /// multipart uploads cleans those.) Returns how many were removed.
     pub async fn remove_stale_staging(&self, older_than: Duration) -> Result<usize> {
-        use futures_util::TryStreamExt;
-        let base = self.key(STAGING_DIR);
-        let found: Vec<_> = self.inner.list(Some(&base)).try_collect().await.map_err(|e| classify(STAGING_DIR, e))?;
+        let found = self.list_meta(STAGING_DIR).await?;
         let cutoff = chrono_cutoff(older_than);
         let mut removed = 0;
         for meta in found.into_iter().filter(|m| m.last_modified < cutoff) {
@@ -302,8 +310,15 @@ pub struct ObjectWriter {
 }
 
 enum WriterSink {
-    Local { file: std::fs::File, path: PathBuf, unsynced: u64 },
+    Local { file: std::fs::File, unsynced: u64 },
     Remote(WriteMultipart),
+}
+
+impl Objects {
+    /// The file of a staging object on the local backend.
+    fn staging_file(&self, staging: &str) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|root| root.join(staging))
+    }
 }
 
 impl ObjectWriter {
@@ -312,9 +327,9 @@ impl ObjectWriter {
         self.size += chunk.len() as u64;
         let staging = self.staging.clone();
         match self.sink.take() {
-            Some(WriterSink::Local { mut file, path, mut unsynced }) => {
+            Some(WriterSink::Local { mut file, mut unsynced }) => {
                 let mut hasher = std::mem::take(&mut self.hasher);
-                let written = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                let written = on_disk(staging, move || {
                     use std::io::Write;
                     hasher.update(&chunk);
                     file.write_all(&chunk)?;
@@ -325,18 +340,12 @@ impl ObjectWriter {
                     }
                     Ok((file, hasher, unsynced))
                 })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-                let (file, hasher, unsynced) = match written {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&path);
-                        return Err(ObjectError::Unavailable(format!("{staging}: {e}")));
-                    }
-                };
+                .await;
+                // (on failure the sink stays empty, so dropping the writer cannot find the
+                // file: remove it here)
+                let (file, hasher, unsynced) = written.inspect_err(|_| self.remove_local())?;
                 self.hasher = hasher;
-                self.sink = Some(WriterSink::Local { file, path, unsynced });
+                self.sink = Some(WriterSink::Local { file, unsynced });
             }
             Some(WriterSink::Remote(mut upload)) => {
                 self.hasher.update(&chunk);
@@ -355,25 +364,25 @@ impl ObjectWriter {
         let staging = self.staging.clone();
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         match self.sink.take() {
-            Some(WriterSink::Local { file, path, .. }) => {
-                let sync = tokio::task::spawn_blocking(move || file.sync_all()).await;
-                let staged = StagedObject {
-                    objects: self.objects.clone(),
-                    staging: staging.clone(),
-                    local: Some(path),
-                    sha256,
-                    size: self.size,
-                    done: false,
-                };
-                sync.map_err(|e| ObjectError::Unavailable(format!("{staging}: {e}")))?
-                    .map_err(|e| ObjectError::Unavailable(format!("{staging}: cannot sync to disk: {e}")))?;
+            Some(WriterSink::Local { file, .. }) => {
+                // (dropped unsynced, the staged object removes its file)
+                let staged = StagedObject { objects: self.objects.clone(), staging: staging.clone(), sha256, size: self.size, done: false };
+                on_disk(format!("{staging}: cannot sync to disk"), move || file.sync_all()).await?;
                 Ok(staged)
             }
             Some(WriterSink::Remote(upload)) => {
                 upload.finish().await.map_err(|e| classify(&staging, e))?;
-                Ok(StagedObject { objects: self.objects.clone(), staging, local: None, sha256, size: self.size, done: false })
+                Ok(StagedObject { objects: self.objects.clone(), staging, sha256, size: self.size, done: false })
             }
             None => Err(ObjectError::Unavailable(format!("{staging}: finished after a failure"))),
+        }
+    }
+}
+
+impl ObjectWriter {
+    fn remove_local(&self) {
+        if let Some(path) = self.objects.staging_file(&self.staging) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -382,9 +391,7 @@ impl Drop for ObjectWriter {
     /// An unfinished object is abandoned: its staging file or multipart upload goes.
     fn drop(&mut self) {
         match self.sink.take() {
-            Some(WriterSink::Local { path, .. }) => {
-                let _ = std::fs::remove_file(path);
-            }
+            Some(WriterSink::Local { .. }) => self.remove_local(),
             Some(WriterSink::Remote(upload)) => {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
@@ -402,7 +409,6 @@ impl Drop for ObjectWriter {
 pub struct StagedObject {
     objects: Objects,
     staging: String,
-    local: Option<PathBuf>,
     sha256: String,
     size: u64,
     done: bool,
@@ -420,21 +426,19 @@ impl StagedObject {
     /// Move the object to `rel` (replacing any object there); durable when this returns.
     /// Returns its SHA-256.
     pub async fn commit(mut self, rel: &str) -> Result<String> {
-        match (&self.local, &self.objects.local_root) {
-            (Some(from), Some(root)) => {
-                let (from, root, to) = (from.clone(), root.clone(), root.join(rel));
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        match &self.objects.local_root {
+            Some(root) => {
+                let (from, to, root) = (root.join(&self.staging), root.join(rel), root.clone());
+                on_disk(format!("{rel}: cannot move into place"), move || {
                     if let Some(parent) = to.parent() {
                         std::fs::create_dir_all(parent)?;
                     }
                     std::fs::rename(&from, &to)?;
                     sync_dirs(&root, &to)
                 })
-                .await
-                .map_err(|e| ObjectError::Unavailable(format!("{rel}: {e}")))?
-                .map_err(|e| ObjectError::Unavailable(format!("{rel}: cannot move into place: {e}")))?;
+                .await?;
             }
-            _ => {
+            None => {
                 let (from, to) = (self.objects.key(&self.staging), self.objects.key(rel));
                 self.objects.inner.copy(&from, &to).await.map_err(|e| classify(rel, e))?;
                 if let Err(e) = self.objects.inner.delete(&from).await {
@@ -452,7 +456,7 @@ impl Drop for StagedObject {
         if self.done {
             return;
         }
-        if let Some(path) = &self.local {
+        if let Some(path) = self.objects.staging_file(&self.staging) {
             let _ = std::fs::remove_file(path);
         } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (inner, key) = (self.objects.inner.clone(), self.objects.key(&self.staging));
@@ -471,15 +475,12 @@ impl Objects {
         let sink = match &self.local_root {
             Some(root) => {
                 let path = root.join(&staging);
-                let p = path.clone();
-                let file = tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(p.parent().expect("a staging path has a parent"))?;
-                    std::fs::File::create(&p)
+                let file = on_disk(staging.clone(), move || {
+                    std::fs::create_dir_all(path.parent().expect("a staging path has a parent"))?;
+                    std::fs::File::create(&path)
                 })
-                .await
-                .map_err(|e| ObjectError::Unavailable(format!("{staging}: {e}")))?
-                .map_err(|e| ObjectError::Unavailable(format!("{staging}: {e}")))?;
-                WriterSink::Local { file, path, unsynced: 0 }
+                .await?;
+                WriterSink::Local { file, unsynced: 0 }
             }
             None => {
                 let upload = self.inner.put_multipart(&self.key(&staging)).await.map_err(|e| classify(&staging, e))?;

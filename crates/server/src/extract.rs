@@ -25,11 +25,11 @@ impl FromRequest<AppState> for RawBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
-        let (declared, gzip) = body_headers(&req);
+        let frames = Frames::new(req, limit)?;
         // sized from Content-Length, so a large upload is written once, not grown and copied
-        let guess = declared.unwrap_or(0).saturating_mul(if gzip { 4 } else { 1 }).min(limit);
+        let guess = frames.declared.unwrap_or(0).saturating_mul(if frames.gzip { 4 } else { 1 }).min(limit);
         let sink = Limited { buf: Vec::with_capacity(guess), limit };
-        let Limited { buf, .. } = stream_body(req, limit, sink).await?;
+        let Limited { buf, .. } = stream_body(frames, sink).await?;
         Ok(RawBody(Bytes::from(buf)))
     }
 }
@@ -62,10 +62,7 @@ impl FromRequest<AppState> for ResultUpload {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
         let tee = Tee::new(state.objects()?.clone(), limit);
-        let (declared, gzip) = body_headers(&req);
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large(limit));
-        }
+        let frames = Frames::new(req, limit)?;
         let (decode_tx, mut decode_rx) = tokio::sync::mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
         let rt = tokio::runtime::Handle::current();
         // decoding: fails only for what it meets while input still arrives (a body cut
@@ -81,7 +78,7 @@ impl FromRequest<AppState> for ResultUpload {
             Ok(decoder)
         });
         // inflating a gzip body (as the Python client sends) on a thread of its own
-        let (frames_tx, inflating) = if gzip {
+        let (frames_tx, inflating) = if frames.gzip {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
             let inflating = tokio::task::spawn_blocking(move || -> Stage<()> {
                 let out = Pieces { tx: decode_tx, piece: Vec::with_capacity(PIECE), inflated: 0, limit };
@@ -100,7 +97,7 @@ impl FromRequest<AppState> for ResultUpload {
         } else {
             (decode_tx, None)
         };
-        let received = receive(req, limit, frames_tx).await;
+        let received = receive(frames, frames_tx).await;
         let inflated = match inflating {
             Some(h) => h.await.unwrap_or_else(|e| Stage::Failed(ApiError::Internal(e.to_string()))),
             None => Stage::Done(()),
@@ -117,35 +114,26 @@ impl FromRequest<AppState> for ResultUpload {
     }
 }
 
-/// Receive the body frame by frame into `tx` (refusing more than `limit` bytes).
-async fn receive(req: Request, limit: usize, tx: tokio::sync::mpsc::Sender<Bytes>) -> Stage<()> {
-    let mut received = 0usize;
-    let mut body = req.into_body();
-    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => return Stage::Failed(ApiError::bad_request(format!("could not read the request body: {e}"))),
-        };
-        if let Ok(data) = frame.into_data() {
-            received += data.len();
-            if received > limit {
-                return Stage::Failed(too_large(limit));
+/// Receive the body frame by frame into `tx`.
+async fn receive(mut frames: Frames, tx: tokio::sync::mpsc::Sender<Bytes>) -> Stage<()> {
+    loop {
+        match frames.next().await {
+            Ok(Some(data)) => {
+                if tx.send(data).await.is_err() {
+                    return Stage::Stopped;
+                }
             }
-            if tx.send(data).await.is_err() {
-                return Stage::Stopped;
-            }
+            Ok(None) => return Stage::Done(()),
+            Err(e) => return Stage::Failed(e),
         }
     }
-    Stage::Done(())
 }
 
 fn inflate_failure(e: std::io::Error, limit: usize) -> Stage<()> {
     if e.get_ref().is_some_and(|x| x.is::<Closed>()) {
         Stage::Stopped
-    } else if e.get_ref().is_some_and(|x| x.is::<OverLimit>()) {
-        Stage::Failed(too_large(limit))
     } else {
-        Stage::Failed(ApiError::bad_request(format!("request body is not valid gzip: {e}")))
+        Stage::Failed(inflate_error(e, limit))
     }
 }
 
@@ -229,44 +217,66 @@ impl Write for Limited {
     }
 }
 
-/// Feed the request body, frame by frame and inflated on the way when it is gzip-encoded,
-/// into `sink` (which enforces `limit` on the inflated bytes). Errors: 413 over the limit,
-/// the sink's own refusal, 400 for a broken connection or invalid gzip.
-async fn stream_body<W: Write>(req: Request, limit: usize, sink: W) -> ApiResult<W> {
-    let (declared, gzip) = body_headers(&req);
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(limit));
+/// A request body read frame by frame, held to `limit` bytes as declared and as received
+/// (413 past it; 400 for a broken connection).
+struct Frames {
+    body: axum::body::Body,
+    received: usize,
+    limit: usize,
+    declared: Option<usize>,
+    gzip: bool,
+}
+
+impl Frames {
+    fn new(req: Request, limit: usize) -> ApiResult<Frames> {
+        let (declared, gzip) = body_headers(&req);
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large(limit));
+        }
+        Ok(Frames { body: req.into_body(), received: 0, limit, declared, gzip })
     }
-    let write_error = |e: std::io::Error| {
-        let inner = e.get_ref();
-        if let Some(u) = inner.and_then(|x| x.downcast_ref::<UploadError>()) {
-            upload_error(u.clone())
-        } else if inner.is_some_and(|x| x.is::<OverLimit>()) {
-            too_large(limit)
-        } else {
-            ApiError::bad_request(format!("request body is not valid gzip: {e}"))
-        }
-    };
-    let mut received = 0usize;
-    let mut inflate = if gzip { Err(flate2::write::GzDecoder::new(sink)) } else { Ok(sink) };
-    let mut body = req.into_body();
-    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            received += data.len();
-            if received > limit {
-                return Err(too_large(limit));
+
+    /// The next data frame, `None` at the end of the body.
+    async fn next(&mut self) -> ApiResult<Option<Bytes>> {
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut self.body).await {
+            let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                self.received += data.len();
+                if self.received > self.limit {
+                    return Err(too_large(self.limit));
+                }
+                return Ok(Some(data));
             }
-            match &mut inflate {
-                Ok(w) => w.write_all(&data),
-                Err(gz) => gz.write_all(&data),
-            }
-            .map_err(write_error)?;
         }
+        Ok(None)
+    }
+}
+
+/// Why inflating a body stopped: 413 past the limit, 400 for invalid gzip.
+fn inflate_error(e: std::io::Error, limit: usize) -> ApiError {
+    if e.get_ref().is_some_and(|x| x.is::<OverLimit>()) {
+        too_large(limit)
+    } else {
+        ApiError::bad_request(format!("request body is not valid gzip: {e}"))
+    }
+}
+
+/// Feed the request body, frame by frame and inflated on the way when it is gzip-encoded,
+/// into `sink` (which enforces the limit on the inflated bytes). Errors: 413 over the limit,
+/// 400 for a broken connection or invalid gzip.
+async fn stream_body<W: Write>(mut frames: Frames, sink: W) -> ApiResult<W> {
+    let limit = frames.limit;
+    let mut inflate = if frames.gzip { Err(flate2::write::GzDecoder::new(sink)) } else { Ok(sink) };
+    while let Some(data) = frames.next().await? {
+        match &mut inflate {
+            Ok(w) => w.write_all(&data),
+            Err(gz) => gz.write_all(&data),
+        }
+        .map_err(|e| inflate_error(e, limit))?;
     }
     match inflate {
         Ok(w) => Ok(w),
-        Err(gz) => gz.finish().map_err(write_error),
+        Err(gz) => gz.finish().map_err(|e| inflate_error(e, limit)),
     }
 }
 

@@ -57,12 +57,6 @@ struct Streams {
     writer: JoinHandle<Result<StagedObject, ObjectError>>,
 }
 
-/// A received payload: whole, or already stored at a staging place and analysed.
-pub enum Received {
-    Whole(Vec<u8>),
-    Streamed(Box<(PdrSummary, StagedObject)>),
-}
-
 impl Tee {
     pub fn new(objects: Objects, limit: usize) -> Tee {
         Tee { objects, limit, state: TeeState::Buffer(Vec::new()) }
@@ -82,11 +76,20 @@ impl Tee {
         s.hand_on().await
     }
 
-    /// The body has ended: the payload, whole or stored and analysed.
-    pub async fn finish(mut self) -> ApiResult<Received> {
+    /// The body has ended: the payload analysed, and its object (in memory, or complete
+    /// at a staging place).
+    pub async fn finish(mut self) -> ApiResult<(PdrSummary, Stored)> {
         self.pass_on().await?;
         match self.state {
-            TeeState::Buffer(buf) => Ok(Received::Whole(buf)),
+            TeeState::Buffer(bytes) => {
+                // decompression and analysis are CPU work: off the executor
+                let limit = self.limit;
+                let analysed = tokio::task::spawn_blocking(move || read_result(bytes, limit))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+                Ok((analysed.summary, Stored::Blob(analysed.blob)))
+            }
             TeeState::Stream(s) => s.finish().await,
         }
     }
@@ -144,7 +147,7 @@ impl Streams {
         Ok(())
     }
 
-    async fn finish(self) -> ApiResult<Received> {
+    async fn finish(self) -> ApiResult<(PdrSummary, Stored)> {
         let Streams { analysis_tx, analysis, object_tx, writer, .. } = self;
         drop(analysis_tx);
         // an invalid result is refused before its object is completed (dropping the
@@ -157,30 +160,32 @@ impl Streams {
             return Err(writer_failure(writer.await));
         }
         match writer.await {
-            Ok(Ok(staged)) => Ok(Received::Streamed(Box::new((summary, staged)))),
+            Ok(Ok(staged)) => Ok((summary, Stored::Staged(staged))),
             other => Err(writer_failure(other)),
         }
     }
 }
 
-fn analysis_failure(r: Result<Result<PdrSummary, PdrError>, tokio::task::JoinError>) -> ApiError {
+/// Why a pipeline stage ended without its result: its own error (as `own` maps it), or
+/// the stage ending early or panicking.
+fn stage_failure<T, E>(r: Result<Result<T, E>, tokio::task::JoinError>, stage: &str, own: impl FnOnce(E) -> ApiError) -> ApiError {
     match r {
-        Ok(Err(e)) => ApiError::unprocessable(e.to_string()),
-        Ok(Ok(_)) => ApiError::Internal("the result analysis ended before its input".into()),
+        Ok(Err(e)) => own(e),
+        Ok(Ok(_)) => ApiError::Internal(format!("the {stage} ended before its input")),
         Err(e) => ApiError::Internal(e.to_string()),
     }
+}
+
+fn analysis_failure(r: Result<Result<PdrSummary, PdrError>, tokio::task::JoinError>) -> ApiError {
+    stage_failure(r, "result analysis", |e| ApiError::unprocessable(e.to_string()))
 }
 
 fn writer_failure(r: Result<Result<StagedObject, ObjectError>, tokio::task::JoinError>) -> ApiError {
-    match r {
-        Ok(Err(e)) => e.into(),
-        Ok(Ok(_)) => ApiError::Internal("the object writer ended before its input".into()),
-        Err(e) => ApiError::Internal(e.to_string()),
-    }
+    stage_failure(r, "object writer", ApiError::from)
 }
 
 /// The object behind a new result: in memory, or complete at a staging place.
-enum Stored {
+pub enum Stored {
     Blob(Vec<u8>),
     Staged(StagedObject),
 }
@@ -188,21 +193,7 @@ enum Stored {
 /// Store an uploaded result for `task`; returns the new ProtocolDAGResultRef's key.
 pub async fn ingest(state: &AppState, task: &ScopedKey, upload: Upload<Tee>) -> ApiResult<ScopedKey> {
     let Upload { compute_service_id: creator, payload } = upload;
-    let limit = state.settings().max_body_bytes;
-    let (summary, stored) = match payload.finish().await? {
-        Received::Whole(bytes) => {
-            // decompression and analysis are CPU work: off the executor
-            let analysed = tokio::task::spawn_blocking(move || read_result(bytes, limit))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-            (analysed.summary, Stored::Blob(analysed.blob))
-        }
-        Received::Streamed(streamed) => {
-            let (summary, staged) = *streamed;
-            (summary, Stored::Staged(staged))
-        }
-    };
+    let (summary, stored) = payload.finish().await?;
 
     let transformation = state.store().get_task_transformation(task).await?;
     if let Some(tk) = &summary.transformation_key {
