@@ -586,9 +586,11 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>, spare: &mut Vec<u8>) -> usize {
     let end = data.len() - 7;
     out.reserve(data.len());
     #[cfg(target_arch = "x86_64")]
-    if sparse_escapes(data) && std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
-        // SAFETY: the processor has the features `runs_and_escapes` is compiled for
-        return unsafe { simd::runs_and_escapes(data, end, out) };
+    if let Some((decode, dense_too)) = simd::best() {
+        if dense_too || sparse_escapes(data) {
+            // SAFETY: `best` checked that the processor has the features it needs
+            return unsafe { decode(data, end, out) };
+        }
     }
     let split = if end < 4096 { None } else { (end / 2..end.min(end / 2 + 4096)).find(|&p| token_boundary(data, p)) };
     let Some(split) = split else {
@@ -621,9 +623,9 @@ fn fast_latin1(data: &[u8], out: &mut Vec<u8>, spare: &mut Vec<u8>) -> usize {
 }
 
 /// True when backslashes are rare at the start of `data` (a payload written as raw UTF-8,
-/// where only control characters are escaped), so that long runs of plain characters
-/// between escapes are worth decoding sixteen bytes at a time. Python's `ensure_ascii`
-/// output escapes most bytes and is left to the token loop.
+/// where only control characters are escaped): worth decoding sixteen bytes at a time.
+/// Python's `ensure_ascii` output escapes most bytes; without wider blocks it is left to
+/// the token loop.
 #[cfg(target_arch = "x86_64")]
 fn sparse_escapes(data: &[u8]) -> bool {
     let sample = &data[..data.len().min(1024)];
@@ -631,102 +633,7 @@ fn sparse_escapes(data: &[u8]) -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
-    use std::arch::x86_64::*;
-
-    use super::{token, word};
-
-    /// For each 8-bit mask: the positions of its set bits in order (then zeros), i.e. the
-    /// shuffle that packs the kept bytes of eight to the front.
-    static PACK: [[u8; 8]; 256] = {
-        let mut t = [[0u8; 8]; 256];
-        let mut m = 0;
-        while m < 256 {
-            let (mut bit, mut n) = (0, 0);
-            while bit < 8 {
-                if m & (1 << bit) != 0 {
-                    t[m][n] = bit as u8;
-                    n += 1;
-                }
-                bit += 1;
-            }
-            m += 1;
-        }
-        t
-    };
-
-    /// Decode from `data[0..end]` (with `end + 7 == data.len()`): runs of printable ASCII
-    /// and two-byte UTF-8 sixteen bytes at a time, each escape with the token decoder;
-    /// stop before anything else and return the bytes consumed (as `fast_latin1`).
-    ///
-    /// A block's bytes are classified at once: quote, backslash and control characters
-    /// end the run; a byte ≥ 0x80 must be a C2/C3 lead followed by a continuation byte or
-    /// such a continuation (anything else ends the run, for the byte loop to judge). Every
-    /// position that is not a continuation yields one byte — itself, or for a lead the
-    /// latin-1 character of the pair — and the kept bytes are packed with `pshufb`.
-    #[target_feature(enable = "ssse3,popcnt")]
-    pub(super) unsafe fn runs_and_escapes(data: &[u8], end: usize, out: &mut Vec<u8>) -> usize {
-        // each block reads 17 bytes and may write 16 (of which the kept ones count)
-        out.reserve(end + 16);
-        let base = out.as_mut_ptr();
-        let mut o = out.len();
-        let mut i = 0;
-        let src = data.as_ptr();
-        'outer: while i < end {
-            while i + 17 <= data.len() && i < end {
-                let v = _mm_loadu_si128(src.add(i) as *const __m128i);
-                let next = _mm_loadu_si128(src.add(i + 1) as *const __m128i);
-                let special = _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)), _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8))),
-                    _mm_cmpeq_epi8(_mm_and_si128(v, _mm_set1_epi8(0xE0u8 as i8)), _mm_setzero_si128()),
-                );
-                let lead = _mm_cmpeq_epi8(_mm_or_si128(v, _mm_set1_epi8(1)), _mm_set1_epi8(0xC3u8 as i8));
-                let cont = _mm_cmpeq_epi8(_mm_and_si128(v, _mm_set1_epi8(0xC0u8 as i8)), _mm_set1_epi8(0x80u8 as i8));
-                let next_cont = _mm_cmpeq_epi8(_mm_and_si128(next, _mm_set1_epi8(0xC0u8 as i8)), _mm_set1_epi8(0x80u8 as i8));
-                let m_special = _mm_movemask_epi8(special) as u32;
-                let m_high = _mm_movemask_epi8(v) as u32;
-                let m_lead = _mm_movemask_epi8(lead) as u32;
-                let m_cont = _mm_movemask_epi8(cont) as u32;
-                let m_next_cont = _mm_movemask_epi8(next_cont) as u32;
-                // a high byte is a lead followed by a continuation, or a continuation after a lead
-                let bad = (m_high & !(m_lead | m_cont)) | (m_cont & !(m_lead << 1)) | (m_lead & !m_next_cont);
-                let stop = m_special | bad;
-                let n = if stop == 0 { 16 } else { stop.trailing_zeros() };
-                let keep = !m_cont & ((1u32 << n) - 1);
-                let paired = _mm_or_si128(
-                    _mm_and_si128(_mm_slli_epi16(v, 6), _mm_set1_epi8(0xC0u8 as i8)),
-                    _mm_and_si128(next, _mm_set1_epi8(0x3F)),
-                );
-                let value = _mm_or_si128(_mm_and_si128(lead, paired), _mm_andnot_si128(lead, v));
-                let (lo, hi) = ((keep & 0xFF) as usize, ((keep >> 8) & 0xFF) as usize);
-                let pack_lo = _mm_loadl_epi64(PACK[lo].as_ptr() as *const __m128i);
-                let pack_hi = _mm_add_epi8(_mm_loadl_epi64(PACK[hi].as_ptr() as *const __m128i), _mm_set1_epi8(8));
-                _mm_storel_epi64(base.add(o) as *mut __m128i, _mm_shuffle_epi8(value, pack_lo));
-                o += lo.count_ones() as usize;
-                _mm_storel_epi64(base.add(o) as *mut __m128i, _mm_shuffle_epi8(value, pack_hi));
-                o += hi.count_ones() as usize;
-                // a lead in the last position takes its continuation from the next block
-                i += n as usize + (n == 16 && m_lead & 0x8000 != 0) as usize;
-                if n < 16 {
-                    break;
-                }
-            }
-            // an escape (or the end of the run)
-            if i >= end {
-                break;
-            }
-            let (value, len) = token(word(data, i));
-            if len == 0 {
-                break 'outer;
-            }
-            *base.add(o) = value;
-            o += 1;
-            i += len;
-        }
-        out.set_len(o);
-        i
-    }
-}
+mod simd;
 
 impl<W: Write> std::io::Write for UploadDecoder<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -928,6 +835,178 @@ mod tests {
                 let e = decode_in(&wrap(&t), 65_536).unwrap_err();
                 assert!(ok(&e), "case {k} at {at}: {e:?}");
             }
+        }
+    }
+
+    /// A small random generator for the tests (xorshift).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Random payload bytes and a JSON string body for them with every escape JSON allows
+    /// (short ones, `\/`, upper- and lower-case `\u00XX`, `\u0041` for ASCII, runs of
+    /// `\\`): sparse, as raw UTF-8 with escapes rare enough for the 16-byte block decoder,
+    /// or dense, as Python's `ensure_ascii` writes (every byte ≥ 0x80 escaped).
+    fn spelled(rng: &mut Rng, n: usize, dense: bool) -> (Vec<u8>, Vec<u8>) {
+        let (mut text, mut data) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let r = rng.next();
+            let b = if r.is_multiple_of(3) || dense { (r >> 24) as u8 } else { 0x20 + ((r >> 24) % 0xE0) as u8 };
+            data.push(b);
+            let short: &[u8] = match (b, r % 29) {
+                (b'"', _) => b"\\\"",
+                (b'\\', _) => b"\\\\",
+                (0x08, _) => b"\\b",
+                (0x0C, _) => b"\\f",
+                (b'\n', _) => b"\\n",
+                (b'\r', _) => b"\\r",
+                (b'\t', _) => b"\\t",
+                (b'/', 0..=14) => b"\\/",
+                (0x80..=0xFF, 2) => {
+                    text.extend_from_slice(format!("\\u{b:04X}").as_bytes());
+                    continue;
+                }
+                (0x80..=0xFF, _) if dense => {
+                    text.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                    continue;
+                }
+                (0x00..=0x1F, _) | (0x20..=0x7F, 1) => {
+                    text.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                    continue;
+                }
+                _ => {
+                    text.extend_from_slice(char::from(b).to_string().as_bytes());
+                    continue;
+                }
+            };
+            text.extend_from_slice(short);
+        }
+        (text, data)
+    }
+
+    /// `text` with one to three damages that matter to a decoder, inserted or written over.
+    fn damaged(rng: &mut Rng, text: &[u8], round: usize) -> Vec<u8> {
+        const DAMAGE: &[&[u8]] =
+            &[b"\\", b"\"", b"u", b"0", b"F", b"g", &[0x01], &[0x80], &[0xC3], &[0xC4], &[0xFF], b"\\\\\\", b"\\u00", b"\\u0100"];
+        let mut t = text.to_vec();
+        for _ in 0..1 + round % 3 {
+            let at = rng.below(t.len());
+            let d = DAMAGE[rng.below(DAMAGE.len())];
+            let upto = if rng.next().is_multiple_of(2) { at } else { (at + d.len()).min(t.len()) };
+            t.splice(at..upto, d.iter().copied());
+        }
+        t
+    }
+
+    fn wrap(text: &[u8]) -> Vec<u8> {
+        let mut b = br#"{"protocoldagresult": {"__class__": "bytes", "latin-1": ""#.to_vec();
+        b.extend_from_slice(text);
+        b.extend_from_slice(br#""}, "compute_service_id": "s"}"#);
+        b
+    }
+
+    #[test]
+    fn the_block_decoder_and_the_byte_loop_agree_on_any_damage() {
+        // the fast path this machine picks (whole body at once) must give what the byte
+        // loop (chunks shorter than the fast path's window) gives: the same payload, or the
+        // same error at the same offset
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let outcome = |body: &[u8], chunk: usize| match decode_in(body, chunk) {
+            Ok(up) => Ok(up.payload),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        let (mut refused, mut accepted) = (0, 0);
+        for dense in [false, true] {
+            let (text, data) = spelled(&mut rng, 40_000, dense);
+            assert_eq!(sparse_escapes(&text), !dense);
+            let body = wrap(&text);
+            assert_eq!(outcome(&body, body.len()), Ok(data.clone()));
+            assert_eq!(outcome(&body, 7), Ok(data));
+            for round in 0..300 {
+                let body = wrap(&damaged(&mut rng, &text, round));
+                let (fast, bytewise) = (outcome(&body, body.len()), outcome(&body, 7));
+                assert_eq!(fast, bytewise, "dense {dense} round {round}");
+                if fast.is_err() {
+                    refused += 1;
+                } else {
+                    accepted += 1;
+                }
+            }
+        }
+        // both kinds of outcome were compared
+        assert!(refused > 100 && accepted > 20, "{refused} refused, {accepted} accepted");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_block_decoder_this_processor_has_agrees_with_the_token_loop() {
+        // each of them, not only the one picked, on sparse and dense text, whole and
+        // damaged, from any starting offset: the same bytes out and the same stopping place
+        let decoders = simd::available();
+        assert!(!decoders.is_empty(), "an x86-64 processor without SSSE3");
+        let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+        let mut texts = Vec::new();
+        for dense in [false, true] {
+            let (text, _) = spelled(&mut rng, 5_000, dense);
+            for round in 0..150 {
+                texts.push(damaged(&mut rng, &text, round));
+            }
+            texts.push(text);
+        }
+        let mut stops = std::collections::BTreeSet::new();
+        for (k, text) in texts.iter().enumerate() {
+            for start in [0, 1, 2, 3, 5, 17, 63, 64, 65] {
+                let data = &text[start..];
+                let end = data.len() - 7;
+                let mut expect = Vec::new();
+                let stopped = run(data, 0, end, &mut expect);
+                stops.insert(stopped * 10 / end);
+                for (name, decode) in &decoders {
+                    let mut got = b"kept".to_vec();
+                    // SAFETY: `available` lists only what this processor can run
+                    let n = unsafe { decode(data, end, &mut got) };
+                    assert_eq!(&got[..4], b"kept", "{name}: output appended");
+                    assert!(n == stopped && got[4..] == expect[..], "{name}, text {k} from {start}: stopped at {n}, not {stopped}");
+                }
+            }
+        }
+        // stops early, midway and late were all compared
+        assert!(stops.len() >= 8, "{stops:?}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn escape_starts_skip_escaped_backslashes() {
+        // bit i is byte i; `\\\\` pairs, `\\\"` starts at the first, runs at odd positions
+        assert_eq!(simd::escape_starts(0b0111), 0b0101);
+        assert_eq!(simd::escape_starts(0b0110), 0b0010);
+        assert_eq!(simd::escape_starts(0b1101), 0b0101);
+        assert_eq!(simd::escape_starts(0b1111_0000_1110), 0b0101_0000_1010);
+        assert_eq!(simd::escape_starts(0), 0);
+        // against the obvious loop, for every 12-bit mask
+        for bs in 0u64..1 << 12 {
+            let mut expect = 0;
+            let mut i = 0;
+            while i < 12 {
+                if bs >> i & 1 == 1 {
+                    expect |= 1 << i;
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            assert_eq!(simd::escape_starts(bs), expect, "{bs:#b}");
         }
     }
 

@@ -296,9 +296,12 @@ pub const STAGING_DIR: &str = "_staging";
 const PART_SIZE: usize = 8 << 20;
 /// S3 parts in flight per object.
 const PARTS_IN_FLIGHT: usize = 4;
-/// Local writes are flushed to disk every this many bytes, so the disk works while the
-/// object is still arriving and the final fsync has little left to do.
-const LOCAL_SYNC_EVERY: u64 = 16 << 20;
+/// Local writes: the disk is asked to start writing every this many new bytes, so it
+/// works while the object is still arriving and the final fsync has little left to do...
+const WRITEBACK_STEP: u64 = 8 << 20;
+/// ... and the writer waits until all but this many bytes are on their way, so a disk
+/// slower than the upload holds it back instead of filling memory with dirty pages.
+const WRITEBACK_AHEAD: u64 = 24 << 20;
 
 /// An object being written piece by piece ([`Objects::writer`]).
 pub struct ObjectWriter {
@@ -310,8 +313,70 @@ pub struct ObjectWriter {
 }
 
 enum WriterSink {
-    Local { file: std::fs::File, unsynced: u64 },
+    Local { file: std::fs::File, progress: Writeback },
     Remote(WriteMultipart),
+}
+
+/// How far a staging file's bytes are written, on their way to disk, and waited for.
+/// Only the final fsync ([`ObjectWriter::finish`]) makes them durable; this keeps the
+/// disk busy meanwhile (PostgreSQL's `*_flush_after` settings do the same).
+#[derive(Default)]
+struct Writeback {
+    written: u64,
+    started: u64,
+    waited: u64,
+}
+
+impl Writeback {
+    fn wrote(&mut self, file: &std::fs::File, n: u64) -> std::io::Result<()> {
+        self.written += n;
+        if self.written - self.started < WRITEBACK_STEP {
+            return Ok(());
+        }
+        start_writeback(file, self.started, self.written)?;
+        self.started = self.written;
+        let wait_upto = self.started.saturating_sub(WRITEBACK_AHEAD);
+        if wait_upto > self.waited {
+            wait_writeback(file, self.waited, wait_upto)?;
+            self.waited = wait_upto;
+        }
+        Ok(())
+    }
+}
+
+/// Ask the kernel to start writing `file`'s bytes `[from, to)` to disk, without waiting.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    sync_file_range(file, from, to, libc::SYNC_FILE_RANGE_WRITE)
+}
+
+/// Wait until `file`'s bytes `[from, to)` have been written (not a durability barrier:
+/// neither metadata nor the disk's cache).
+#[cfg(target_os = "linux")]
+fn wait_writeback(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    sync_file_range(file, from, to, libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER)
+}
+
+#[cfg(target_os = "linux")]
+fn sync_file_range(file: &std::fs::File, from: u64, to: u64, flags: std::ffi::c_uint) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else { return Ok(()) };
+    // SAFETY: a plain system call on a file descriptor this function borrows
+    match unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Elsewhere: flush what was written (waiting), as the final fsync would.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(file: &std::fs::File, _from: u64, _to: u64) -> std::io::Result<()> {
+    file.sync_data()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wait_writeback(_file: &std::fs::File, _from: u64, _to: u64) -> std::io::Result<()> {
+    Ok(())
 }
 
 impl Objects {
@@ -327,25 +392,21 @@ impl ObjectWriter {
         self.size += chunk.len() as u64;
         let staging = self.staging.clone();
         match self.sink.take() {
-            Some(WriterSink::Local { mut file, mut unsynced }) => {
+            Some(WriterSink::Local { mut file, mut progress }) => {
                 let mut hasher = std::mem::take(&mut self.hasher);
                 let written = on_disk(staging, move || {
                     use std::io::Write;
                     hasher.update(&chunk);
                     file.write_all(&chunk)?;
-                    unsynced += chunk.len() as u64;
-                    if unsynced >= LOCAL_SYNC_EVERY {
-                        file.sync_data()?;
-                        unsynced = 0;
-                    }
-                    Ok((file, hasher, unsynced))
+                    progress.wrote(&file, chunk.len() as u64)?;
+                    Ok((file, hasher, progress))
                 })
                 .await;
                 // (on failure the sink stays empty, so dropping the writer cannot find the
                 // file: remove it here)
-                let (file, hasher, unsynced) = written.inspect_err(|_| self.remove_local())?;
+                let (file, hasher, progress) = written.inspect_err(|_| self.remove_local())?;
                 self.hasher = hasher;
-                self.sink = Some(WriterSink::Local { file, unsynced });
+                self.sink = Some(WriterSink::Local { file, progress });
             }
             Some(WriterSink::Remote(mut upload)) => {
                 self.hasher.update(&chunk);
@@ -480,7 +541,7 @@ impl Objects {
                     std::fs::File::create(&path)
                 })
                 .await?;
-                WriterSink::Local { file, unsynced: 0 }
+                WriterSink::Local { file, progress: Writeback::default() }
             }
             None => {
                 let upload = self.inner.put_multipart(&self.key(&staging)).await.map_err(|e| classify(&staging, e))?;
@@ -494,6 +555,25 @@ impl Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writeback_runs_ahead_of_the_writer_within_bounds() {
+        let mut f = tempfile::tempfile().unwrap();
+        let mut progress = Writeback::default();
+        let chunk = vec![7u8; 1 << 20];
+        let mut seen = Vec::new();
+        for _ in 0..41 {
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+            progress.wrote(&f, chunk.len() as u64).unwrap();
+            seen.push((progress.started >> 20, progress.waited >> 20));
+            assert!(progress.written - progress.started < WRITEBACK_STEP);
+            assert!(progress.started - progress.waited <= WRITEBACK_AHEAD);
+        }
+        assert_eq!(seen[7], (8, 0), "started every 8 MiB");
+        assert_eq!(seen[31], (32, 8), "waited for all but the last 24 MiB");
+        assert_eq!(seen[40], (40, 16));
+        assert_eq!(f.metadata().unwrap().len(), 41 << 20);
+    }
 
     #[test]
     fn layout() {

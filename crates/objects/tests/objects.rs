@@ -111,8 +111,9 @@ async fn local_disk_full_is_unavailable_and_leaves_nothing() {
 }
 
 objects_test!(staged_writes_move_into_place, |objects| async move {
-    // an object written in pieces before its place is known, then committed
-    let data: Vec<u8> = (0..(19u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    // an object written in pieces before its place is known, then committed (large
+    // enough for the local writer to start and wait for write-back on the way)
+    let data: Vec<u8> = (0..(41u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     let mut w = objects.writer().await.unwrap();
     for piece in data.chunks((1 << 20) + 7) {
         w.write(Bytes::copy_from_slice(piece)).await.unwrap();

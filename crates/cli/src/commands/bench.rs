@@ -37,9 +37,10 @@ pub enum BenchCommand {
     Claims(super::bench_claims::ClaimsBench),
     /// Results through the API against an `alchemiscale serve` process it starts: many
     /// small results pushed and downloaded concurrently, a few large ones one at a time,
-    /// the disk's sequential write rate measured in the same run, and the server's peak
-    /// memory. Give --s3-bucket (and --s3-endpoint …) to test S3. Last line: a JSON object
-    /// with small_push_per_s, small_get_per_s, large_mb_per_s, backend ….
+    /// the disk's sequential write rate measured in the same run (median of three
+    /// readings), the server's CPU per large push and its peak memory. Give --s3-bucket
+    /// (and --s3-endpoint …) to test S3. Last line: a JSON object with small_push_per_s,
+    /// small_get_per_s, large_mb_per_s, backend ….
     Objects(super::bench_objects::ObjectsBench),
 }
 
@@ -58,7 +59,7 @@ pub struct StoreBench {
     pub store: StoreArgs,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
     v[v.len() / 2]
 }

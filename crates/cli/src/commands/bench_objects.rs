@@ -55,6 +55,17 @@ fn peak_rss(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
+/// CPU time a process has used so far, seconds (user + system, from /proc).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command name (which may contain spaces) in parentheses
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / if per_s > 0 { per_s as f64 } else { 100.0 })
+}
+
 /// Sequential write rate of the disk under `dir`: 256 MiB written and fsynced.
 fn disk_write_rate(dir: &std::path::Path) -> anyhow::Result<f64> {
     let path = dir.join("disk-rate.tmp");
@@ -153,7 +164,9 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir)?;
-    let disk_rate = disk_write_rate(&data_dir)?;
+    // the disk's rate swings between measurements on shared machines: measured before the
+    // small results, before the large ones and after them, and the median taken
+    let mut disk_rates = vec![disk_write_rate(&data_dir)?];
     let server = start_serve(&data_dir, &b.objects).await?;
     let backend = if b.objects.s3_bucket.is_some() { "s3" } else { "local" };
     println!("bench objects: {backend} object store, sqlite state store, server pid {}", server.child.id());
@@ -254,6 +267,10 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     let mut large_get_s = 0.0;
     let mut large_total = 0usize;
     let mut large_refs = Vec::new();
+    let mut large_cpu_s = 0.0;
+    if b.large > 0 {
+        disk_rates.push(disk_write_rate(&data_dir)?);
+    }
     for (i, (task, tf)) in large_work.iter().enumerate() {
         let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.large_bytes * 4 / 3, 1_000_000 + i as u64).as_bytes());
         large_total += blob.len();
@@ -267,13 +284,19 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
             Payload::Json(result_body(&blob, &service))
         };
         drop(blob);
+        let cpu_before = cpu_seconds(server.child.id()).unwrap_or(0.0);
         let start = Instant::now();
         let r = server.compute.send(Method::POST, &format!("/tasks/{task}/results"), payload).await?;
         large_push_s += start.elapsed().as_secs_f64();
+        large_cpu_s += cpu_seconds(server.child.id()).unwrap_or(0.0) - cpu_before;
         ensure!(r.status == 200, "large push failed: {} {}", r.status, r.text());
         large_refs.push((tf, format!("{}-{}", r.json()["gufe_key"].as_str().unwrap_or_default(), task.scope())));
     }
     let push_peak = peak_rss(server.child.id()).unwrap_or(0);
+    if b.large > 0 {
+        disk_rates.push(disk_write_rate(&data_dir)?);
+    }
+    let disk_rate = crate::commands::bench::median(disk_rates.clone());
     for (tf, pdrr) in &large_refs {
         let start = Instant::now();
         let r = server.user.send(Method::GET, &format!("/transformations/{tf}/results/{pdrr}"), Payload::None).await?;
@@ -288,7 +311,8 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     let large_mb_per_s = if b.large > 0 { mb(large_total as f64) / large_push_s } else { 0.0 };
     let large_get_mb_per_s = if b.large > 0 { mb(large_total as f64) / large_get_s } else { 0.0 };
     let largest = if b.large > 0 { large_total as f64 / b.large as f64 } else { b.small_bytes as f64 };
-    println!("  disk sequential write (fsync)        {:>9.0} MB/s", mb(disk_rate));
+    let readings: Vec<String> = disk_rates.iter().map(|r| format!("{:.0}", mb(*r))).collect();
+    println!("  disk sequential write (fsync)        {:>9.0} MB/s  (median of {} MB/s)", mb(disk_rate), readings.join(", "));
     println!(
         "  small results pushed (~{} B, gzip)  {small_push_per_s:>9.0} results/s  ({} in {small_push_s:.2} s)",
         b.small_bytes, b.small
@@ -301,6 +325,7 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
             mb(largest),
             100.0 * large_mb_per_s / mb(disk_rate)
         );
+        println!("  server CPU per large push            {:>9.0} ms", 1e3 * large_cpu_s / b.large as f64);
         println!("  large results downloaded             {large_get_mb_per_s:>9.0} MB/s");
     }
     println!(
@@ -320,6 +345,8 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
         "large_mb_per_s": large_mb_per_s,
         "large_get_mb_per_s": large_get_mb_per_s,
         "disk_write_mb_per_s": mb(disk_rate),
+        "disk_write_readings_mb_per_s": disk_rates.iter().map(|r| mb(*r)).collect::<Vec<_>>(),
+        "large_push_server_cpu_ms": if b.large > 0 { 1e3 * large_cpu_s / b.large as f64 } else { 0.0 },
         "large_vs_disk": large_mb_per_s / mb(disk_rate),
         "server_peak_rss_mb": mb(peak as f64),
         "peak_rss_vs_largest_object": peak as f64 / largest,
