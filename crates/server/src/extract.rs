@@ -25,7 +25,7 @@ impl FromRequest<AppState> for RawBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
-        let frames = Frames::new(req, limit)?;
+        let frames = Frames::open(req, limit).await?;
         // sized from Content-Length, so a large upload is written once, not grown and copied
         let guess = frames.declared.unwrap_or(0).saturating_mul(if frames.gzip { 4 } else { 1 }).min(limit);
         let sink = Limited { buf: Vec::with_capacity(guess), limit };
@@ -62,7 +62,7 @@ impl FromRequest<AppState> for ResultUpload {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings().max_body_bytes;
         let tee = Tee::new(state.objects()?.clone(), limit);
-        let frames = Frames::new(req, limit)?;
+        let frames = Frames::open(req, limit).await?;
         let (decode_tx, mut decode_rx) = tokio::sync::mpsc::channel::<Bytes>(PIECES_IN_FLIGHT);
         let rt = tokio::runtime::Handle::current();
         // decoding: fails only for what it meets while input still arrives (a body cut
@@ -114,17 +114,20 @@ impl FromRequest<AppState> for ResultUpload {
     }
 }
 
-/// Receive the body frame by frame into `tx`.
+/// Receive the body frame by frame into `tx`. When a later stage stops early (it refuses
+/// the upload) or the body passes the limit, the rest of the body is drained first, so the
+/// client reads the answer ([`Frames::drain`]).
 async fn receive(mut frames: Frames, tx: tokio::sync::mpsc::Sender<Bytes>) -> Stage<()> {
     loop {
         match frames.next().await {
             Ok(Some(data)) => {
                 if tx.send(data).await.is_err() {
+                    frames.drain().await;
                     return Stage::Stopped;
                 }
             }
             Ok(None) => return Stage::Done(()),
-            Err(e) => return Stage::Failed(e),
+            Err(e) => return Stage::Failed(frames.refuse(e).await),
         }
     }
 }
@@ -227,13 +230,50 @@ struct Frames {
     gzip: bool,
 }
 
+/// The most of a refused body read and dropped ([`Frames::drain`]), beyond the limit…
+const DRAIN_BYTES: usize = 1 << 30;
+/// …and for at most this long.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Frames {
-    fn new(req: Request, limit: usize) -> ApiResult<Frames> {
+    /// A request's body; one declared longer than `limit` is refused (413).
+    async fn open(req: Request, limit: usize) -> ApiResult<Frames> {
         let (declared, gzip) = body_headers(&req);
+        let frames = Frames { body: req.into_body(), received: 0, limit, declared, gzip };
         if declared.is_some_and(|n| n > limit) {
-            return Err(too_large(limit));
+            return Err(frames.refuse(too_large(limit)).await);
         }
-        Ok(Frames { body: req.into_body(), received: 0, limit, declared, gzip })
+        Ok(frames)
+    }
+
+    /// Answer `error` once the rest of the body is drained.
+    async fn refuse(mut self, error: ApiError) -> ApiError {
+        self.drain().await;
+        error
+    }
+
+    /// Read and drop the rest of the body (within bounds) before the server answers a
+    /// refusal. The Python clients send the whole body before they read the answer; had
+    /// the server closed the connection on the rest (which is what hyper does with an
+    /// unread body), they would see a reset connection (and retry it) instead of the
+    /// 413 or 422. A body longer than the limit plus `DRAIN_BYTES`, or slower than
+    /// `DRAIN_TIME`, is cut off as before.
+    async fn drain(&mut self) {
+        let most = self.limit.saturating_add(DRAIN_BYTES);
+        if self.declared.is_some_and(|n| n > most) {
+            return;
+        }
+        let body = &mut self.body;
+        let received = &mut self.received;
+        let rest = async {
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(body).await {
+                *received += frame.data_ref().map_or(0, |d| d.len());
+                if *received > most {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, rest).await;
     }
 
     /// The next data frame, `None` at the end of the body.
@@ -267,12 +307,19 @@ fn inflate_error(e: std::io::Error, limit: usize) -> ApiError {
 async fn stream_body<W: Write>(mut frames: Frames, sink: W) -> ApiResult<W> {
     let limit = frames.limit;
     let mut inflate = if frames.gzip { Err(flate2::write::GzDecoder::new(sink)) } else { Ok(sink) };
-    while let Some(data) = frames.next().await? {
-        match &mut inflate {
+    loop {
+        let data = match frames.next().await {
+            Ok(Some(data)) => data,
+            Ok(None) => break,
+            Err(e) => return Err(frames.refuse(e).await),
+        };
+        let written = match &mut inflate {
             Ok(w) => w.write_all(&data),
             Err(gz) => gz.write_all(&data),
+        };
+        if let Err(e) = written {
+            return Err(frames.refuse(inflate_error(e, limit)).await);
         }
-        .map_err(|e| inflate_error(e, limit))?;
     }
     match inflate {
         Ok(w) => Ok(w),
