@@ -64,7 +64,7 @@ pub enum Payload {
     Json(String),
     /// JSON text, gzip-compressed with `Content-Encoding: gzip`.
     GzipJson(String),
-    /// Arbitrary bytes with optional Content-Encoding, for tests.
+    /// JSON or other bytes, sent as they are, with an optional Content-Encoding.
     Raw {
         bytes: Vec<u8>,
         content_encoding: Option<String>,

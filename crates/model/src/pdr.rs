@@ -59,6 +59,64 @@ pub fn bytes_to_latin1(b: &[u8]) -> String {
     b.iter().map(|&x| char::from(x)).collect()
 }
 
+/// How each byte is written inside a JSON string of latin-1 code points: up to six bytes,
+/// then the count in the last. `"`, `\` and control characters are escaped, bytes ≥ 0x80
+/// are two-byte UTF-8.
+static LATIN1_JSON: [[u8; 8]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'"' => [b'\\', b'"', 0, 0, 0, 0, 0, 2],
+            b'\\' => [b'\\', b'\\', 0, 0, 0, 0, 0, 2],
+            0x00..=0x1F => [b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xF) as usize], 0, 6],
+            0x20..=0x7F => [c, 0, 0, 0, 0, 0, 0, 1],
+            _ => [0xC0 | (c >> 6), 0x80 | (c & 0x3F), 0, 0, 0, 0, 0, 2],
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Append the inside of the JSON string literal of `bytes` mapped to code points of equal
+/// value (latin-1): `"`, `\` and control characters escaped, bytes ≥ 0x80 as raw UTF-8
+/// (as compact as JSON allows; api.md §2.6 permits either spelling). Eight bytes are
+/// written for every byte from a table and the end moved by its length: no branch per
+/// byte, whose outcome would be random for compressed data.
+pub fn push_latin1_json(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() * 6 + 8);
+    let start = out.len();
+    let mut o = start;
+    let spare = out.spare_capacity_mut();
+    for &b in bytes {
+        let e = &LATIN1_JSON[b as usize];
+        // (o - start + 8 <= 6 * bytes written so far + 8: within the reserved room)
+        for (slot, &x) in spare[o - start..o - start + 8].iter_mut().zip(e) {
+            slot.write(x);
+        }
+        o += e[7] as usize;
+    }
+    // SAFETY: the first `o - start` spare bytes were written above
+    unsafe { out.set_len(o) };
+}
+
+/// A result upload body (C14) for `blob`: the bytes codec (zstd inside, as gufe writes it)
+/// with its latin-1 string as raw UTF-8 rather than Python's `\u00XX` escapes, and not
+/// gzip-compressed. About 2.1 bytes per blob byte, against 4 before gzip for the Python
+/// client's spelling, and neither side spends CPU on gzip (seconds per 50 MB).
+pub fn upload_body(blob: &[u8], compute_service_id: &str) -> Vec<u8> {
+    let codec = zstd_compress(blob);
+    let mut body = Vec::with_capacity(codec.len() * 21 / 10 + 256);
+    body.extend_from_slice(br#"{"protocoldagresult": {"__class__": "bytes", "__module__": "builtins", ":is_custom:": true, "latin-1": ""#);
+    push_latin1_json(&codec, &mut body);
+    body.extend_from_slice(br#""}, "compute_service_id": "#);
+    body.extend_from_slice(Value::from(compute_service_id).to_python_json().as_bytes());
+    body.push(b'}');
+    body
+}
+
 /// Decompress a zstd frame, refusing output larger than `limit`. A frame that records its
 /// content size (as the clients' one-shot compressors write) is decompressed into exactly
 /// that much memory.
@@ -402,6 +460,50 @@ pub fn analyse(chain: &KeyedChain) -> Result<PdrSummary, PdrError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latin1_strings_decode_back() {
+        // every byte value, then random bytes split anywhere: JSON whose string is the
+        // bytes as code points, as compact as JSON allows
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let random: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        for bytes in [(0..=255u8).collect::<Vec<u8>>(), random] {
+            let mut out = b"[\"".to_vec();
+            for part in bytes.chunks(999) {
+                push_latin1_json(part, &mut out);
+            }
+            out.extend_from_slice(b"\"]");
+            let s: Vec<String> = serde_json::from_slice(&out).unwrap();
+            assert_eq!(s[0], bytes_to_latin1(&bytes));
+            let escapes = bytes.iter().filter(|&&b| b < 0x20).count();
+            let quoted = bytes.iter().filter(|&&b| b == b'"' || b == b'\\').count();
+            let high = bytes.iter().filter(|&&b| b >= 0x80).count();
+            assert_eq!(out.len(), 4 + bytes.len() + 5 * escapes + quoted + high, "nothing longer than needed");
+        }
+    }
+
+    #[test]
+    fn compact_upload_bodies_decode_to_their_blob() {
+        let blob = zstd_compress(b"[[\"ProtocolDAGResult-1\", {}]]");
+        let body = upload_body(&blob, "svc-\"1\"");
+        let mut d = crate::upload::UploadDecoder::new(1 << 20);
+        d.feed(&body).unwrap();
+        let up = d.finish().unwrap();
+        assert_eq!(up.payload, blob);
+        assert_eq!(up.compute_service_id, "svc-\"1\"");
+        // and it is JSON that says the same as the Python client's body
+        let ours: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let codec = encode_bytes_codec(&blob).to_python_json();
+        let python = format!("{{\"protocoldagresult\": {codec}, \"compute_service_id\": \"svc-\\\"1\\\"\"}}");
+        assert_eq!(ours, serde_json::from_str::<serde_json::Value>(&python).unwrap());
+    }
 
     fn vector(name: &str) -> Vec<u8> {
         std::fs::read(format!("{}/../../testdata/vectors/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()

@@ -77,7 +77,7 @@ async fn task_transformation_gufe(
         Some(pdrr) => {
             let blob = crate::results::blob(&state, pdrr).await?;
             body.push(b'"');
-            crate::results::push_latin1_json(&blob, &mut body);
+            alchemiscale_model::pdr::push_latin1_json(&blob, &mut body);
             body.push(b'"');
         }
     }

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use alchemiscale_model::pdr::{is_zstd, read_result, BlobAnalyser, PdrError, PdrSummary};
+use alchemiscale_model::pdr::{is_zstd, push_latin1_json, read_result, BlobAnalyser, PdrError, PdrSummary};
 use alchemiscale_model::upload::Upload;
 use alchemiscale_model::ScopedKey;
 use alchemiscale_objects::{result_path, ObjectError, Objects, StagedObject};
@@ -237,23 +237,6 @@ pub async fn blob(state: &AppState, pdrr: &PdrrRecord) -> ApiResult<Bytes> {
     Ok(state.objects()?.get_verified(location, pdrr.content_sha256.as_deref(), pdrr.size).await?)
 }
 
-/// Append the JSON string literal of `bytes` mapped to code points of equal value
-/// (latin-1): `"`, `\` and control characters escaped, bytes ≥ 0x80 as UTF-8.
-pub fn push_latin1_json(bytes: &[u8], out: &mut Vec<u8>) {
-    for &b in bytes {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x00..=0x1F => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xF) as usize]]);
-            }
-            0x20..=0x7F => out.push(b),
-            _ => out.extend_from_slice(&[0xC0 | (b >> 6), 0x80 | (b & 0x3F)]),
-        }
-    }
-}
-
 /// Marks a response the compression layer must leave alone: result blobs are already
 /// zstd-compressed, and gzipping them again costs far more CPU than it saves bytes
 /// (the server may, but need not, gzip when the client offers it; api.md §1.6).
@@ -274,21 +257,4 @@ pub fn latin1_json_array(blob: Bytes) -> impl Stream<Item = Result<Bytes, std::i
     }));
     let tail = stream::once(async { Ok(Bytes::from_static(b"\"]")) });
     futures_util::StreamExt::chain(futures_util::StreamExt::chain(head, body), tail)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latin1_strings_decode_back() {
-        let bytes: Vec<u8> = (0..=255u8).collect();
-        let mut out = vec![b'"'];
-        push_latin1_json(&bytes, &mut out);
-        out.push(b'"');
-        let s: String = serde_json::from_slice(&out).unwrap();
-        let back: Vec<u8> = s.chars().map(|c| c as u32 as u8).collect();
-        assert_eq!(back, bytes);
-        assert!(s.chars().all(|c| (c as u32) < 256));
-    }
 }

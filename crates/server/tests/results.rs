@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use alchemiscale_client::{parse_keys, Client, Payload};
-use alchemiscale_model::pdr::{encode_bytes_codec, read_result, zstd_compress};
+use alchemiscale_model::pdr::{encode_bytes_codec, read_result, upload_body, zstd_compress};
 use alchemiscale_model::synthetic::result_chain_json;
 use alchemiscale_model::{ComputeServiceId, ScopedKey};
 use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
@@ -63,19 +63,11 @@ async fn push_blob(c: &Client, task: &ScopedKey, blob: &[u8], service: &str) -> 
     c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body)).await.unwrap()
 }
 
-/// The JSON body of a result upload with the latin-1 string written as raw UTF-8 (so a
-/// large result fits the tests' body limit).
-fn large_body(blob: &[u8], service: &str) -> Vec<u8> {
-    let mut body = br#"{"protocoldagresult": {"__class__": "bytes", "__module__": "builtins", ":is_custom:": true, "latin-1": ""#.to_vec();
-    alchemiscale_server::results::push_latin1_json(&zstd_compress(blob), &mut body);
-    body.extend_from_slice(format!("\"}}, \"compute_service_id\": \"{service}\"}}").as_bytes());
-    body
-}
-
-/// A large result as the Python client would send it (codec-compressed, gzip), with the
-/// latin-1 string written as raw UTF-8 (`large_body`).
+/// A large result as the Python client would send it (codec-compressed, gzip), but with
+/// the latin-1 string written as raw UTF-8 (`upload_body`, so that it fits the tests' body
+/// limit).
 async fn push_large(c: &Client, task: &ScopedKey, blob: &[u8], service: &str) -> alchemiscale_client::RawResponse {
-    let bytes = alchemiscale_client::gzip(std::str::from_utf8(&large_body(blob, service)).unwrap());
+    let bytes = alchemiscale_client::gzip(std::str::from_utf8(&upload_body(blob, service)).unwrap());
     c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::Raw { bytes, content_encoding: Some("gzip".into()) }).await.unwrap()
 }
 
@@ -450,7 +442,7 @@ async fn upload_cut_short(s: Setup, local: bool) {
     let tf = sk(TF0);
     let task = claimed_task(&s, &tf, SERVICE, None).await;
     let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, 7 << 20, 11).as_bytes());
-    let body = large_body(&blob, SERVICE);
+    let body = upload_body(&blob, SERVICE);
     let before = s.user_server.store.table_counts().await.unwrap();
 
     let token = s.compute.login().await.unwrap();

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alchemiscale_client::{parse_keys, Client, Method, Payload};
-use alchemiscale_model::pdr::zstd_compress;
+use alchemiscale_model::pdr::{encode_bytes_codec, upload_body, zstd_compress};
 use alchemiscale_model::synthetic::{network_chain_json, result_chain_json};
 use alchemiscale_model::{ComputeServiceId, ScopedKey};
 use anyhow::{bail, ensure, Context};
@@ -33,7 +33,8 @@ pub struct ObjectsBench {
     /// Send the large results exactly as the Python compute client does: every byte
     /// ≥ 0x80 as a `\u00XX` escape (about four bytes of JSON per byte) and the body
     /// gzip-compressed at level 5 (built before the clock starts; the server inflates
-    /// and decodes it). By default they are sent as raw UTF-8 without gzip.
+    /// and decodes it). By default they are sent as this project's compute client sends
+    /// them: raw UTF-8, not gzip-compressed.
     #[arg(long)]
     pub python_bodies: bool,
     /// Concurrent clients for the small results.
@@ -150,13 +151,11 @@ async fn start_serve(data_dir: &std::path::Path, objects: &ObjectArgs) -> anyhow
     bail!("cannot log in to the server under test")
 }
 
-/// A result body as an upstream compute client would send it, but with the latin-1 string
-/// written as raw UTF-8 instead of `\u00XX` escapes (equally valid; much smaller).
-fn result_body(blob: &[u8], service: &str) -> String {
-    let mut codec = Vec::with_capacity(blob.len() * 2);
-    alchemiscale_server::results::push_latin1_json(&zstd_compress(blob), &mut codec);
-    let codec = String::from_utf8(codec).expect("UTF-8 by construction");
-    format!("{{\"protocoldagresult\": {{\"__class__\": \"bytes\", \"__module__\": \"builtins\", \":is_custom:\": true, \"latin-1\": \"{codec}\"}}, \"compute_service_id\": \"{service}\"}}")
+/// A result upload body exactly as the Python compute client sends it: `\u00XX` escapes,
+/// gzip level 5 (`Content-Encoding: gzip`).
+fn python_body(blob: &[u8], service: &str) -> Vec<u8> {
+    let body = format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{service}\"}}", encode_bytes_codec(blob).to_python_json());
+    alchemiscale_client::gzip(&body)
 }
 
 pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
@@ -195,20 +194,14 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     }
     let (small_work, large_work) = work.split_at(b.small);
 
-    // small results: prepared first, then pushed by concurrent clients (gzip bodies, as the
-    // Python compute client sends them)
+    // small results: prepared first, then pushed by concurrent clients (as the Python
+    // compute client sends them)
     let small_bodies: Vec<(ScopedKey, ScopedKey, Vec<u8>)> = small_work
         .iter()
         .enumerate()
         .map(|(i, (t, tf))| {
-            (
-                t.clone(),
-                tf.clone(),
-                alchemiscale_client::gzip(&result_body(
-                    &zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes()),
-                    &service,
-                )),
-            )
+            let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.small_bytes * 4 / 3, i as u64).as_bytes());
+            (t.clone(), tf.clone(), python_body(&blob, &service))
         })
         .collect();
     let per = small_bodies.len().div_ceil(b.concurrency);
@@ -260,9 +253,10 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     }
     let small_get_s = start.elapsed().as_secs_f64();
 
-    // large results, one at a time (by default raw UTF-8 bodies without gzip, so the
-    // figure is the server's: a Python client's own gzip of a 200 MB body takes seconds);
-    // all pushed first, then all downloaded, so the server's peak memory of each is seen
+    // large results, one at a time (by default as this project's compute client sends
+    // them: raw UTF-8, no gzip; the Python client's own gzip of a 200 MB body takes
+    // seconds, before the clock starts here); all pushed first, then all downloaded, so
+    // the server's peak memory of each is seen
     let mut large_push_s = 0.0;
     let mut large_get_s = 0.0;
     let mut large_total = 0usize;
@@ -275,13 +269,9 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
         let blob = zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.large_bytes * 4 / 3, 1_000_000 + i as u64).as_bytes());
         large_total += blob.len();
         let payload = if b.python_bodies {
-            let body = format!(
-                "{{\"protocoldagresult\": {}, \"compute_service_id\": \"{service}\"}}",
-                alchemiscale_model::pdr::encode_bytes_codec(&blob).to_python_json()
-            );
-            Payload::Raw { bytes: alchemiscale_client::gzip(&body), content_encoding: Some("gzip".into()) }
+            Payload::Raw { bytes: python_body(&blob, &service), content_encoding: Some("gzip".into()) }
         } else {
-            Payload::Json(result_body(&blob, &service))
+            Payload::Raw { bytes: upload_body(&blob, &service), content_encoding: None }
         };
         drop(blob);
         let cpu_before = cpu_seconds(server.child.id()).unwrap_or(0.0);
@@ -337,7 +327,7 @@ pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
     let summary = json!({
         "bench": "objects",
         "backend": backend,
-        "large_bodies": if b.python_bodies { "python (\\u00XX escapes, gzip)" } else { "raw UTF-8" },
+        "large_bodies": if b.python_bodies { "python (\\u00XX escapes, gzip)" } else { "rust client (raw UTF-8)" },
         "small_results": b.small,
         "small_push_per_s": small_push_per_s,
         "small_get_per_s": small_get_per_s,
