@@ -132,21 +132,6 @@ fn process_mentioning(path: &Path) -> Option<u32> {
     None
 }
 
-macro_rules! both_backends {
-    ($name:ident, $body:path) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $body(alchemiscale_server::testing::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                $body(alchemiscale_server::testing::Backend::Postgres).await;
-            }
-        }
-    };
-}
-
 /// A service killed with SIGKILL mid-task: its executor dies with it, and once the
 /// registration expires the task is back in `waiting`.
 async fn sigkill(backend: Backend) {
@@ -171,7 +156,7 @@ async fn sigkill(backend: Backend) {
     assert!(t0.elapsed() >= Duration::from_millis(500), "returned by expiry, not by the dead service");
     assert!(env.compute_server.store.list_compute_services().await.unwrap().is_empty(), "the registration expired");
 }
-both_backends!(sigkill_mid_task_task_returns_after_expiry, super::sigkill);
+alchemiscale_server::backend_test!(sigkill_mid_task_task_returns_after_expiry, super::sigkill);
 
 /// SIGTERM mid-task: exit 0, task back in `waiting`, registration gone; log lines carry a
 /// UTC timestamp, the service id and the level, on stderr and in the logfile.
@@ -201,7 +186,7 @@ async fn sigterm(backend: Backend) {
         assert!(text.contains("Deregistration successful"), "{text}");
     }
 }
-both_backends!(sigterm_mid_task_exits_zero, super::sigterm);
+alchemiscale_server::backend_test!(sigterm_mid_task_exits_zero, super::sigterm);
 
 /// Limits end the service with status 0; bad settings are status 1, usage errors 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

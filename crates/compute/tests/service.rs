@@ -72,7 +72,7 @@ async fn drain(backend: Backend) {
         assert_eq!(env.transformation_results(tf, false).await.len(), 1);
     }
 }
-compute_test!(drain_network, super::drain);
+alchemiscale_server::backend_test!(drain_network, super::drain);
 
 /// A failing protocol with a restart pattern allowing 2 restarts: three failures, then
 /// the task is cancelled from the hub and stays in `error`.
@@ -110,7 +110,7 @@ async fn restarts(backend: Backend) {
         assert!(r.summary.failures.iter().all(|f| f.traceback.contains("RuntimeError: synthetic failure")));
     }
 }
-compute_test!(restart_patterns, super::restarts);
+alchemiscale_server::backend_test!(restart_patterns, super::restarts);
 
 /// A task running past `task_timeout` and a crashing executor each yield a pushed failure
 /// that says what happened; the service carries on with the other tasks.
@@ -151,7 +151,7 @@ async fn timeout_and_crash(backend: Backend) {
     assert!(tb.starts_with("ChildProcessError: executor exited with signal 6\n"), "{tb}");
     assert!(tb.contains("crashing as asked"), "the executor's standard error is quoted: {tb}");
 }
-compute_test!(timeout_and_crash_are_failures, super::timeout_and_crash);
+alchemiscale_server::backend_test!(timeout_and_crash_are_failures, super::timeout_and_crash);
 
 /// Cancelling a running task makes the service kill it and give it back, without a result.
 async fn cancel(backend: Backend) {
@@ -173,7 +173,7 @@ async fn cancel(backend: Backend) {
     assert_eq!((summary.executed, summary.released), (0, 1), "{summary:?}");
     assert!(env.task_results(&task, false).await.is_empty() && env.task_results(&task, true).await.is_empty());
 }
-compute_test!(cancelled_task_is_stopped_and_released, super::cancel);
+alchemiscale_server::backend_test!(cancelled_task_is_stopped_and_released, super::cancel);
 
 /// Deleting (or invalidating) a network stops work on its running task, and its tasks are
 /// not claimed while it is in that state; an inactive network's tasks still run (as
@@ -202,7 +202,7 @@ async fn deleted(backend: Backend) {
     let summary = svc.stop().await;
     assert_eq!((summary.executed, summary.released), (0, 1), "{summary:?}");
 }
-compute_test!(deleted_network_is_not_worked_on, super::deleted);
+alchemiscale_server::backend_test!(deleted_network_is_not_worked_on, super::deleted);
 
 /// Stopping the service mid-task kills the executor and leaves no task running.
 async fn stop_mid_task(backend: Backend) {
@@ -226,7 +226,7 @@ async fn stop_mid_task(backend: Backend) {
     let shared: Vec<_> = std::fs::read_dir(env.dir.path().join("svc").join("shared")).unwrap().collect();
     assert!(shared.is_empty(), "left behind in shared: {shared:?}");
 }
-compute_test!(stop_mid_task_returns_the_task, super::stop_mid_task);
+alchemiscale_server::backend_test!(stop_mid_task_returns_the_task, super::stop_mid_task);
 
 /// `max_tasks` and `max_time` end a run by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,24 @@ impl TestServer {
     }
 }
 
+/// Define `mod $name { sqlite, postgres }`, each running `$body(Backend)` (an async fn of
+/// the backend that sets up what it needs): `backend_test!(name, super::body);`
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body($crate::testing::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $body($crate::testing::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
 /// Run one async test body against a user-API server on each backend:
 /// `server_test!(name, |server| async move { ... });`
 #[macro_export]

@@ -21,23 +21,6 @@ use serde_json::json;
 pub const SCOPE: &str = "synth-campaign-project";
 pub const COMPUTE_ID: &str = "worker";
 
-/// Define `mod $name { sqlite, postgres }` running `$body(Backend)`.
-#[macro_export]
-macro_rules! compute_test {
-    ($name:ident, $body:path) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $body(alchemiscale_server::testing::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                $body(alchemiscale_server::testing::Backend::Postgres).await;
-            }
-        }
-    };
-}
-
 pub struct Env {
     pub user_server: TestServer,
     pub compute_server: TestServer,
