@@ -67,26 +67,13 @@ async fn task_transformation_gufe(
     let task = path_sk(&caller, &raw)?;
     let transformation = state.store().get_task_transformation(&task).await?;
     let chain = state.store().get_chain(&transformation).await?;
-    let mut body = Vec::with_capacity(chain.len() + 16);
-    body.push(b'[');
-    body.extend_from_slice(chain.as_bytes());
-    body.extend_from_slice(b", ");
-    let extended = state.store().extended_result_location(&task).await?;
-    match &extended {
-        None => body.extend_from_slice(b"null"),
+    match state.store().extended_result_location(&task).await? {
+        None => Ok(RawJson(format!("[{chain}, null]")).into_response()),
         Some(pdrr) => {
-            let blob = crate::results::blob(&state, pdrr).await?;
-            body.push(b'"');
-            alchemiscale_model::pdr::push_latin1_json(&blob, &mut body);
-            body.push(b'"');
+            let blob = crate::results::blob(&state, &pdrr).await?;
+            Ok(crate::results::latin1_json_response(axum::body::Bytes::from(format!("[{chain}, \"")), blob, b"\"]"))
         }
     }
-    body.push(b']');
-    let mut response = RawJson(String::from_utf8(body).map_err(|e| ApiError::Internal(e.to_string()))?).into_response();
-    if extended.is_some() {
-        response.extensions_mut().insert(crate::results::NoCompression);
-    }
-    Ok(response)
 }
 
 /// C14: upload a ProtocolDAGResult (`{"protocoldagresult": <bytes codec>,

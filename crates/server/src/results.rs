@@ -14,7 +14,9 @@ use alchemiscale_model::ScopedKey;
 use alchemiscale_objects::{result_path, ObjectError, Objects, StagedObject};
 use alchemiscale_store::results::{PdrrRecord, RecordedResult};
 use axum::body::Bytes;
-use futures_util::stream::{self, Stream};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -243,18 +245,20 @@ pub async fn blob(state: &AppState, pdrr: &PdrrRecord) -> ApiResult<Bytes> {
 #[derive(Debug, Clone, Copy)]
 pub struct NoCompression;
 
-/// `["<latin-1 string of the blob>"]` as a stream of chunks, so a large result is
-/// encoded piece by piece instead of as one more full copy.
-pub fn latin1_json_array(blob: Bytes) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+/// A JSON response: `head`, `blob` as the inside of a latin-1 string, `tail`. The string
+/// is encoded piece by piece as the response streams out instead of as one more full copy
+/// of a large result, and left uncompressed ([`NoCompression`]).
+pub fn latin1_json_response(head: Bytes, blob: Bytes, tail: &'static [u8]) -> axum::response::Response {
     const CHUNK: usize = 256 * 1024;
     let n = blob.len().div_ceil(CHUNK);
-    let head = stream::once(async { Ok(Bytes::from_static(b"[\"")) });
     let body = stream::iter((0..n).map(move |i| {
         let part = &blob[i * CHUNK..((i + 1) * CHUNK).min(blob.len())];
         let mut out = Vec::with_capacity(part.len() * 2);
         push_latin1_json(part, &mut out);
-        Ok(Bytes::from(out))
+        Ok::<_, std::io::Error>(Bytes::from(out))
     }));
-    let tail = stream::once(async { Ok(Bytes::from_static(b"\"]")) });
-    futures_util::StreamExt::chain(futures_util::StreamExt::chain(head, body), tail)
+    let chunks = stream::once(async move { Ok(head) }).chain(body).chain(stream::once(async move { Ok(Bytes::from_static(tail)) }));
+    let mut response = ([(CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(chunks)).into_response();
+    response.extensions_mut().insert(NoCompression);
+    response
 }

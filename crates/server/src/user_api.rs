@@ -782,10 +782,7 @@ async fn get_result(
     let _tf = path_sk(&caller, &tf_raw)?;
     let pdrr = state.store().get_pdrr(&pdrr_sk).await?.ok_or_else(ApiError::no_such_object)?;
     let blob = crate::results::blob(&state, &pdrr).await?;
-    let body = axum::body::Body::from_stream(crate::results::latin1_json_array(blob));
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    response.extensions_mut().insert(crate::results::NoCompression);
-    Ok(response)
+    Ok(crate::results::latin1_json_response(axum::body::Bytes::from_static(b"[\""), blob, b"\"]"))
 }
 
 // ---- strategies (U58–U62) ------------------------------------------------------------
