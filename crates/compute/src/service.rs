@@ -173,7 +173,6 @@ struct Prepared {
     transformation_key: Option<String>,
     protocol: Option<String>,
     extends: Option<Vec<u8>>,
-    extends_key: Option<String>,
     /// Why the task cannot be run, if it cannot.
     problem: Option<String>,
 }
@@ -181,8 +180,7 @@ struct Prepared {
 impl Prepared {
     fn new(t: TaskTransformation) -> Prepared {
         let chain_json = t.chain.to_python_json();
-        let extends_key = t.extends.as_ref().and_then(|b| read_result(b.clone(), MAX_RESULT_BYTES).ok()).map(|r| r.summary.key.to_string());
-        let mut p = Prepared { chain_json, transformation_key: None, protocol: None, extends: t.extends, extends_key, problem: None };
+        let mut p = Prepared { chain_json, transformation_key: None, protocol: None, extends: t.extends, problem: None };
         match KeyedChain::from_value(t.chain) {
             Err(e) => p.problem = Some(format!("the transformation's keyed chain is invalid: {e}")),
             Ok(chain) => {
@@ -508,7 +506,10 @@ impl Service {
                 traceback.push('\n');
             }
         }
-        failure_blob(Some(&task.to_string()), p.transformation_key.as_deref(), p.extends_key.as_deref(), exception, message, &traceback)
+        // (the extended result's key is read only here: decompressing and analysing it
+        // for every task that extends one would be wasted on the tasks that succeed)
+        let extends_key = p.extends.as_ref().and_then(|b| read_result(b.clone(), MAX_RESULT_BYTES).ok()).map(|r| r.summary.key.to_string());
+        failure_blob(Some(&task.to_string()), p.transformation_key.as_deref(), extends_key.as_deref(), exception, message, &traceback)
     }
 
     /// Write the task directory (`<scratch_basedir>/alchemiscale-task-*`), run the executor

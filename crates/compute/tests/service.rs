@@ -11,8 +11,11 @@ use alchemiscale_compute::synthetic::estimate;
 use alchemiscale_compute::StopReason;
 use alchemiscale_model::chain::KeyedChain;
 use alchemiscale_model::json::{self, Value};
-use alchemiscale_model::pdr::zstd_decompress;
+use alchemiscale_model::pdr::{read_result, zstd_compress, zstd_decompress};
+use alchemiscale_model::synthetic::result_chain_json;
+use alchemiscale_model::ComputeServiceId;
 use alchemiscale_server::testing::Backend;
+use alchemiscale_store::identities::IdentityKind;
 use common::*;
 use serde_json::json;
 
@@ -150,6 +153,27 @@ async fn timeout_and_crash(backend: Backend) {
     let tb = &r.summary.failures[0].traceback;
     assert!(tb.starts_with("ChildProcessError: executor exited with signal 6\n"), "{tb}");
     assert!(tb.contains("crashing as asked"), "the executor's standard error is quoted: {tb}");
+    assert_eq!(r.summary.extends_key, None);
+
+    // an extension of a completed task crashes too: its service-built failure names the
+    // result it extends (read from the handed-over result only when the failure is built)
+    let parent = env.tasks(&crash_net, &crash_tf).await.remove(0);
+    let helper = env.compute_server.client(IdentityKind::Compute, "helper", &[SCOPE]).await;
+    let helper_id = ComputeServiceId::mint("helper").unwrap();
+    helper.register(&helper_id, None).await.unwrap();
+    let claimed = helper.claim_tasks(&[SCOPE.parse().unwrap()], None, &helper_id, 1, None).await.unwrap().unwrap();
+    assert_eq!(claimed[0].as_ref(), Some(&parent));
+    let parent_blob = zstd_compress(result_chain_json(crash_tf[0].gufe_key().as_str(), true, 1000, 7).as_bytes());
+    helper.set_task_result(&parent, &parent_blob, &helper_id).await.unwrap();
+    let parent_key = read_result(parent_blob, 1 << 30).unwrap().summary.key.to_string();
+    let child = env.user.create_tasks(&crash_tf[0], 1, Some(&parent)).await.unwrap();
+    env.action(&crash_net, &child).await;
+    let svc = env.start("svc2", "");
+    wait_until(Duration::from_secs(60), "the extension fails", || async { env.statuses(&child).await[0] == "error" }).await;
+    svc.stop().await;
+    let failures = env.task_results(&child[0], true).await;
+    let r = env.download(&crash_tf[0], &failures[0], true).await;
+    assert_eq!(r.summary.extends_key.as_deref(), Some(parent_key.as_str()));
 }
 alchemiscale_server::backend_test!(timeout_and_crash_are_failures, super::timeout_and_crash);
 
