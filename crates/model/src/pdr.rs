@@ -465,15 +465,7 @@ mod tests {
     fn latin1_strings_decode_back() {
         // every byte value, then random bytes split anywhere: JSON whose string is the
         // bytes as code points, as compact as JSON allows
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let random: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let random = crate::synthetic::random_bytes(100_000, 0x9E37_79B9_7F4A_7C15);
         for bytes in [(0..=255u8).collect::<Vec<u8>>(), random] {
             let mut out = b"[\"".to_vec();
             for part in bytes.chunks(999) {

@@ -165,15 +165,23 @@ mod tests {
 /// entropy per byte, so it barely compresses): payloads of a chosen stored size.
 pub fn noise(n: usize, seed: u64) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ALPHABET[(x & 63) as usize] as char
-        })
-        .collect()
+    xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).take(n).map(|x| ALPHABET[(x & 63) as usize] as char).collect()
+}
+
+/// Reproducible pseudo-random words (xorshift64) from a starting state (0 counts as 1).
+pub fn xorshift(state: u64) -> impl Iterator<Item = u64> {
+    let mut x = state.max(1);
+    std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}
+
+/// `n` pseudo-random bytes (incompressible) from a starting state.
+pub fn random_bytes(n: usize, state: u64) -> Vec<u8> {
+    xorshift(state).take(n).map(|x| (x >> 24) as u8).collect()
 }
 
 /// Keyed chain JSON of a ProtocolDAGResult for `transformation_key` with one unit whose

@@ -739,15 +739,7 @@ mod tests {
     fn long_payloads_decode_the_same_split_anywhere() {
         // long enough for the two-cursor path, in every spelling JSON allows, with the
         // string's end and invalid bytes placed in either half
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let data = crate::synthetic::random_bytes(300_000, 0x9E37_79B9_7F4A_7C15);
         let spell = |style: usize| {
             let mut text = String::new();
             for (i, &b) in data.iter().enumerate() {
@@ -788,14 +780,8 @@ mod tests {
     fn raw_utf8_payloads_decode_block_wise_and_refuse_bad_bytes_anywhere() {
         // raw UTF-8 with only control characters escaped (JSON with ensure_ascii off): the
         // block decoder's input; long runs, escapes at every offset of a block
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let data: Vec<u8> = (0..200_000).map(|_| (next() >> 24) as u8).collect();
+        let mut rng = Rng(crate::synthetic::xorshift(0x2545_F491_4F6C_DD1D));
+        let data: Vec<u8> = (0..200_000).map(|_| (rng.next() >> 24) as u8).collect();
         let mut text = Vec::new();
         crate::pdr::bytes_to_latin1(&data).chars().for_each(|c| match c {
             '"' => text.extend_from_slice(b"\\\""),
@@ -825,7 +811,7 @@ mod tests {
         ];
         for (k, (insert, ok)) in bad.iter().enumerate() {
             for _ in 0..20 {
-                let mut at = (next() % text.len() as u64) as usize;
+                let mut at = rng.below(text.len());
                 // between two tokens: not after a lead byte or inside an escape
                 while text[at] & 0xC0 == 0x80 || text[at.saturating_sub(6)..at].contains(&b'\\') {
                     at += 1;
@@ -838,15 +824,12 @@ mod tests {
         }
     }
 
-    /// A small random generator for the tests (xorshift).
-    struct Rng(u64);
+    /// Random numbers for the tests.
+    struct Rng<I>(I);
 
-    impl Rng {
+    impl<I: Iterator<Item = u64>> Rng<I> {
         fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+            self.0.next().expect("endless")
         }
 
         fn below(&mut self, n: usize) -> usize {
@@ -858,7 +841,7 @@ mod tests {
     /// (short ones, `\/`, upper- and lower-case `\u00XX`, `\u0041` for ASCII, runs of
     /// `\\`): sparse, as raw UTF-8 with escapes rare enough for the 16-byte block decoder,
     /// or dense, as Python's `ensure_ascii` writes (every byte ≥ 0x80 escaped).
-    fn spelled(rng: &mut Rng, n: usize, dense: bool) -> (Vec<u8>, Vec<u8>) {
+    fn spelled(rng: &mut Rng<impl Iterator<Item = u64>>, n: usize, dense: bool) -> (Vec<u8>, Vec<u8>) {
         let (mut text, mut data) = (Vec::new(), Vec::new());
         for _ in 0..n {
             let r = rng.next();
@@ -896,7 +879,7 @@ mod tests {
     }
 
     /// `text` with one to three damages that matter to a decoder, inserted or written over.
-    fn damaged(rng: &mut Rng, text: &[u8], round: usize) -> Vec<u8> {
+    fn damaged(rng: &mut Rng<impl Iterator<Item = u64>>, text: &[u8], round: usize) -> Vec<u8> {
         const DAMAGE: &[&[u8]] =
             &[b"\\", b"\"", b"u", b"0", b"F", b"g", &[0x01], &[0x80], &[0xC3], &[0xC4], &[0xFF], b"\\\\\\", b"\\u00", b"\\u0100"];
         let mut t = text.to_vec();
@@ -921,7 +904,7 @@ mod tests {
         // the fast path this machine picks (whole body at once) must give what the byte
         // loop (chunks shorter than the fast path's window) gives: the same payload, or the
         // same error at the same offset
-        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut rng = Rng(crate::synthetic::xorshift(0x1234_5678_9ABC_DEF1));
         let outcome = |body: &[u8], chunk: usize| match decode_in(body, chunk) {
             Ok(up) => Ok(up.payload),
             Err(e) => Err(format!("{e:?}")),
@@ -955,7 +938,7 @@ mod tests {
         // damaged, from any starting offset: the same bytes out and the same stopping place
         let decoders = simd::available();
         assert!(!decoders.is_empty(), "an x86-64 processor without SSSE3");
-        let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+        let mut rng = Rng(crate::synthetic::xorshift(0x0DDB_1A5E_5BAD_5EED));
         let mut texts = Vec::new();
         for dense in [false, true] {
             let (text, _) = spelled(&mut rng, 5_000, dense);
