@@ -362,9 +362,16 @@ fn sync_file_range(file: &std::fs::File, from: u64, to: u64, flags: std::ffi::c_
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else { return Ok(()) };
     // SAFETY: a plain system call on a file descriptor this function borrows
-    match unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // a write that failed (the final fsync would report it too, later)
+        Some(libc::EIO | libc::ENOSPC | libc::EDQUOT) => Err(e),
+        // a file system without it (EINVAL, ENOSYS, ...): only a hint, the final fsync
+        // still makes the object durable
+        _ => Ok(()),
     }
 }
 
