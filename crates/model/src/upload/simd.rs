@@ -109,6 +109,40 @@ fn decide(m: &Masks, carry: u64, width: u32) -> (u128, u64, Option<u32>) {
     (covered, !inside & upto, stopped)
 }
 
+/// What one block's step did: the bytes covered by tokens (up to five bits past the block),
+/// where it stopped (if it did) and how many bytes it wrote.
+type Step = (u128, Option<u32>, usize);
+
+/// The loop every block decoder runs: blocks of `WIDTH` bytes at fixed strides, each
+/// decoded by `step(block start, carry, output position)` (which may read five bytes past
+/// the block and write `WIDTH` bytes), the tail of a token carried into the next block,
+/// and the last tokens left to the token loop.
+#[inline(always)]
+unsafe fn blocks<const WIDTH: usize>(
+    data: &[u8],
+    end: usize,
+    out: &mut Vec<u8>,
+    mut step: impl FnMut(*const u8, u64, *mut u8) -> Step,
+) -> usize {
+    out.reserve(end + WIDTH);
+    let base = out.as_mut_ptr();
+    let mut o = out.len();
+    let (mut i, mut carry) = (0, 0u64);
+    while i < end && i + WIDTH + 5 <= data.len() {
+        let (covered, stopped, written) = step(data.as_ptr().add(i), carry, base.add(o));
+        o += written;
+        if let Some(at) = stopped {
+            out.set_len(o);
+            return i + at as usize;
+        }
+        carry = (covered >> WIDTH) as u64;
+        i += WIDTH;
+    }
+    out.set_len(o);
+    // the last tokens, one at a time
+    run(data, i + carry.count_ones() as usize, end, out)
+}
+
 /// Hex digit values of each byte (0 where it is not one) and where they are digits.
 #[inline(always)]
 unsafe fn hex_digits_16(v: __m128i) -> (__m128i, __m128i) {
@@ -124,17 +158,10 @@ unsafe fn hex_digits_16(v: __m128i) -> (__m128i, __m128i) {
 /// with `pshufb` and [`PACK`], eight bytes at a time).
 #[target_feature(enable = "ssse3,popcnt")]
 unsafe fn blocks_of_16(data: &[u8], end: usize, out: &mut Vec<u8>) -> usize {
-    // each block reads 21 bytes and may write 16 (of which the kept ones count)
-    out.reserve(end + 16);
-    let base = out.as_mut_ptr();
-    let mut o = out.len();
-    let mut i = 0;
-    let src = data.as_ptr();
     let splat = |b: u8| _mm_set1_epi8(b as i8);
     let mask = |v: __m128i| _mm_movemask_epi8(v) as u32 as u64;
-    let mut carry = 0u64;
-    while i < end && i + 21 <= data.len() {
-        let at = |k: usize| _mm_loadu_si128(src.add(i + k) as *const __m128i);
+    blocks::<16>(data, end, out, |src, carry, dst| {
+        let at = |k: usize| _mm_loadu_si128(src.add(k) as *const __m128i);
         let (v0, v1, v2, v3, v4, v5) = (at(0), at(1), at(2), at(3), at(4), at(5));
         let is = |v: __m128i, b: u8| _mm_cmpeq_epi8(v, splat(b));
 
@@ -177,36 +204,20 @@ unsafe fn blocks_of_16(data: &[u8], end: usize, out: &mut Vec<u8>) -> usize {
         let (lo, hi) = ((keep & 0xFF) as usize, ((keep >> 8) & 0xFF) as usize);
         let pack_lo = _mm_loadl_epi64(PACK[lo].as_ptr() as *const __m128i);
         let pack_hi = _mm_add_epi8(_mm_loadl_epi64(PACK[hi].as_ptr() as *const __m128i), splat(8));
-        _mm_storel_epi64(base.add(o) as *mut __m128i, _mm_shuffle_epi8(value, pack_lo));
-        o += lo.count_ones() as usize;
-        _mm_storel_epi64(base.add(o) as *mut __m128i, _mm_shuffle_epi8(value, pack_hi));
-        o += hi.count_ones() as usize;
-        if let Some(at) = stopped {
-            out.set_len(o);
-            return i + at as usize;
-        }
-        carry = (covered >> 16) as u64;
-        i += 16;
-    }
-    out.set_len(o);
-    // the last tokens, one at a time
-    run(data, i + carry.count_ones() as usize, end, out)
+        let first = lo.count_ones() as usize;
+        _mm_storel_epi64(dst as *mut __m128i, _mm_shuffle_epi8(value, pack_lo));
+        _mm_storel_epi64(dst.add(first) as *mut __m128i, _mm_shuffle_epi8(value, pack_hi));
+        (covered, stopped, first + hi.count_ones() as usize)
+    })
 }
 
 /// Sixty-four bytes a step (AVX-512 BW: compares straight into mask registers; VBMI2:
 /// `vpcompressb` packs the kept bytes).
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2,popcnt")]
 unsafe fn blocks_of_64(data: &[u8], end: usize, out: &mut Vec<u8>) -> usize {
-    // each block reads 69 bytes and writes 64 (of which the kept ones count)
-    out.reserve(end + 64);
-    let base = out.as_mut_ptr();
-    let mut o = out.len();
-    let mut i = 0;
-    let src = data.as_ptr();
     let splat = |b: u8| _mm512_set1_epi8(b as i8);
-    let mut carry = 0u64;
-    while i < end && i + 69 <= data.len() {
-        let at = |k: usize| _mm512_loadu_si512(src.add(i + k) as *const __m512i);
+    blocks::<64>(data, end, out, |src, carry, dst| {
+        let at = |k: usize| _mm512_loadu_si512(src.add(k) as *const __m512i);
         let (v0, v1, v2, v3, v4, v5) = (at(0), at(1), at(2), at(3), at(4), at(5));
         let is = |v: __m512i, b: u8| _mm512_cmpeq_epi8_mask(v, splat(b));
         let hex = |v: __m512i| {
@@ -247,16 +258,7 @@ unsafe fn blocks_of_64(data: &[u8], end: usize, out: &mut Vec<u8>) -> usize {
         let escaped = _mm512_mask_blend_epi8(unicode, short_value, hex_value);
         let plain = _mm512_mask_blend_epi8(lead, v0, paired);
         let value = _mm512_mask_blend_epi8(backslash, plain, escaped);
-        _mm512_storeu_si512(base.add(o) as *mut __m512i, _mm512_maskz_compress_epi8(keep, value));
-        o += keep.count_ones() as usize;
-        if let Some(at) = stopped {
-            out.set_len(o);
-            return i + at as usize;
-        }
-        carry = (covered >> 64) as u64;
-        i += 64;
-    }
-    out.set_len(o);
-    // the last tokens, one at a time
-    run(data, i + carry.count_ones() as usize, end, out)
+        _mm512_storeu_si512(dst as *mut __m512i, _mm512_maskz_compress_epi8(keep, value));
+        (covered, stopped, keep.count_ones() as usize)
+    })
 }
