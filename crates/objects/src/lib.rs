@@ -387,9 +387,12 @@ fn wait_writeback(_file: &std::fs::File, _from: u64, _to: u64) -> std::io::Resul
 }
 
 impl Objects {
-    /// The file of a staging object on the local backend.
-    fn staging_file(&self, staging: &str) -> Option<PathBuf> {
-        self.local_root.as_ref().map(|root| root.join(staging))
+    /// Remove a staging object's file; false on S3 (nothing done: the caller aborts or
+    /// deletes the object there).
+    fn remove_staging_file(&self, staging: &str) -> bool {
+        let Some(root) = &self.local_root else { return false };
+        let _ = std::fs::remove_file(root.join(staging));
+        true
     }
 }
 
@@ -411,7 +414,9 @@ impl ObjectWriter {
                 .await;
                 // (on failure the sink stays empty, so dropping the writer cannot find the
                 // file: remove it here)
-                let (file, hasher, progress) = written.inspect_err(|_| self.remove_local())?;
+                let (file, hasher, progress) = written.inspect_err(|_| {
+                    self.objects.remove_staging_file(&self.staging);
+                })?;
                 self.hasher = hasher;
                 self.sink = Some(WriterSink::Local { file, progress });
             }
@@ -447,19 +452,13 @@ impl ObjectWriter {
     }
 }
 
-impl ObjectWriter {
-    fn remove_local(&self) {
-        if let Some(path) = self.objects.staging_file(&self.staging) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 impl Drop for ObjectWriter {
     /// An unfinished object is abandoned: its staging file or multipart upload goes.
     fn drop(&mut self) {
         match self.sink.take() {
-            Some(WriterSink::Local { .. }) => self.remove_local(),
+            Some(WriterSink::Local { .. }) => {
+                self.objects.remove_staging_file(&self.staging);
+            }
             Some(WriterSink::Remote(upload)) => {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
@@ -524,9 +523,10 @@ impl Drop for StagedObject {
         if self.done {
             return;
         }
-        if let Some(path) = self.objects.staging_file(&self.staging) {
-            let _ = std::fs::remove_file(path);
-        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if self.objects.remove_staging_file(&self.staging) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (inner, key) = (self.objects.inner.clone(), self.objects.key(&self.staging));
             rt.spawn(async move {
                 let _ = inner.delete(&key).await;
