@@ -790,12 +790,6 @@ mod tests {
             c if (c as u32) < 0x20 => text.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
             c => text.extend_from_slice(c.to_string().as_bytes()),
         });
-        let wrap = |t: &[u8]| {
-            let mut b = br#"{"protocoldagresult": {"__class__": "bytes", "latin-1": ""#.to_vec();
-            b.extend_from_slice(t);
-            b.extend_from_slice(br#""}, "compute_service_id": "s"}"#);
-            b
-        };
         let body = wrap(&text);
         for chunk in [997, 65_536, body.len()] {
             assert!(decode_in(&body, chunk).unwrap().payload == data, "chunk {chunk}");
