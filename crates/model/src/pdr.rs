@@ -84,22 +84,26 @@ static LATIN1_JSON: [[u8; 8]; 256] = {
 /// value (latin-1): `"`, `\` and control characters escaped, bytes ≥ 0x80 as raw UTF-8
 /// (as compact as JSON allows; api.md §2.6 permits either spelling). Eight bytes are
 /// written for every byte from a table and the end moved by its length: no branch per
-/// byte, whose outcome would be random for compressed data.
+/// byte, whose outcome would be random for compressed data. Room for the worst case (six
+/// bytes a byte) is reserved a block at a time, so a caller's capacity for the usual case
+/// (about two bytes a byte) is not replaced by one six times the input.
 pub fn push_latin1_json(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() * 6 + 8);
-    let start = out.len();
-    let mut o = start;
-    let spare = out.spare_capacity_mut();
-    for &b in bytes {
-        let e = &LATIN1_JSON[b as usize];
-        // (o - start + 8 <= 6 * bytes written so far + 8: within the reserved room)
-        for (slot, &x) in spare[o - start..o - start + 8].iter_mut().zip(e) {
-            slot.write(x);
+    for block in bytes.chunks(4096) {
+        out.reserve(block.len() * 6 + 2);
+        let start = out.len();
+        let spare = out.spare_capacity_mut();
+        let mut o = 0;
+        for &b in block {
+            let e = &LATIN1_JSON[b as usize];
+            // (o + 8 <= 6 * (bytes before this one) + 8 <= 6 * block.len() + 2: reserved)
+            for (slot, &x) in spare[o..o + 8].iter_mut().zip(e) {
+                slot.write(x);
+            }
+            o += e[7] as usize;
         }
-        o += e[7] as usize;
+        // SAFETY: the first `o` spare bytes were written above
+        unsafe { out.set_len(start + o) };
     }
-    // SAFETY: the first `o - start` spare bytes were written above
-    unsafe { out.set_len(o) };
 }
 
 /// A result upload body (C14) for `blob`: the bytes codec (zstd inside, as gufe writes it)
@@ -115,6 +119,13 @@ pub fn upload_body(blob: &[u8], compute_service_id: &str) -> Vec<u8> {
     body.extend_from_slice(Value::from(compute_service_id).to_python_json().as_bytes());
     body.push(b'}');
     body
+}
+
+/// A result upload body (C14) for `blob` exactly as the Python compute client writes it
+/// (before its gzip): the bytes codec with Python's `\u00XX` escapes.
+pub fn python_upload_body(blob: &[u8], compute_service_id: &str) -> String {
+    let codec = encode_bytes_codec(blob).to_python_json();
+    format!("{{\"protocoldagresult\": {codec}, \"compute_service_id\": {}}}", Value::from(compute_service_id).to_python_json())
 }
 
 /// Decompress a zstd frame, refusing output larger than `limit`. A frame that records its
@@ -478,6 +489,11 @@ mod tests {
             let quoted = bytes.iter().filter(|&&b| b == b'"' || b == b'\\').count();
             let high = bytes.iter().filter(|&&b| b >= 0x80).count();
             assert_eq!(out.len(), 4 + bytes.len() + 5 * escapes + quoted + high, "nothing longer than needed");
+            // the same in one call (many blocks of room reserved on the way)
+            let mut whole = b"[\"".to_vec();
+            push_latin1_json(&bytes, &mut whole);
+            whole.extend_from_slice(b"\"]");
+            assert!(whole == out);
         }
     }
 
@@ -492,8 +508,8 @@ mod tests {
         assert_eq!(up.compute_service_id, "svc-\"1\"");
         // and it is JSON that says the same as the Python client's body
         let ours: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let codec = encode_bytes_codec(&blob).to_python_json();
-        let python = format!("{{\"protocoldagresult\": {codec}, \"compute_service_id\": \"svc-\\\"1\\\"\"}}");
+        let python = python_upload_body(&blob, "svc-\"1\"");
+        assert!(python.contains(r#""compute_service_id": "svc-\"1\"""#), "{python}");
         assert_eq!(ours, serde_json::from_str::<serde_json::Value>(&python).unwrap());
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use alchemiscale_client::{parse_keys, Client, Payload};
-use alchemiscale_model::pdr::{encode_bytes_codec, read_result, upload_body, zstd_compress};
+use alchemiscale_model::pdr::{encode_bytes_codec, python_upload_body, read_result, upload_body, zstd_compress};
 use alchemiscale_model::synthetic::result_chain_json;
 use alchemiscale_model::{ComputeServiceId, ScopedKey};
 use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
@@ -59,8 +59,7 @@ async fn push_raw(c: &Client, task: &ScopedKey, bytes: Vec<u8>) -> alchemiscale_
 }
 
 async fn push_blob(c: &Client, task: &ScopedKey, blob: &[u8], service: &str) -> alchemiscale_client::RawResponse {
-    let body = format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{service}\"}}", encode_bytes_codec(blob).to_python_json());
-    c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body)).await.unwrap()
+    c.send(Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(python_upload_body(blob, service))).await.unwrap()
 }
 
 /// A large result as the Python client would send it (codec-compressed, gzip), but with
@@ -176,14 +175,8 @@ async fn round_trip(s: Setup) {
         "{}".into(),
         format!("{{\"compute_service_id\": \"{SERVICE}\"}}"),
         format!("{{\"protocoldagresult\": \"text\", \"compute_service_id\": \"{SERVICE}\"}}"),
-        format!(
-            "{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}",
-            encode_bytes_codec(&[0x28, 0xB5, 0x2F, 0xFD, 9, 9, 9]).to_python_json()
-        ),
-        format!(
-            "{{\"protocoldagresult\": {}, \"compute_service_id\": \"{SERVICE}\"}}",
-            encode_bytes_codec(b"[[\"A-1\", {}]]").to_python_json()
-        ),
+        python_upload_body(&[0x28, 0xB5, 0x2F, 0xFD, 9, 9, 9], SERVICE),
+        python_upload_body(b"[[\"A-1\", {}]]", SERVICE),
         format!("{{\"protocoldagresult\": {}, \"compute_service_id\": 5}}", encode_bytes_codec(&ok_blob).to_python_json()),
     ];
     for b in bad_bodies {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use alchemiscale_client::{Client, Payload};
 use alchemiscale_model::chain::KeyedChain;
 use alchemiscale_model::json::parse;
-use alchemiscale_model::pdr::{encode_bytes_codec, zstd_compress};
+use alchemiscale_model::pdr::{python_upload_body, zstd_compress};
 use alchemiscale_model::synthetic::{network_chain_json, result_chain_json};
 use alchemiscale_model::{ComputeServiceId, NetworkState, Scope, ScopedKey};
 use alchemiscale_objects::{ObjectStoreConfig, Objects};
@@ -199,9 +199,7 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
         for (i, (task, tf, holder)) in chunk.iter().enumerate() {
             let blob =
                 zstd_compress(result_chain_json(tf.gufe_key().as_str(), true, b.result_bytes, (w * 1_000_000 + i) as u64).as_bytes());
-            let body =
-                format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{holder}\"}}", encode_bytes_codec(&blob).to_python_json());
-            pushes.push((format!("/tasks/{task}/results"), alchemiscale_client::gzip(&body)));
+            pushes.push((format!("/tasks/{task}/results"), alchemiscale_client::gzip(&python_upload_body(&blob, &holder.to_string()))));
         }
         workers.push((client, pushes));
     }

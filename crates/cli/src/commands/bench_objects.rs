@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alchemiscale_client::{parse_keys, Client, Method, Payload};
-use alchemiscale_model::pdr::{encode_bytes_codec, upload_body, zstd_compress};
+use alchemiscale_model::pdr::{python_upload_body, upload_body, zstd_compress};
 use alchemiscale_model::synthetic::{network_chain_json, result_chain_json};
 use alchemiscale_model::{ComputeServiceId, ScopedKey};
 use anyhow::{bail, ensure, Context};
@@ -154,8 +154,7 @@ async fn start_serve(data_dir: &std::path::Path, objects: &ObjectArgs) -> anyhow
 /// A result upload body exactly as the Python compute client sends it: `\u00XX` escapes,
 /// gzip level 5 (`Content-Encoding: gzip`).
 fn python_body(blob: &[u8], service: &str) -> Vec<u8> {
-    let body = format!("{{\"protocoldagresult\": {}, \"compute_service_id\": \"{service}\"}}", encode_bytes_codec(blob).to_python_json());
-    alchemiscale_client::gzip(&body)
+    alchemiscale_client::gzip(&python_upload_body(blob, service))
 }
 
 pub async fn run(b: ObjectsBench) -> anyhow::Result<()> {
