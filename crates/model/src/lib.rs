@@ -6,6 +6,7 @@
 //! * [`chain`]: keyed chains and the network structure the server interprets.
 //! * [`hash`]: gufe key computation for the objects the server creates.
 //! * [`status`]: task statuses and the transition table every state change goes through.
+//! * [`strategy`]: the strategist's rules from weights to task counts and task plans.
 
 pub mod chain;
 pub mod hash;
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod pdr;
 pub mod scope;
 pub mod status;
+pub mod strategy;
 pub mod synthetic;
 pub mod upload;
 

@@ -33,7 +33,7 @@ pub(crate) async fn object_sk(conn: &mut AnyConnection, id: i64) -> Result<Scope
 }
 
 /// `alias.org = $n AND …` for the concrete components of `scope`, numbering from `next`.
-fn scope_condition(alias: &str, scope: &Scope, args: &mut Vec<Arg>) -> String {
+pub(crate) fn scope_condition(alias: &str, scope: &Scope, args: &mut Vec<Arg>) -> String {
     let mut parts = vec!["1 = 1".to_string()];
     for (col, value) in [("org", scope.org()), ("campaign", scope.campaign()), ("project", scope.project())] {
         if let Some(v) = value {

@@ -104,38 +104,44 @@ pub fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(t.timestamp_micros())
 }
 
-const STATE_COLUMNS: &str = "mode, status, iterations, sleep_interval, last_iteration, last_iteration_result_count, \
+pub(crate) const STATE_COLUMNS: &str = "mode, status, iterations, sleep_interval, last_iteration, last_iteration_result_count, \
                              max_tasks_per_transformation, task_scaling, exception, traceback";
+
+/// Overwrite a network's state: the [`STATE_COLUMNS`] as `$1..$10`, the network as `$11`.
+pub(crate) const UPDATE_STATE: &str = "UPDATE network_strategy SET mode = $1, status = $2, iterations = $3, sleep_interval = $4, \
+     last_iteration = $5, last_iteration_result_count = $6, max_tasks_per_transformation = $7, task_scaling = $8, exception = $9, \
+     traceback = $10 WHERE network_id = $11";
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Invalid(format!("corrupt strategy state in store ({what})"))
 }
 
-fn state_from_row(r: &AnyRow) -> Result<StrategyState> {
-    let last_iteration = match get_opt_i64(r, 4)? {
+/// The state from the row's columns `at..at + 10` (in [`STATE_COLUMNS`] order).
+pub(crate) fn state_from_row(r: &AnyRow, at: usize) -> Result<StrategyState> {
+    let last_iteration = match get_opt_i64(r, at + 4)? {
         None => None,
         Some(us) => Some(DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt("last_iteration"))?),
     };
-    let exception = match get_opt_str(r, 8)? {
+    let exception = match get_opt_str(r, at + 8)? {
         None => None,
         Some(text) => Some(serde_json::from_str::<(String, String)>(&text).map_err(|_| corrupt("exception"))?),
     };
     Ok(StrategyState {
-        mode: get_str(r, 0)?.parse().map_err(|_| corrupt("mode"))?,
-        status: get_str(r, 1)?.parse().map_err(|_| corrupt("status"))?,
-        iterations: get_i64(r, 2)?,
-        sleep_interval: get_i64(r, 3)?,
+        mode: get_str(r, at)?.parse().map_err(|_| corrupt("mode"))?,
+        status: get_str(r, at + 1)?.parse().map_err(|_| corrupt("status"))?,
+        iterations: get_i64(r, at + 2)?,
+        sleep_interval: get_i64(r, at + 3)?,
         last_iteration,
-        last_iteration_result_count: get_i64(r, 5)?,
-        max_tasks_per_transformation: get_i64(r, 6)?,
-        task_scaling: get_str(r, 7)?.parse().map_err(|_| corrupt("task_scaling"))?,
+        last_iteration_result_count: get_i64(r, at + 5)?,
+        max_tasks_per_transformation: get_i64(r, at + 6)?,
+        task_scaling: get_str(r, at + 7)?.parse().map_err(|_| corrupt("task_scaling"))?,
         exception,
-        traceback: get_opt_str(r, 9)?,
+        traceback: get_opt_str(r, at + 9)?,
     })
 }
 
 /// Bind the state's columns in [`STATE_COLUMNS`] order.
-fn bind_state<'q>(
+pub(crate) fn bind_state<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     s: &StrategyState,
 ) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>> {
@@ -253,7 +259,7 @@ impl Store {
             .bind(net)
             .fetch_optional(&mut *conn)
             .await?;
-        row.map(|r| state_from_row(&r)).transpose()
+        row.map(|r| state_from_row(&r, 0)).transpose()
     }
 
     /// The network's strategy status (api.md U61), or None without a strategy.
@@ -283,10 +289,7 @@ impl Store {
         state.validate()?;
         let mut tx = self.begin_write().await?;
         let Some(net) = network_row_id(&mut tx, network).await? else { return Ok(None) };
-        let sql = "UPDATE network_strategy SET mode = $1, status = $2, iterations = $3, sleep_interval = $4, last_iteration = $5, \
-                   last_iteration_result_count = $6, max_tasks_per_transformation = $7, task_scaling = $8, exception = $9, traceback = $10 \
-                   WHERE network_id = $11";
-        let n = bind_state(sqlx::query(sql), &state)?.bind(net).execute(&mut *tx).await?.rows_affected();
+        let n = bind_state(sqlx::query(UPDATE_STATE), &state)?.bind(net).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok((n > 0).then(|| network.clone()))
     }

@@ -155,6 +155,69 @@ pub(crate) async fn network_row_id(conn: &mut AnyConnection, sk: &ScopedKey) -> 
     Ok(row.map(|_| id))
 }
 
+/// A task to create: its transformation (row id, scope) and the task it extends.
+pub(crate) struct NewTask<'a> {
+    pub transformation_id: i64,
+    pub scope: &'a alchemiscale_model::Scope,
+    pub extends_id: Option<i64>,
+}
+
+/// Insert `waiting` tasks of priority 10 with fresh keys, inside the caller's write
+/// transaction; their keys in input order.
+pub(crate) async fn insert_tasks(conn: &mut AnyConnection, backend: Backend, new: &[NewTask<'_>], creator: Option<&str>) -> Result<Vec<ScopedKey>> {
+    let now = now_micros();
+    let mut rows = Vec::with_capacity(new.len());
+    let mut keys = Vec::with_capacity(new.len());
+    for t in new {
+        let key = ScopedKey::new(new_task_key(), t.scope.clone()).map_err(|e| StoreError::Invalid(format!("cannot key a task: {e}")))?;
+        rows.push(vec![
+            Arg::from(key.gufe_key().as_str()),
+            Arg::from(key.org()),
+            Arg::from(key.campaign()),
+            Arg::from(key.project()),
+            Arg::I64(t.transformation_id),
+            Arg::from(TaskStatus::Waiting.as_str()),
+            Arg::I64(10),
+            Arg::from(t.extends_id),
+            Arg::from(creator),
+            Arg::I64(now),
+        ]);
+        keys.push(key);
+    }
+    insert_rows(
+        conn,
+        backend,
+        "INSERT INTO task (gufe_key, org, campaign, project, transformation_id, status, priority, extends_id, creator, datetime_created)",
+        "",
+        10,
+        &rows,
+    )
+    .await?;
+    Ok(keys)
+}
+
+/// Action tasks (id, priority) that are not yet actioned on `hub`, inside the caller's
+/// write transaction: ACTIONS rows of weight 0.5 with fresh claim ranks, and the hub's
+/// restart patterns start applying to them.
+pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64)]) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Vec<Arg>> = tasks.iter().map(|&(id, priority)| vec![Arg::I64(hub), Arg::I64(id), Arg::F64(0.5), Arg::I64(priority)]).collect();
+    insert_rows(conn, backend, "INSERT INTO task_action (network_id, task_id, weight, priority)", "ON CONFLICT DO NOTHING", 4, &rows).await?;
+    let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+    execute_in_chunks(
+        conn,
+        backend,
+        "INSERT INTO restart_applies (pattern_id, task_id, num_retries) SELECT rp.id, t.id, 0 FROM restart_pattern rp, task t \
+         WHERE rp.network_id = $1 AND t.id IN ({}) ON CONFLICT DO NOTHING",
+        &[Arg::I64(hub)],
+        &id_args(&ids),
+    )
+    .await?;
+    redraw(conn, backend, &ids, Some(hub), Entry::Fresh).await
+}
+
 /// One request of a bulk task creation.
 #[derive(Debug, Clone)]
 pub struct TaskRequest {
@@ -198,9 +261,7 @@ impl Store {
         }
         let extends_keys: Vec<&ScopedKey> = requests.iter().filter_map(|r| r.extends.as_ref()).collect();
         let extended = load_tasks(&mut tx, self.backend, &extends_keys).await?;
-        let now = now_micros();
-        let mut rows = Vec::with_capacity(requests.len());
-        let mut keys = Vec::with_capacity(requests.len());
+        let mut new = Vec::with_capacity(requests.len());
         for r in requests {
             let tf_id = tf_ids[&r.transformation.to_string()];
             let extends_id = match &r.extends {
@@ -216,30 +277,9 @@ impl Store {
                     Some(t.id)
                 }
             };
-            let key = ScopedKey::new(new_task_key(), r.transformation.scope().clone()).expect("specific scope");
-            rows.push(vec![
-                Arg::from(key.gufe_key().as_str()),
-                Arg::from(key.org()),
-                Arg::from(key.campaign()),
-                Arg::from(key.project()),
-                Arg::I64(tf_id),
-                Arg::from(TaskStatus::Waiting.as_str()),
-                Arg::I64(10),
-                Arg::from(extends_id),
-                Arg::from(creator),
-                Arg::I64(now),
-            ]);
-            keys.push(key);
+            new.push(NewTask { transformation_id: tf_id, scope: r.transformation.scope(), extends_id });
         }
-        insert_rows(
-            &mut tx,
-            self.backend,
-            "INSERT INTO task (gufe_key, org, campaign, project, transformation_id, status, priority, extends_id, creator, datetime_created)",
-            "",
-            10,
-            &rows,
-        )
-        .await?;
+        let keys = insert_tasks(&mut tx, self.backend, &new, creator).await?;
         tx.commit().await?;
         Ok(keys)
     }
@@ -343,28 +383,8 @@ impl Store {
             })
             .collect();
         let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
-        let new: Vec<&&TaskRow> = eligible.iter().filter(|t| !already.contains(&t.id)).collect();
-        let new_ids: Vec<i64> = new.iter().map(|t| t.id).collect();
-        let new_rows: Vec<Vec<Arg>> =
-            new.iter().map(|t| vec![Arg::I64(hub), Arg::I64(t.id), Arg::F64(0.5), Arg::I64(t.priority)]).collect();
-        insert_rows(
-            &mut tx,
-            self.backend,
-            "INSERT INTO task_action (network_id, task_id, weight, priority)",
-            "ON CONFLICT DO NOTHING",
-            4,
-            &new_rows,
-        )
-        .await?;
-        execute_in_chunks(
-            &mut tx,
-            self.backend,
-            "INSERT INTO restart_applies (pattern_id, task_id, num_retries) SELECT rp.id, t.id, 0 FROM restart_pattern rp, task t \
-             WHERE rp.network_id = $1 AND t.id IN ({}) ON CONFLICT DO NOTHING",
-            &[Arg::I64(hub)],
-            &id_args(&new_ids),
-        )
-        .await?;
+        let new: Vec<(i64, i64)> = eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| (t.id, t.priority)).collect();
+        action_on_hub(&mut tx, self.backend, hub, &new).await?;
         let actioned: std::collections::HashSet<i64> = eligible.iter().map(|t| t.id).collect();
         let result: Vec<Option<ScopedKey>> = tasks
             .iter()
@@ -373,10 +393,9 @@ impl Store {
                 actioned.contains(&t.id).then(|| t.sk.clone())
             })
             .collect();
-        match weights {
+        if let Some(w) = weights {
             // (redraws every listed row on the hub, the new ones included)
-            Some(w) => set_action_weights(&mut tx, self.backend, hub, tasks, &found, &w).await?,
-            None => redraw(&mut tx, self.backend, &new_ids, Some(hub), Entry::Fresh).await?,
+            set_action_weights(&mut tx, self.backend, hub, tasks, &found, &w).await?;
         }
         tx.commit().await?;
         Ok(result)
