@@ -57,6 +57,9 @@ enum Command {
     /// Create, check, reset, dump and load the state store.
     #[command(subcommand)]
     Database(DatabaseCommand),
+    /// Run the strategist: execute the Strategies attached to networks, creating,
+    /// actioning and cancelling their tasks (also runs inside `serve`).
+    Strategist(Box<commands::strategist::StrategistCommand>),
     /// Measure performance on this machine (figures, not pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -79,7 +82,18 @@ fn tune_allocator() {
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::Api(_) | Command::Compute(_)) {
+    // an invalid strategist settings file is a usage error (exit status 2), as for clap
+    let strategist_settings = match &cli.command {
+        Command::Strategist(cmd) => match commands::strategist::read_settings(cmd.config_file.as_deref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    if !matches!(cli.command, Command::Serve(_) | Command::Api(_) | Command::Compute(_) | Command::Strategist(_)) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
     }
@@ -95,6 +109,10 @@ fn main() -> std::process::ExitCode {
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
             Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,
             Command::Bench(cmd) => commands::bench::run(cmd).await,
+            Command::Strategist(cmd) => {
+                let (settings, warnings) = strategist_settings.expect("read above");
+                commands::strategist::run(*cmd, &data_dir, settings, warnings).await
+            }
         }
     });
     match result {

@@ -14,6 +14,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::sync::Mutex;
 
+use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -54,20 +55,29 @@ where
     }
 }
 
-/// The filter for `settings.loglevel`.
-pub fn filter(settings: &Settings) -> EnvFilter {
+/// The filter for `level` on the given crates' messages (other libraries log warnings and
+/// errors only); `RUST_LOG`, when set, replaces it.
+pub fn filter(level: LevelFilter, crates: &[&str]) -> EnvFilter {
     if let Ok(f) = EnvFilter::try_from_env("RUST_LOG") {
         return f;
     }
-    let level = settings.log_level().to_string().to_lowercase();
-    EnvFilter::new(format!("warn,alchemiscale_compute={level},alchemiscale_client={level},alchemiscale={level}"))
+    let level = level.to_string().to_lowercase();
+    let mut directives = vec!["warn".to_string()];
+    directives.extend(crates.iter().map(|c| format!("{c}={level}")));
+    EnvFilter::new(directives.join(","))
 }
 
 /// Install the global subscriber for a service: standard error plus `logfile`.
 pub fn init(settings: &Settings, service_id: &str) -> Result<(), String> {
-    let format = ServiceLogFormat { service_id: service_id.to_string() };
+    init_with(service_id, settings.log_level(), settings.logfile.as_deref(), &["alchemiscale_compute", "alchemiscale_client", "alchemiscale"])
+}
+
+/// Install the global subscriber: lines in upstream's format tagged `id`, to standard
+/// error and, if given, appended to `logfile`; `level` for `crates`.
+pub fn init_with(id: &str, level: LevelFilter, logfile: Option<&std::path::Path>, crates: &[&str]) -> Result<(), String> {
+    let format = ServiceLogFormat { service_id: id.to_string() };
     let stderr = tracing_subscriber::fmt::layer().event_format(format.clone()).with_writer(std::io::stderr).with_ansi(false);
-    let file = match &settings.logfile {
+    let file = match logfile {
         None => None,
         Some(path) => {
             let f = OpenOptions::new()
@@ -79,7 +89,7 @@ pub fn init(settings: &Settings, service_id: &str) -> Result<(), String> {
         }
     };
     tracing_subscriber::registry()
-        .with(stderr.and_then(file).with_filter(filter(settings)))
+        .with(stderr.and_then(file).with_filter(filter(level, crates)))
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))
 }

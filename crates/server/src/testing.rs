@@ -89,6 +89,15 @@ impl TestServer {
         TestServer { url, store, objects, settings, _store: ts, _objects: to, shutdown: Some(tx), handle: Some(handle) }
     }
 
+    /// Where the test store is, as `--url` takes it (`sqlite:///…` or a PostgreSQL URL
+    /// whose `options` select the test's schema), for commands run as processes.
+    pub fn store_url(&self) -> String {
+        match &self._store.location {
+            alchemiscale_store::StoreLocation::Sqlite { path } => format!("sqlite://{}", path.display()),
+            alchemiscale_store::StoreLocation::Postgres { url } => url.clone(),
+        }
+    }
+
     /// Create an identity of `kind` with `scopes` and return a client logged in as it.
     pub async fn client(&self, kind: IdentityKind, identifier: &str, scopes: &[&str]) -> Client {
         let key = format!("key-of-{identifier}");

@@ -15,7 +15,7 @@
 //!   best order — the lower eccentricity of the innermost result-less transformation
 //!   whose upper eccentricity lies below the component's maximum (else that maximum).
 
-use alchemiscale_model::json::{Number, Value};
+use alchemiscale_model::json::Value;
 
 use crate::graph::Graph;
 use crate::StrategyError;
@@ -77,7 +77,8 @@ impl<'a> SettingsReader<'a> {
     fn float(&mut self, field: &str, default: Option<f64>, valid: impl Fn(f64) -> bool, rule: &str) -> Option<f64> {
         let Some(v) = self.value(field) else { return default };
         match v.as_number() {
-            Some(n) if !matches!(n, Number::NaN) => {
+            // NaN and the infinities are floats to pydantic too; the rule decides
+            Some(n) => {
                 let x = n.as_f64();
                 if valid(x) {
                     Some(x)
@@ -303,6 +304,8 @@ mod tests {
         let e = strategy("ConnectivityStrategy", r#", "cutoff": 0, "max_runs": 0"#).unwrap_err();
         assert!(e.message.starts_with("2 validation errors"), "{}", e.message);
         assert!(e.message.contains("`cutoff` must be greater than 0") && e.message.contains("`max_runs` must be greater than"));
+        let e = strategy("ConnectivityStrategy", r#", "cutoff": NaN, "max_runs": 3"#).unwrap_err();
+        assert!(e.message.contains("`cutoff` must be greater than 0 [input_value=NaN]"), "{}", e.message);
         let e = strategy("ConnectivityStrategy", r#", "max_runs": "three""#).unwrap_err();
         assert!(e.message.contains("Input should be a valid integer"), "{}", e.message);
         let e = NativeStrategy::from_dict("ConnectivityStrategy", "stratocaster", &parse("{}").unwrap()).unwrap().unwrap_err();

@@ -21,7 +21,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::cache::ResultCache;
 use crate::execute::{Context, Ended, Execution};
+use crate::python::PythonConfig;
+use crate::settings::Settings;
 
 /// What a cycle did, by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,6 +98,28 @@ fn log(e: &Execution) {
 }
 
 impl Strategist {
+    /// A strategist over these stores with `settings` (the cache directory is created
+    /// when Python strategies are configured and `use_local_cache` is on).
+    pub fn from_settings(store: alchemiscale_store::Store, objects: Option<alchemiscale_objects::Objects>, settings: &Settings) -> std::io::Result<Strategist> {
+        let python = settings.python.as_ref().map(|interpreter| PythonConfig {
+            interpreter: interpreter.clone(),
+            timeout: settings.python_timeout(),
+            env: settings.python_env.clone(),
+        });
+        let cache = match (&python, settings.use_local_cache) {
+            (Some(_), true) => {
+                let dir = settings.cache_directory.clone().unwrap_or_else(ResultCache::default_dir);
+                Some(ResultCache::open(&dir, settings.cache_size_limit)?)
+            }
+            _ => None,
+        };
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+        let holder = format!("strategist-{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let context = Context { store, objects, python, cache, holder: holder.into() };
+        let scopes = settings.scopes().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(Strategist::new(context, scopes, Duration::from_secs(settings.sleep_interval), settings.max_workers as usize))
+    }
+
     pub fn new(context: Context, scopes: Vec<Scope>, sleep_interval: Duration, max_workers: usize) -> Strategist {
         Strategist { context, scopes, sleep_interval, max_workers: max_workers.max(1), stop: StopHandle::new() }
     }

@@ -6,3 +6,4 @@ pub mod compute;
 pub mod database;
 pub mod identity;
 pub mod server;
+pub mod strategist;

@@ -275,6 +275,14 @@ pub struct ServeCommand {
     /// Scope granted to the identities created on first start.
     #[arg(long, default_value = "*-*-*", value_parser = |s: &str| s.parse::<Scope>().map_err(|e| e.to_string()))]
     pub default_scope: Scope,
+    /// Do not run the strategist inside the server (strategies then run only where an
+    /// `alchemiscale strategist` runs).
+    #[arg(long, env = "ALCHEMISCALE_NO_STRATEGIST", help_heading = "Strategist")]
+    pub no_strategist: bool,
+    /// Strategist settings, as for `alchemiscale strategist -c` (its store options are
+    /// the server's). Default: upstream's settings with a 60-second cycle.
+    #[arg(long, value_name = "FILE", help_heading = "Strategist")]
+    pub strategist_config: Option<PathBuf>,
     #[command(flatten)]
     pub jwt: JwtArgs,
     #[command(flatten)]
@@ -351,7 +359,7 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
 
     let user_addr: SocketAddr = format!("{}:{}", cmd.host, cmd.port).parse().with_context(|| format!("invalid --host {}", cmd.host))?;
     let compute_addr: SocketAddr = format!("{}:{}", cmd.host, cmd.compute_port).parse()?;
-    if user_addr == compute_addr {
+    if user_addr == compute_addr && user_addr.port() != 0 {
         bail!("--port and --compute-port must differ");
     }
     let user_listener = tokio::net::TcpListener::bind(user_addr).await.with_context(|| format!("cannot listen on {user_addr}"))?;
@@ -368,6 +376,24 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
         ),
     }
     let _ = std::io::stdout().flush();
+
+    let strategist = match cmd.no_strategist {
+        true => None,
+        false => {
+            let (mut strategist_settings, warnings) = match &cmd.strategist_config {
+                Some(path) => super::strategist::read_settings(Some(path)).map_err(anyhow::Error::msg)?,
+                None => (alchemiscale_strategist::Settings { sleep_interval: 60, ..Default::default() }, Vec::new()),
+            };
+            for w in warnings {
+                tracing::warn!("strategist settings: {w}");
+            }
+            let objects = super::strategist::object_args(&cmd.objects, &strategist_settings).open(data_dir)?;
+            let s = alchemiscale_strategist::Strategist::from_settings(store.clone(), Some(objects), &strategist_settings)
+                .context("setting up the strategist")?;
+            let stop = s.stop_handle();
+            Some((stop, tokio::spawn(async move { s.run().await })))
+        }
+    };
 
     let user_app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone()));
     let compute_state = AppState::new(ApiKind::Compute, store.clone(), Some(objects.clone()), settings);
@@ -388,6 +414,10 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
         let _ = stop_tx.send(());
     };
     let (u, c, _) = tokio::join!(user, compute, signal);
+    if let Some((stop, handle)) = strategist {
+        stop.stop();
+        let _ = handle.await;
+    }
     u?;
     c?;
     store.close().await;
