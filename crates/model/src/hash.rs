@@ -2,7 +2,7 @@
 //!
 //! Submitted objects keep the keys their submitter computed (model.md §2.6): the default
 //! algorithm needs every class's constructor defaults, which only the Python classes
-//! know. The server computes keys for Task (uuid4), TaskHub, NetworkMark,
+//! know. The server computes keys for Task (uuid7), TaskHub, NetworkMark,
 //! TaskRestartPattern (md5 rules), ProtocolDAGResultRef and Tracebacks (default algorithm
 //! with their known defaults).
 
@@ -68,9 +68,12 @@ pub fn restart_pattern_key(pattern: &str, taskhub: &ScopedKey) -> GufeKey {
     md5_key("TaskRestartPattern", &format!("{pattern}{taskhub}"))
 }
 
-/// A new Task key: random uuid4 hex token.
+/// A new Task key: a 128-bit hex token like upstream's uuid4, but a time-ordered uuid7
+/// (74 random bits after a millisecond timestamp), so new tasks append to the store's key
+/// index instead of landing at random places in it (bulk creation stays fast as the
+/// store grows). Clients treat the token as opaque.
 pub fn new_task_key() -> GufeKey {
-    GufeKey::from_parts("Task", &uuid::Uuid::new_v4().simple().to_string()).expect("valid key")
+    GufeKey::from_parts("Task", &uuid::Uuid::now_v7().simple().to_string()).expect("valid key")
 }
 
 /// Fields of a ProtocolDAGResultRef (model.md §3.6).

@@ -67,7 +67,12 @@ pub(crate) const TABLES: &[TableSpec] = &[
         order_by: "network_id, position",
         identity_id: false,
     },
-    TableSpec { name: "transformation", columns: &[("id", I, false), ("protocol", T, true)], order_by: "id", identity_id: false },
+    TableSpec {
+        name: "transformation",
+        columns: &[("id", I, false), ("protocol", T, true), ("ok_results", I, false)],
+        order_by: "id",
+        identity_id: false,
+    },
     TableSpec {
         name: "transformation_system",
         columns: &[("transformation_id", I, false), ("attribute", T, false), ("system_id", I, false)],
@@ -388,6 +393,30 @@ impl Store {
             return Ok(SchemaStatus::Damaged(format!("unique index {i} is missing")));
         }
         Ok(SchemaStatus::Current { version: applied })
+    }
+
+    /// Data that breaks a rule the schema cannot express, one message each (`database
+    /// check`): today, transformations whose kept count of successful results differs
+    /// from their results.
+    pub async fn inconsistencies(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT o.gufe_key, x.ok_results, x.actual FROM (SELECT tf.id, tf.ok_results, \
+             (SELECT COUNT(DISTINCT tr.pdrr_id) FROM task t JOIN task_result tr ON tr.task_id = t.id JOIN pdrr p ON p.id = tr.pdrr_id \
+              WHERE t.transformation_id = tf.id AND p.ok = 1) AS actual FROM transformation tf) x \
+             JOIN gufe_object o ON o.id = x.id WHERE x.ok_results <> x.actual ORDER BY o.gufe_key",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(format!(
+                    "transformation {} counts {} successful results but has {}",
+                    r.try_get::<String, _>(0)?,
+                    r.try_get::<i64, _>(1)?,
+                    r.try_get::<i64, _>(2)?
+                ))
+            })
+            .collect()
     }
 
     /// Fail unless the schema is current (servers call this at start).

@@ -91,20 +91,9 @@ pub(crate) async fn redraw(conn: &mut AnyConnection, backend: Backend, tasks: &[
     for (network, task, weight, priority, old) in rows {
         groups.entry((network, priority)).or_default().push((task, weight, old));
     }
-    let time_sql = dialect(
-        backend,
-        &format!(
-            "SELECT MAX(CASE WHEN t.status <> 'waiting' THEN a.claim_rank END), MIN(CASE WHEN t.status = 'waiting' THEN a.claim_rank END) \
-             FROM task_action a JOIN task t ON t.id = a.task_id \
-             WHERE a.network_id = $1 AND a.priority = $2 AND a.weight > 0 AND a.task_id NOT IN ({})",
-            json_id_list(backend, 3)
-        ),
-    );
     let mut updates: Vec<[Arg; 4]> = Vec::new();
     for ((network, priority), members) in groups {
-        let row = sqlx::query(&time_sql).bind(network).bind(priority).bind(ids.clone()).fetch_one(&mut *conn).await?;
-        let claimed: Option<f64> = sqlx::Row::try_get(&row, 0)?;
-        let waiting: Option<f64> = sqlx::Row::try_get(&row, 1)?;
+        let (claimed, waiting) = group_clocks(conn, backend, network, priority, &ids).await?;
         // a returning row was claimed: its old rank is a time the group has reached
         let returning = members.iter().filter(|m| entry == Entry::Returning && m.1 > 0.0 && m.2 < NEVER / 2.0).map(|m| m.2);
         let claimed = claimed.into_iter().chain(returning).reduce(f64::max);
@@ -127,6 +116,38 @@ pub(crate) async fn redraw(conn: &mut AnyConnection, backend: Backend, tasks: &[
         bind(sqlx::query(&sql), &args).persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// A group's clocks: the largest rank among rows whose task is not waiting (claimed
+/// earlier), and the smallest among waiting rows, leaving out the tasks in `exclude` (a
+/// JSON array of ids) and weight-0 rows.
+async fn group_clocks(conn: &mut AnyConnection, backend: Backend, hub: i64, priority: i64, exclude: &str) -> Result<(Option<f64>, Option<f64>)> {
+    let sql = dialect(
+        backend,
+        &format!(
+            "SELECT MAX(CASE WHEN t.status <> 'waiting' THEN a.claim_rank END), MIN(CASE WHEN t.status = 'waiting' THEN a.claim_rank END) \
+             FROM task_action a JOIN task t ON t.id = a.task_id \
+             WHERE a.network_id = $1 AND a.priority = $2 AND a.weight > 0 AND a.task_id NOT IN ({})",
+            json_id_list(backend, 3)
+        ),
+    );
+    let row = sqlx::query(&sql).bind(hub).bind(priority).bind(exclude.to_string()).fetch_one(&mut *conn).await?;
+    Ok((sqlx::Row::try_get(&row, 0)?, sqlx::Row::try_get(&row, 1)?))
+}
+
+/// Ranks for rows about to be actioned on `hub` with `weight`, one per (task, priority):
+/// clocks started at their group's current time, as [`redraw`] with [`Entry::Fresh`]
+/// would draw them after the insert — without the read-back and update.
+pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64)], weight: f64) -> Result<Vec<f64>> {
+    let mut times: HashMap<i64, f64> = HashMap::new();
+    for &(_, priority) in tasks {
+        if let std::collections::hash_map::Entry::Vacant(e) = times.entry(priority) {
+            let (claimed, waiting) = group_clocks(conn, backend, hub, priority, "[]").await?;
+            e.insert(claimed.or(waiting).unwrap_or(0.0));
+        }
+    }
+    let mut rng = rand::thread_rng();
+    Ok(tasks.iter().map(|(_, p)| draw(&mut rng, times[p], weight)).collect())
 }
 
 #[cfg(test)]

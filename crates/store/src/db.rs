@@ -154,6 +154,40 @@ pub(crate) async fn fetch_json_rows<T: serde::de::DeserializeOwned>(conn: &mut A
         .map_err(|e| crate::error::StoreError::Invalid(format!("cannot decode stored rows: {e}")))
 }
 
+/// A column's SQL type in [`json_insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Col {
+    Int,
+    Real,
+    Text,
+}
+
+/// `INSERT INTO {head} SELECT … FROM <the rows of a JSON array bound as $1> {tail}`: a
+/// bulk insert with one parameter (each row a JSON array, one element per column of
+/// `cols`; JSON null is SQL NULL). Far cheaper than binding every value, and not bounded
+/// by the parameter limit. `head` is `table (col, …)`; `tail` may hold `ON CONFLICT …`
+/// and `RETURNING …`.
+pub(crate) fn json_insert(backend: Backend, head: &str, cols: &[Col], tail: &str) -> String {
+    let exprs: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match (backend, c) {
+            (Backend::Sqlite, Col::Int) => format!("CAST(value ->> {i} AS INTEGER)"),
+            (Backend::Sqlite, Col::Real) => format!("CAST(value ->> {i} AS REAL)"),
+            (Backend::Sqlite, Col::Text) => format!("value ->> {i}"),
+            (Backend::Postgres, Col::Int) => format!("CAST(e ->> {i} AS BIGINT)"),
+            (Backend::Postgres, Col::Real) => format!("CAST(e ->> {i} AS DOUBLE PRECISION)"),
+            (Backend::Postgres, Col::Text) => format!("e ->> {i}"),
+        })
+        .collect();
+    let from = match backend {
+        Backend::Sqlite => "json_each($1)",
+        Backend::Postgres => "jsonb_array_elements(CAST($1 AS jsonb)) AS e",
+    };
+    // (`WHERE true`: SQLite would read an `ON CONFLICT` right after the FROM as a join constraint)
+    format!("INSERT INTO {head} SELECT {} FROM {from} WHERE true {tail}", exprs.join(", "))
+}
+
 /// The JSON array text for [`json_text_list`].
 pub(crate) fn json_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     serde_json::to_string(&items.into_iter().collect::<Vec<_>>()).expect("strings serialise")

@@ -20,16 +20,15 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2)
 }
 
-/// Extend `name` to `now + ttl` inside the caller's write transaction if `holder` still
-/// holds it (unexpired); false if the lease was lost. On PostgreSQL the row stays locked
-/// until the transaction ends, so nobody can take it over in between.
-pub(crate) async fn hold_in(conn: &mut AnyConnection, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> Result<bool> {
-    let now = now.timestamp_micros();
-    let n = sqlx::query("UPDATE lease SET expires = $1 WHERE name = $2 AND holder = $3 AND expires > $4")
-        .bind(now.saturating_add(micros(ttl)))
+/// Give up `name` inside the caller's write transaction, if `holder` still holds it
+/// (unexpired); false if the lease was lost. Work that commits its results this way
+/// cannot commit over a successor that took over an expired lease: on PostgreSQL the
+/// row stays locked until the transaction ends, and on SQLite writers are serialised.
+pub(crate) async fn release_in(conn: &mut AnyConnection, name: &str, holder: &str, now: DateTime<Utc>) -> Result<bool> {
+    let n = sqlx::query("DELETE FROM lease WHERE name = $1 AND holder = $2 AND expires > $3")
         .bind(name)
         .bind(holder)
-        .bind(now)
+        .bind(now.timestamp_micros())
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -94,15 +93,16 @@ mod tests {
         // a's renewal at +10 s runs to +70 s: b takes over after that (a killed holder)
         assert!(!store.acquire_lease_at("work", "b", ttl, t0 + chrono::Duration::seconds(69)).await.unwrap());
         assert!(store.acquire_lease_at("work", "b", ttl, t0 + chrono::Duration::seconds(71)).await.unwrap());
-        // a can no longer hold it inside a transaction, b can
-        let mut tx = store.begin_write().await.unwrap();
-        assert!(!hold_in(&mut tx, "work", "a", ttl, t0 + chrono::Duration::seconds(72)).await.unwrap());
-        assert!(hold_in(&mut tx, "work", "b", ttl, t0 + chrono::Duration::seconds(72)).await.unwrap());
-        tx.commit().await.unwrap();
-        // releasing by a non-holder does nothing; by the holder frees it
+        // releasing by a non-holder does nothing
         store.release_lease("work", "a").await.unwrap();
         assert!(!store.acquire_lease_at("work", "a", ttl, t0 + chrono::Duration::seconds(80)).await.unwrap());
-        store.release_lease("work", "b").await.unwrap();
+        // a can no longer give it up inside a transaction (it lost it), b can
+        let mut tx = store.begin_write().await.unwrap();
+        assert!(!release_in(&mut tx, "work", "a", t0 + chrono::Duration::seconds(72)).await.unwrap());
+        assert!(release_in(&mut tx, "work", "b", t0 + chrono::Duration::seconds(72)).await.unwrap());
+        tx.commit().await.unwrap();
+        assert!(store.acquire_lease("work", "a", ttl).await.unwrap());
+        store.release_lease("work", "a").await.unwrap();
         assert!(store.acquire_lease("work", "a", ttl).await.unwrap());
         assert_eq!(store.lease_holder("work").await.unwrap().as_deref(), Some("a"));
         assert_eq!(store.lease_holder("nothing").await.unwrap(), None);

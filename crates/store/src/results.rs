@@ -471,11 +471,25 @@ async fn record_in(
     .await?;
     // (an identical reference already stored is reused: the no-op update returns its id)
     let pdrr_id = get_i64(inserted.first().ok_or_else(|| StoreError::Invalid("result reference not stored".into()))?, 0)?;
-    sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+    let linked = sqlx::query("INSERT INTO task_result (task_id, pdrr_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(task_id)
+        .bind(pdrr_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if linked == 1 && result.ok {
+        // one more distinct success for the task's transformation, unless another of its
+        // tasks already holds this very reference
+        sqlx::query(
+            "UPDATE transformation SET ok_results = ok_results + 1 WHERE id = (SELECT transformation_id FROM task WHERE id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM task_result tr JOIN task t ON t.id = tr.task_id \
+             WHERE tr.pdrr_id = $2 AND tr.task_id <> $1 AND t.transformation_id = transformation.id)",
+        )
         .bind(task_id)
         .bind(pdrr_id)
         .execute(&mut *conn)
         .await?;
+    }
 
     // A late failure from a service that lost its claim (its registration expired and
     // another service claimed the task again) is recorded but does not disturb the run in

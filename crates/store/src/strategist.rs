@@ -9,7 +9,6 @@
 //! when the edit reset its state).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use alchemiscale_model::status::{StrategyMode, StrategyStatus};
 use alchemiscale_model::strategy::{errored_rule, plan, task_count, TaskView};
@@ -18,11 +17,10 @@ use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
 use crate::db::{
-    bind, dialect, fetch_json_rows, get_i64, get_str, json_array, json_ids, json_id_list, json_rows_select,
-    json_text_list, Arg,
+    bind, dialect, fetch_json_rows, get_i64, get_str, json_id_list, json_ids, json_rows_select, Arg,
 };
 use crate::error::{Result, StoreError};
-use crate::lease::hold_in;
+use crate::lease::release_in;
 use crate::queries::scope_condition;
 use crate::strategy::{bind_state, state_from_row, StrategyState, STATE_COLUMNS, UPDATE_STATE};
 use crate::tasks::{action_on_hub, cancel_on_hub, insert_tasks, parse_status, NewTask};
@@ -41,6 +39,25 @@ pub struct DueStrategy {
     pub strategy_body: String,
     /// The state as read; the commit checks it is still the stored one.
     pub state: StrategyState,
+}
+
+/// One transformation of a network: its gufe key and end states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphTransformation {
+    pub id: i64,
+    pub key: GufeKey,
+    /// End states (chemical system row ids); equal for a NonTransformation.
+    pub state_a: i64,
+    pub state_b: i64,
+}
+
+/// A network's graph. Networks never change once stored, so this can be kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrategyGraph {
+    /// Chemical system row ids (the network's nodes).
+    pub nodes: Vec<i64>,
+    /// Ordered by row id.
+    pub transformations: Vec<GraphTransformation>,
 }
 
 /// One transformation of a network, as strategies see it.
@@ -65,6 +82,24 @@ pub struct StrategyInputs {
 }
 
 impl StrategyInputs {
+    /// The graph with the result counts (by transformation row id) filled in.
+    pub fn new(graph: &StrategyGraph, counts: &HashMap<i64, i64>) -> StrategyInputs {
+        StrategyInputs {
+            nodes: graph.nodes.clone(),
+            transformations: graph
+                .transformations
+                .iter()
+                .map(|t| TransformationInput {
+                    id: t.id,
+                    key: t.key.clone(),
+                    state_a: t.state_a,
+                    state_b: t.state_b,
+                    results: counts.get(&t.id).copied().unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
+
     /// §9.2 step 1: successful results over the network's transformations.
     pub fn result_count(&self) -> i64 {
         self.transformations.iter().map(|t| t.results).sum()
@@ -107,13 +142,12 @@ pub struct ExecutionReport {
     pub state: StrategyState,
 }
 
-/// A lease the committing process must still hold (see [`crate::lease`]); it is
-/// extended by `ttl` in the same transaction.
+/// A lease the committing process must still hold (see [`crate::lease`]); the commit
+/// gives it up in the same transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseGuard<'a> {
     pub name: &'a str,
     pub holder: &'a str,
-    pub ttl: Duration,
 }
 
 /// Upstream stores `last_iteration` with microseconds; so does the state row.
@@ -176,80 +210,86 @@ impl Store {
         Ok(out)
     }
 
-    /// A network's graph (nodes, transformations with their end states) and the number of
-    /// successful results of each transformation, read in one snapshot.
-    pub async fn strategy_inputs(&self, network_id: i64) -> Result<StrategyInputs> {
-        let mut tx = self.begin_snapshot().await?;
+    /// A network's graph: its nodes and its transformations with their end states.
+    ///
+    /// Every read here (and in [`Store::strategy_result_counts`] and the commit's plan)
+    /// is driven by a key index: the network's rows, then rows by the ids found, passed as
+    /// one JSON array. Joins over whole tables would let PostgreSQL's planner pick
+    /// sequential scans whose cost grows with the store, not the network.
+    pub async fn strategy_graph(&self, network_id: i64) -> Result<StrategyGraph> {
         let b = self.backend;
+        let mut tx = self.begin_snapshot().await?;
+        let ids: Vec<(i64,)> = fetch_json_rows(
+            &mut tx,
+            &dialect(b, &format!("{} FROM network_transformation WHERE network_id = $1", json_rows_select(b, "transformation_id"))),
+            &[Arg::I64(network_id)],
+        )
+        .await?;
+        let ids: Vec<i64> = ids.into_iter().map(|(i,)| i).collect();
         let nodes: Vec<(i64,)> = fetch_json_rows(
             &mut tx,
             &dialect(b, &format!("{} FROM network_system WHERE network_id = $1", json_rows_select(b, "system_id"))),
             &[Arg::I64(network_id)],
         )
         .await?;
-        let ends: Vec<(i64, String, String, i64)> = fetch_json_rows(
+        let by_ids = |cols: &str, table: &str, id_col: &str| {
+            dialect(b, &format!("{} FROM {table} WHERE {id_col} IN ({})", json_rows_select(b, cols), json_id_list(b, 1)))
+        };
+        let keys: Vec<(i64, String)> =
+            fetch_json_rows(&mut tx, &by_ids("id, gufe_key", "gufe_object", "id"), &[Arg::Text(json_ids(&ids))]).await?;
+        let ends: Vec<(i64, String, i64)> = fetch_json_rows(
             &mut tx,
-            &dialect(
-                b,
-                &format!(
-                    "{} FROM network_transformation nt JOIN gufe_object o ON o.id = nt.transformation_id \
-                     JOIN transformation_system ts ON ts.transformation_id = nt.transformation_id WHERE nt.network_id = $1",
-                    json_rows_select(b, "nt.transformation_id, o.gufe_key, ts.attribute, ts.system_id")
-                ),
-            ),
-            &[Arg::I64(network_id)],
-        )
-        .await?;
-        let counts: Vec<(i64, i64)> = fetch_json_rows(
-            &mut tx,
-            &dialect(
-                b,
-                &format!(
-                    "{} FROM (SELECT t.transformation_id AS tf, COUNT(DISTINCT tr.pdrr_id) AS n FROM network_transformation nt \
-                     JOIN task t ON t.transformation_id = nt.transformation_id JOIN task_result tr ON tr.task_id = t.id \
-                     JOIN pdrr p ON p.id = tr.pdrr_id WHERE nt.network_id = $1 AND p.ok = 1 GROUP BY t.transformation_id) c",
-                    json_rows_select(b, "c.tf, c.n")
-                ),
-            ),
-            &[Arg::I64(network_id)],
+            &by_ids("transformation_id, attribute, system_id", "transformation_system", "transformation_id"),
+            &[Arg::Text(json_ids(&ids))],
         )
         .await?;
         tx.commit().await?;
-        let counts: HashMap<i64, i64> = counts.into_iter().collect();
-        let mut by_id: HashMap<i64, TransformationInput> = HashMap::new();
-        for (id, key, attribute, system) in ends {
-            let t = match by_id.entry(id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(TransformationInput {
-                    id,
-                    key: GufeKey::new(&key).map_err(|_| StoreError::Invalid(format!("corrupt key {key} in store")))?,
-                    state_a: system,
-                    state_b: system,
-                    results: counts.get(&id).copied().unwrap_or(0),
-                }),
-            };
+        let mut by_id: HashMap<i64, GraphTransformation> = HashMap::with_capacity(keys.len());
+        for (id, key) in keys {
+            let key = GufeKey::new(&key).map_err(|_| StoreError::Invalid(format!("corrupt key {key} in store")))?;
+            by_id.insert(id, GraphTransformation { id, key, state_a: 0, state_b: 0 });
+        }
+        for (id, attribute, system) in ends {
+            let Some(t) = by_id.get_mut(&id) else { continue };
             match attribute.as_str() {
                 "stateA" => t.state_a = system,
                 "stateB" => t.state_b = system,
-                _ => {}
+                _ => {
+                    t.state_a = system;
+                    t.state_b = system;
+                }
             }
         }
-        let mut transformations: Vec<TransformationInput> = by_id.into_values().collect();
+        let mut transformations: Vec<GraphTransformation> = by_id.into_values().collect();
         transformations.sort_by_key(|t| t.id);
-        Ok(StrategyInputs { nodes: nodes.into_iter().map(|(n,)| n).collect(), transformations })
+        Ok(StrategyGraph { nodes: nodes.into_iter().map(|(n,)| n).collect(), transformations })
     }
 
-    /// §9.2 step 1 alone (a dormant strategy's short-cut): successful results over the
-    /// network's transformations.
-    pub async fn strategy_result_count(&self, network_id: i64) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(DISTINCT tr.pdrr_id) FROM network_transformation nt JOIN task t ON t.transformation_id = nt.transformation_id \
-             JOIN task_result tr ON tr.task_id = t.id JOIN pdrr p ON p.id = tr.pdrr_id WHERE nt.network_id = $1 AND p.ok = 1",
-        )
-        .bind(network_id)
-        .fetch_one(self.reader())
-        .await?;
-        get_i64(&row, 0)
+    /// The number of successful results (distinct ProtocolDAGResultRefs over all its
+    /// tasks) of each of the given transformations that has any, by row id (§9.2 steps 1
+    /// and 3 without downloads): one counter row per transformation, kept by result
+    /// recording, so the cost does not grow with tasks or results.
+    pub async fn strategy_result_counts(&self, transformations: &[i64]) -> Result<HashMap<i64, i64>> {
+        let b = self.backend;
+        let sql = dialect(
+            b,
+            &format!(
+                "{} FROM transformation WHERE id IN ({}) AND ok_results > 0",
+                json_rows_select(b, "id, ok_results"),
+                json_id_list(b, 1)
+            ),
+        );
+        let mut conn = self.reader().acquire().await?;
+        let counts: Vec<(i64, i64)> = fetch_json_rows(&mut conn, &sql, &[Arg::Text(json_ids(transformations))]).await?;
+        Ok(counts.into_iter().collect())
+    }
+
+    /// A network's graph and result counts together.
+    pub async fn strategy_inputs(&self, network_id: i64) -> Result<StrategyInputs> {
+        let graph = self.strategy_graph(network_id).await?;
+        let ids: Vec<i64> = graph.transformations.iter().map(|t| t.id).collect();
+        let counts = self.strategy_result_counts(&ids).await?;
+        Ok(StrategyInputs::new(&graph, &counts))
     }
 
     /// The successful results of a network's transformations, for strategies that gather
@@ -281,7 +321,8 @@ impl Store {
     /// strategy and its state are still those of `due` (else [`StoreError::Conflict`],
     /// nothing written) and, if a lease is given, that it is still held; apply `outcome`;
     /// write the new state (`last_iteration` = `now`, `last_iteration_result_count` =
-    /// `result_count`, `iterations` + 1).
+    /// `result_count`, `iterations` + 1). The lease, if given, is given up by the same
+    /// transaction.
     pub async fn commit_strategy_execution(
         &self,
         due: &DueStrategy,
@@ -290,6 +331,15 @@ impl Store {
         lease: Option<LeaseGuard<'_>>,
         now: DateTime<Utc>,
     ) -> Result<ExecutionReport> {
+        // The plan is made on a snapshot read before the write transaction (so the write
+        // lock is held only for the writes); the transaction then re-checks what it acts
+        // on: the strategy is unchanged, and every task it actions is still waiting or
+        // running. A task that completes or is actioned by a user in between at worst
+        // shifts one target by a task, which the next execution corrects.
+        let planned = match &outcome {
+            StrategyOutcome::Weights(weights) => Some(plan_weights(self, due, weights).await?),
+            _ => None,
+        };
         let mut tx = self.begin_write().await?;
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let row = sqlx::query(&format!("SELECT strategy_id, {STATE_COLUMNS} FROM network_strategy WHERE network_id = $1{lock}"))
@@ -307,7 +357,7 @@ impl Store {
             )));
         }
         if let Some(l) = lease {
-            if !hold_in(&mut tx, l.name, l.holder, l.ttl, now).await? {
+            if !release_in(&mut tx, l.name, l.holder, Utc::now()).await? {
                 return Err(StoreError::Conflict(format!("lost the lease {} while executing the strategy of {}", l.name, due.network)));
             }
         }
@@ -326,11 +376,12 @@ impl Store {
                     report.cancelled = ids.len();
                 }
             }
-            StrategyOutcome::Weights(weights) => {
+            StrategyOutcome::Weights(_) => {
                 state.status = StrategyStatus::Awake;
                 state.exception = None;
                 state.traceback = None;
-                let (created, actioned, cancelled) = apply_weights(&mut tx, self.backend, due, &state, &weights).await?;
+                let planned = planned.unwrap_or_default();
+                let (created, actioned, cancelled) = apply_plan(&mut tx, self.backend, due, planned).await?;
                 report.created = created;
                 report.actioned = actioned;
                 report.cancelled = cancelled;
@@ -348,56 +399,70 @@ impl Store {
     }
 }
 
-/// §9.2 steps 6–8 inside the commit: per weighed transformation, the errored rule, the
-/// target count and the plan, applied. Returns (created, actioned, cancelled).
-async fn apply_weights(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    due: &DueStrategy,
-    state: &StrategyState,
-    weights: &[(i64, Option<f64>)],
-) -> Result<(usize, usize, usize)> {
-    let hub = due.network_id;
-    // the non-final tasks of the network's transformations, and whether each is actioned here
-    let rows: Vec<(i64, i64, String, i64, i64)> = fetch_json_rows(
-        conn,
+/// What one execution will change on its network's hub.
+#[derive(Debug, Default)]
+struct Planned {
+    action: Vec<i64>,
+    /// One entry (the transformation's row id) per task to create.
+    create: Vec<i64>,
+    cancel: Vec<i64>,
+}
+
+/// §9.2 steps 6–8 as a plan: per weighed transformation the errored rule, the target
+/// count and the tasks to action, create and cancel, from the network's non-final tasks.
+async fn plan_weights(store: &Store, due: &DueStrategy, weights: &[(i64, Option<f64>)]) -> Result<Planned> {
+    let backend = store.backend;
+    let ids: Vec<i64> = weights.iter().map(|w| w.0).collect();
+    let mut tx = store.begin_snapshot().await?;
+    let tasks: Vec<(i64, i64, String)> = fetch_json_rows(
+        &mut tx,
         &dialect(
             backend,
             &format!(
-                "{} FROM network_transformation nt JOIN task t ON t.transformation_id = nt.transformation_id \
-                 LEFT JOIN task_action a ON a.network_id = nt.network_id AND a.task_id = t.id \
-                 WHERE nt.network_id = $1 AND t.status IN ('waiting', 'running', 'error')",
-                json_rows_select(backend, "t.id, t.transformation_id, t.status, CASE WHEN a.task_id IS NULL THEN 0 ELSE 1 END, t.priority")
+                "{} FROM task WHERE transformation_id IN ({}) AND status IN ('waiting', 'running', 'error')",
+                json_rows_select(backend, "id, transformation_id, status"),
+                json_id_list(backend, 1)
             ),
         ),
-        &[Arg::I64(hub)],
+        &[Arg::Text(json_ids(&ids))],
     )
     .await?;
-    let mut priority: HashMap<i64, i64> = HashMap::with_capacity(rows.len());
+    let actioned: Vec<(i64,)> = fetch_json_rows(
+        &mut tx,
+        &dialect(backend, &format!("{} FROM task_action WHERE network_id = $1", json_rows_select(backend, "task_id"))),
+        &[Arg::I64(due.network_id)],
+    )
+    .await?;
+    tx.commit().await?;
+    let actioned: std::collections::HashSet<i64> = actioned.into_iter().map(|(i,)| i).collect();
     let mut by_tf: HashMap<i64, Vec<TaskView>> = HashMap::new();
-    for (id, tf, status, actioned, p) in rows {
-        priority.insert(id, p);
-        by_tf.entry(tf).or_default().push(TaskView { id, status: parse_status(&status)?, actioned: actioned == 1 });
+    for (id, tf, status) in tasks {
+        by_tf.entry(tf).or_default().push(TaskView { id, status: parse_status(&status)?, actioned: actioned.contains(&id) });
     }
     for views in by_tf.values_mut() {
         views.sort_unstable_by_key(|t| t.id);
     }
-    let mut to_action: Vec<i64> = Vec::new();
-    let mut to_create: Vec<NewTask> = Vec::new();
-    let mut to_cancel: Vec<i64> = Vec::new();
+    let state = &due.state;
+    let mut planned = Planned::default();
     for &(tf, weight) in weights {
         let views = by_tf.get(&tf).map(Vec::as_slice).unwrap_or(&[]);
         let weight = errored_rule(weight, views.iter().map(|t| t.status));
         let target = task_count(weight, state.max_tasks_per_transformation, state.task_scaling);
         let p = plan(target, views, state.mode);
-        to_action.extend(p.action);
-        to_create.extend((0..p.create).map(|_| NewTask { transformation_id: tf, scope: due.network.scope(), extends_id: None }));
-        to_cancel.extend(p.cancel);
+        planned.action.extend(p.action);
+        planned.create.extend(std::iter::repeat_n(tf, p.create));
+        planned.cancel.extend(p.cancel);
     }
+    Ok(planned)
+}
+
+/// Apply a plan inside the commit. Returns (created, actioned, cancelled).
+async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrategy, planned: Planned) -> Result<(usize, usize, usize)> {
+    let hub = due.network_id;
     // tasks to action must still be waiting or running; on PostgreSQL lock them so a
     // concurrent completion cannot remove their ACTIONS before this commit adds one
-    let mut actions: Vec<(i64, i64)> = Vec::with_capacity(to_action.len() + to_create.len());
-    if !to_action.is_empty() {
+    let mut actions: Vec<(i64, i64)> = Vec::with_capacity(planned.action.len() + planned.create.len());
+    if !planned.action.is_empty() {
         let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let sql = dialect(
             backend,
@@ -406,21 +471,16 @@ async fn apply_weights(
                 json_id_list(backend, 1)
             ),
         );
-        let rows = sqlx::query(&sql).bind(json_ids(&to_action)).fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(&sql).bind(json_ids(&planned.action)).fetch_all(&mut *conn).await?;
         for r in &rows {
             actions.push((get_i64(r, 0)?, get_i64(r, 1)?));
         }
     }
-    if !to_create.is_empty() {
-        let keys = insert_tasks(conn, backend, &to_create, None).await?;
-        let sql = dialect(backend, &format!("SELECT id, priority FROM task WHERE gufe_key IN ({})", json_text_list(backend, 1)));
-        let rows = sqlx::query(&sql).bind(json_array(keys.iter().map(|k| k.gufe_key().as_str()))).fetch_all(&mut *conn).await?;
-        for r in &rows {
-            actions.push((get_i64(r, 0)?, get_i64(r, 1)?));
-        }
-    }
+    let new: Vec<NewTask> = planned.create.iter().map(|&tf| NewTask { transformation_id: tf, scope: due.network.scope(), extends_id: None }).collect();
+    // new tasks have priority 10
+    actions.extend(insert_tasks(conn, backend, &new, None).await?.into_iter().map(|(id, _)| (id, 10)));
     action_on_hub(conn, backend, hub, &actions).await?;
-    let cancel: Vec<Arg> = to_cancel.iter().map(|&i| Arg::I64(i)).collect();
+    let cancel: Vec<Arg> = planned.cancel.iter().map(|&i| Arg::I64(i)).collect();
     cancel_on_hub(conn, backend, hub, &cancel).await?;
-    Ok((to_create.len(), actions.len(), to_cancel.len()))
+    Ok((new.len(), actions.len(), planned.cancel.len()))
 }

@@ -11,10 +11,10 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
-use crate::claim_rank::{redraw, Entry};
+use crate::claim_rank::{fresh_ranks, redraw, Entry};
 use crate::db::{
-    execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, insert_rows, json_array, json_rows_select,
-    json_text_list, Arg,
+    dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, json_array, json_id_list, json_ids,
+    json_insert, json_rows_select, json_text_list, Arg, Col,
 };
 use crate::error::{Result, StoreError};
 use crate::networks::object_id;
@@ -163,59 +163,80 @@ pub(crate) struct NewTask<'a> {
 }
 
 /// Insert `waiting` tasks of priority 10 with fresh keys, inside the caller's write
-/// transaction; their keys in input order.
-pub(crate) async fn insert_tasks(conn: &mut AnyConnection, backend: Backend, new: &[NewTask<'_>], creator: Option<&str>) -> Result<Vec<ScopedKey>> {
+/// transaction; their (row id, key) in input order.
+pub(crate) async fn insert_tasks(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    new: &[NewTask<'_>],
+    creator: Option<&str>,
+) -> Result<Vec<(i64, ScopedKey)>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
     let now = now_micros();
-    let mut rows = Vec::with_capacity(new.len());
     let mut keys = Vec::with_capacity(new.len());
+    let mut rows = Vec::with_capacity(new.len());
     for t in new {
         let key = ScopedKey::new(new_task_key(), t.scope.clone()).map_err(|e| StoreError::Invalid(format!("cannot key a task: {e}")))?;
-        rows.push(vec![
-            Arg::from(key.gufe_key().as_str()),
-            Arg::from(key.org()),
-            Arg::from(key.campaign()),
-            Arg::from(key.project()),
-            Arg::I64(t.transformation_id),
-            Arg::from(TaskStatus::Waiting.as_str()),
-            Arg::I64(10),
-            Arg::from(t.extends_id),
-            Arg::from(creator),
-            Arg::I64(now),
-        ]);
+        rows.push(serde_json::json!([key.gufe_key().as_str(), key.org(), key.campaign(), key.project(), t.transformation_id, t.extends_id, creator, now]));
         keys.push(key);
     }
-    insert_rows(
-        conn,
+    let sql = dialect(
         backend,
-        "INSERT INTO task (gufe_key, org, campaign, project, transformation_id, status, priority, extends_id, creator, datetime_created)",
-        "",
-        10,
-        &rows,
-    )
-    .await?;
-    Ok(keys)
+        &json_insert(
+            backend,
+            "task (gufe_key, org, campaign, project, transformation_id, extends_id, creator, datetime_created)",
+            &[Col::Text, Col::Text, Col::Text, Col::Text, Col::Int, Col::Int, Col::Text, Col::Int],
+            "RETURNING id, gufe_key",
+        ),
+    );
+    let returned = sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).fetch_all(&mut *conn).await?;
+    let mut ids: HashMap<String, i64> = HashMap::with_capacity(returned.len());
+    for r in &returned {
+        ids.insert(get_str(r, 1)?, get_i64(r, 0)?);
+    }
+    keys.into_iter()
+        .map(|k| {
+            let id = ids.get(k.gufe_key().as_str()).copied().ok_or_else(|| StoreError::Invalid(format!("task {k} was not inserted")))?;
+            Ok((id, k))
+        })
+        .collect()
 }
 
 /// Action tasks (id, priority) that are not yet actioned on `hub`, inside the caller's
-/// write transaction: ACTIONS rows of weight 0.5 with fresh claim ranks, and the hub's
-/// restart patterns start applying to them.
+/// write transaction: ACTIONS rows of weight 0.5 with fresh claim ranks (see
+/// `claim_rank`), and the hub's restart patterns start applying to them.
 pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64)]) -> Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Vec<Arg>> = tasks.iter().map(|&(id, priority)| vec![Arg::I64(hub), Arg::I64(id), Arg::F64(0.5), Arg::I64(priority)]).collect();
-    insert_rows(conn, backend, "INSERT INTO task_action (network_id, task_id, weight, priority)", "ON CONFLICT DO NOTHING", 4, &rows).await?;
-    let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
-    execute_in_chunks(
-        conn,
+    let ranks = fresh_ranks(conn, backend, hub, tasks, 0.5).await?;
+    let rows: Vec<serde_json::Value> =
+        tasks.iter().zip(ranks).map(|(&(id, priority), rank)| serde_json::json!([hub, id, 0.5, priority, rank])).collect();
+    let sql = dialect(
         backend,
-        "INSERT INTO restart_applies (pattern_id, task_id, num_retries) SELECT rp.id, t.id, 0 FROM restart_pattern rp, task t \
-         WHERE rp.network_id = $1 AND t.id IN ({}) ON CONFLICT DO NOTHING",
-        &[Arg::I64(hub)],
-        &id_args(&ids),
-    )
-    .await?;
-    redraw(conn, backend, &ids, Some(hub), Entry::Fresh).await
+        &json_insert(
+            backend,
+            "task_action (network_id, task_id, weight, priority, claim_rank)",
+            &[Col::Int, Col::Int, Col::Real, Col::Int, Col::Real],
+            "ON CONFLICT DO NOTHING",
+        ),
+    );
+    sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
+    let patterns = sqlx::query("SELECT 1 FROM restart_pattern WHERE network_id = $1 LIMIT 1").bind(hub).fetch_optional(&mut *conn).await?;
+    if patterns.is_some() {
+        let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+        let sql = dialect(
+            backend,
+            &format!(
+                "INSERT INTO restart_applies (pattern_id, task_id, num_retries) SELECT rp.id, t.id, 0 FROM restart_pattern rp, task t \
+                 WHERE rp.network_id = $1 AND t.id IN ({}) ON CONFLICT DO NOTHING",
+                json_id_list(backend, 2)
+            ),
+        );
+        sqlx::query(&sql).bind(hub).bind(json_ids(&ids)).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// One request of a bulk task creation.
@@ -281,7 +302,7 @@ impl Store {
         }
         let keys = insert_tasks(&mut tx, self.backend, &new, creator).await?;
         tx.commit().await?;
-        Ok(keys)
+        Ok(keys.into_iter().map(|(_, k)| k).collect())
     }
 
     /// Status per input (None for unknown tasks or `None` inputs).

@@ -150,10 +150,19 @@ store_test!(inputs_are_the_graph_and_successful_result_counts, |store| async mov
     let counts: Vec<i64> = inputs.transformations.iter().map(|t| t.results).collect();
     assert_eq!(counts, vec![2, 1, 0, 0, 0]);
     assert_eq!(inputs.result_count(), 3);
-    assert_eq!(store.strategy_result_count(d.network_id).await.unwrap(), 3);
+    assert_eq!(store.strategy_result_counts(&inputs.transformations.iter().map(|t| t.id).collect::<Vec<_>>()).await.unwrap().values().sum::<i64>(), 3);
+    // the same reference recorded for another task of the transformation counts once
+    let again = create(&store, &tfs[0], 1).await;
+    let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let first = create(&store, &tfs[0], 1).await;
+    let k1 = store.record_result_at(&first[0], &result(&tfs[0], 9, true), at).await.unwrap();
+    let k2 = store.record_result_at(&again[0], &result(&tfs[0], 9, true), at).await.unwrap();
+    assert_eq!(k1, k2);
+    assert_eq!(store.strategy_result_counts(&inputs.transformations.iter().map(|t| t.id).collect::<Vec<_>>()).await.unwrap()[&inputs.transformations[0].id], 3);
+    assert_eq!(store.inconsistencies().await.unwrap(), Vec::<String>::new());
     let refs = store.strategy_result_refs(d.network_id).await.unwrap();
-    assert_eq!(refs.len(), 3);
-    assert_eq!(refs.iter().filter(|r| r.transformation == tfs[0].gufe_key().as_str()).count(), 2);
+    assert_eq!(refs.len(), 4);
+    assert_eq!(refs.iter().filter(|r| r.transformation == tfs[0].gufe_key().as_str()).count(), 3);
     assert!(refs.iter().all(|r| r.location.as_deref().is_some_and(|l| l.contains("/results/"))));
 });
 
@@ -268,11 +277,30 @@ store_test!(edits_while_running_win, |store| async move {
     let d = due_for(&store, &net).await;
     let ttl = Duration::from_secs(60);
     assert!(store.acquire_lease("strategy:x", "me", ttl).await.unwrap());
-    let guard = LeaseGuard { name: "strategy:x", holder: "me", ttl };
+    let guard = LeaseGuard { name: "strategy:x", holder: "me" };
     store.commit_strategy_execution(&d, 0, StrategyOutcome::Weights(vec![]), Some(guard), Utc::now()).await.unwrap();
+    // the commit gave the lease up
+    assert_eq!(store.lease_holder("strategy:x").await.unwrap(), None);
     let d = due_for(&store, &net).await;
-    store.release_lease("strategy:x", "me").await.unwrap();
     assert!(store.acquire_lease("strategy:x", "other", ttl).await.unwrap());
     let e = store.commit_strategy_execution(&d, 0, StrategyOutcome::Weights(vec![]), Some(guard), Utc::now()).await.unwrap_err();
     assert!(matches!(e, StoreError::Conflict(ref m) if m.contains("lease")), "{e:?}");
 });
+
+/// `database check` finds a kept result count that disagrees with the results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_result_counts_are_reported() {
+    let ts = alchemiscale_store::testing::sqlite().await;
+    let store = ts.store.clone();
+    let net = network(&store, "tamper", 2, "a-b-c", StrategyState::default()).await;
+    let tf = store.network_transformations(&net).await.unwrap().remove(0);
+    let task = create(&store, &tf, 1).await.remove(0);
+    store.record_result(&task, &result(&tf, 1, true)).await.unwrap();
+    assert!(store.inconsistencies().await.unwrap().is_empty());
+    let alchemiscale_store::StoreLocation::Sqlite { path } = &ts.location else { unreachable!() };
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("UPDATE transformation SET ok_results = 7").execute(&mut conn).await.unwrap();
+    let problems = store.inconsistencies().await.unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains(tf.gufe_key().as_str()) && p.ends_with("counts 7 successful results but has 1")), "{problems:?}");
+}

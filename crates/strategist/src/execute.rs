@@ -15,13 +15,13 @@
 //! is tried again in a later cycle.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alchemiscale_compute::StopHandle;
 use alchemiscale_model::strategy::normalise;
 use alchemiscale_objects::Objects;
-use alchemiscale_store::strategist::{DueStrategy, ExecutionReport, LeaseGuard, StrategyInputs, StrategyOutcome};
+use alchemiscale_store::strategist::{DueStrategy, ExecutionReport, LeaseGuard, StrategyGraph, StrategyInputs, StrategyOutcome};
 use alchemiscale_store::{Store, StoreError};
 
 use crate::cache::ResultCache;
@@ -42,13 +42,39 @@ pub struct Context {
     pub cache: Option<ResultCache>,
     /// This process's name in leases.
     pub holder: Arc<str>,
+    pub graphs: GraphCache,
+}
+
+/// Networks never change once stored, so their graphs are read once and kept, up to
+/// [`GraphCache::MAX_TRANSFORMATIONS`] transformations in all (then the cache starts
+/// over); each cycle reads only the result counts.
+#[derive(Clone, Default)]
+pub struct GraphCache(Arc<Mutex<(HashMap<i64, Arc<StrategyGraph>>, usize)>>);
+
+impl GraphCache {
+    /// About 100 MB of graphs.
+    pub const MAX_TRANSFORMATIONS: usize = 1_000_000;
+
+    async fn get(&self, store: &Store, network_id: i64) -> Result<Arc<StrategyGraph>, StoreError> {
+        if let Some(g) = self.0.lock().expect("graph cache lock").0.get(&network_id) {
+            return Ok(g.clone());
+        }
+        let graph = Arc::new(store.strategy_graph(network_id).await?);
+        let mut cache = self.0.lock().expect("graph cache lock");
+        if cache.1 + graph.transformations.len() > Self::MAX_TRANSFORMATIONS {
+            *cache = (HashMap::new(), 0);
+        }
+        cache.1 += graph.transformations.len();
+        cache.0.insert(network_id, graph.clone());
+        Ok(graph)
+    }
 }
 
 /// How an execution ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// Committed: what it did and the weights it used.
-    Committed { report: ExecutionReport, weights: WeightsSummary },
+    /// Committed: what it did, the weights it used, and where the time went.
+    Committed { report: ExecutionReport, weights: WeightsSummary, phases: Phases },
     /// A dormant strategy with no new results: nothing to do, nothing written.
     StillDormant,
     /// Another strategist process holds the network.
@@ -57,6 +83,19 @@ pub enum Ended {
     Discarded(String),
     /// The stores failed or the strategist is stopping; nothing written, tried again later.
     Skipped(String),
+}
+
+/// Milliseconds spent reading the network and its result counts, asking the strategy,
+/// and committing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    pub read_ms: f64,
+    pub weigh_ms: f64,
+    pub commit_ms: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// For the log line of an execution.
@@ -139,10 +178,13 @@ impl Context {
             Ok(false) => Ended::Busy,
             Err(e) => Ended::Skipped(format!("cannot take the network's lease: {e}")),
             Ok(true) => {
-                let lease = LeaseGuard { name: &lease_name, holder: &self.holder, ttl: Duration::from_secs(1) };
+                let lease = LeaseGuard { name: &lease_name, holder: &self.holder };
                 let ended = self.execute_held(due, native, lease, stop).await;
-                if let Err(e) = self.store.release_lease(&lease_name, &self.holder).await {
-                    tracing::warn!(network = %due.network, error = %e, "cannot release the network's lease (it runs out by itself)");
+                // a commit gives the lease up itself
+                if !matches!(ended, Ended::Committed { .. }) {
+                    if let Err(e) = self.store.release_lease(&lease_name, &self.holder).await {
+                        tracing::warn!(network = %due.network, error = %e, "cannot release the network's lease (it runs out by itself)");
+                    }
                 }
                 ended
             }
@@ -158,29 +200,42 @@ impl Context {
         stop: &StopHandle,
     ) -> Ended {
         let skipped = |what: &str, e: &dyn std::fmt::Display| Ended::Skipped(format!("{what}: {e}"));
+        let mut phases = Phases::default();
+        let t = Instant::now();
+        let graph = match self.graphs.get(&self.store, due.network_id).await {
+            Ok(graph) => graph,
+            Err(e) => return skipped("cannot read the network", &e),
+        };
         // §9.2 steps 1–2: the dormant short-cut needs only the count
-        let count = match self.store.strategy_result_count(due.network_id).await {
-            Ok(n) => n,
+        let ids: Vec<i64> = graph.transformations.iter().map(|t| t.id).collect();
+        let counts = match self.store.strategy_result_counts(&ids).await {
+            Ok(c) => c,
             Err(e) => return skipped("cannot count the network's results", &e),
         };
+        let count: i64 = counts.values().sum();
         if due.state.status == alchemiscale_model::status::StrategyStatus::Dormant && count == due.state.last_iteration_result_count {
             return Ended::StillDormant;
         }
-        let inputs = match self.store.strategy_inputs(due.network_id).await {
-            Ok(i) => i,
-            Err(e) => return skipped("cannot read the network", &e),
-        };
-        let count = inputs.result_count();
-        let weights = match self.weights(due, native, &inputs, stop).await {
-            Ok(w) => w,
+        let inputs = StrategyInputs::new(&graph, &counts);
+        phases.read_ms = ms(t);
+        let t = Instant::now();
+        let (outcome, summary) = match self.weights(due, native, &inputs, stop).await {
+            Ok(w) => {
+                let summary = WeightsSummary::of(&w);
+                (if w.iter().all(|w| w.1.is_none()) { StrategyOutcome::Dormant } else { StrategyOutcome::Weights(w) }, summary)
+            }
             Err(ProposeError::Transient(why)) => return Ended::Skipped(why),
-            Err(ProposeError::Strategy(e)) => return self.commit(due, count, failed(due, "asking the strategy for weights", e), lease).await,
+            Err(ProposeError::Strategy(e)) => (failed(due, "asking the strategy for weights", e), WeightsSummary::default()),
         };
-        let summary = WeightsSummary::of(&weights);
-        let outcome = if weights.iter().all(|w| w.1.is_none()) { StrategyOutcome::Dormant } else { StrategyOutcome::Weights(weights) };
-        match self.commit(due, count, outcome, lease).await {
-            Ended::Committed { report, .. } => Ended::Committed { report, weights: summary },
-            other => other,
+        phases.weigh_ms = ms(t);
+        let t = Instant::now();
+        match self.store.commit_strategy_execution(due, count, outcome, Some(lease), chrono::Utc::now()).await {
+            Ok(report) => {
+                phases.commit_ms = ms(t);
+                Ended::Committed { report, weights: summary, phases }
+            }
+            Err(StoreError::Conflict(why)) => Ended::Discarded(why),
+            Err(e) => Ended::Skipped(format!("cannot commit the execution: {e}")),
         }
     }
 
@@ -229,13 +284,6 @@ impl Context {
         Ok(weights)
     }
 
-    async fn commit(&self, due: &DueStrategy, count: i64, outcome: StrategyOutcome, lease: LeaseGuard<'_>) -> Ended {
-        match self.store.commit_strategy_execution(due, count, outcome, Some(lease), chrono::Utc::now()).await {
-            Ok(report) => Ended::Committed { report, weights: WeightsSummary::default() },
-            Err(StoreError::Conflict(why)) => Ended::Discarded(why),
-            Err(e) => Ended::Skipped(format!("cannot commit the execution: {e}")),
-        }
-    }
 }
 
 fn failed(due: &DueStrategy, step: &str, e: StrategyError) -> StrategyOutcome {

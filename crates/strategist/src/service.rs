@@ -74,7 +74,7 @@ pub struct Strategist {
 fn log(e: &Execution) {
     let ms = e.duration.as_secs_f64() * 1e3;
     match &e.ended {
-        Ended::Committed { report, weights } => {
+        Ended::Committed { report, weights, phases } => {
             let s = &report.state;
             match &s.exception {
                 Some((class, message)) => tracing::warn!(
@@ -86,6 +86,7 @@ fn log(e: &Execution) {
                     results = s.last_iteration_result_count, weighed = weights.weighed, null_weights = weights.null,
                     min_weight = weights.min.unwrap_or(0.0), max_weight = weights.max.unwrap_or(0.0),
                     created = report.created, actioned = report.actioned, cancelled = report.cancelled,
+                    read_ms = phases.read_ms, weigh_ms = phases.weigh_ms, commit_ms = phases.commit_ms,
                     "strategy executed"
                 ),
             }
@@ -115,7 +116,7 @@ impl Strategist {
         };
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
         let holder = format!("strategist-{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let context = Context { store, objects, python, cache, holder: holder.into() };
+        let context = Context { store, objects, python, cache, holder: holder.into(), graphs: Default::default() };
         let scopes = settings.scopes().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         Ok(Strategist::new(context, scopes, Duration::from_secs(settings.sleep_interval), settings.max_workers as usize))
     }

@@ -42,6 +42,12 @@ pub enum BenchCommand {
     /// (and --s3-endpoint …) to test S3. Last line: a JSON object with small_push_per_s,
     /// small_get_per_s, large_mb_per_s, backend ….
     Objects(super::bench_objects::ObjectsBench),
+    /// Strategist cycles over many large networks (default 100 x 2,000 transformations,
+    /// ConnectivityStrategy, full mode, half of each network's transformations holding a
+    /// result) on the selected store backend, against the store's bare read of the same
+    /// graphs and result counts measured in the same run. Last line: a JSON object with
+    /// cycle_s, networks, transformations, baseline_s, backend ….
+    Strategist(super::bench_strategist::StrategistBench),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +109,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Api(b) => super::bench_api::run(b).await,
         BenchCommand::Claims(b) => super::bench_claims::run(b).await,
         BenchCommand::Objects(b) => super::bench_objects::run(b).await,
+        BenchCommand::Strategist(b) => super::bench_strategist::run(b).await,
     }
 }
 

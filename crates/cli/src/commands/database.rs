@@ -17,8 +17,9 @@ pub enum DatabaseCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Verify the schema (every migration applied, every table and unique index present)
-    /// and that the object store is reachable and writable. Prints "No inconsistencies
+    /// Verify the schema (every migration applied, every table and unique index present),
+    /// the counts the store keeps (successful results per transformation), and that the
+    /// object store is reachable and writable. Prints "No inconsistencies
     /// found in database." or the reason and exits 1.
     Check {
         #[command(flatten)]
@@ -82,6 +83,10 @@ pub async fn run(cmd: DatabaseCommand, data_dir: &std::path::Path) -> anyhow::Re
             let status = store.schema_status().await?;
             if !status.is_current() {
                 bail!("{status}");
+            }
+            let problems = store.inconsistencies().await?;
+            if !problems.is_empty() {
+                bail!("{} inconsistencies found:\n{}", problems.len(), problems.join("\n"));
             }
             if !skip_objects {
                 let objects = objects.open(data_dir)?;

@@ -380,7 +380,7 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
     let strategist = match cmd.no_strategist {
         true => None,
         false => {
-            let (mut strategist_settings, warnings) = match &cmd.strategist_config {
+            let (strategist_settings, warnings) = match &cmd.strategist_config {
                 Some(path) => super::strategist::read_settings(Some(path)).map_err(anyhow::Error::msg)?,
                 None => (alchemiscale_strategist::Settings { sleep_interval: 60, ..Default::default() }, Vec::new()),
             };
