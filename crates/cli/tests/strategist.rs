@@ -95,7 +95,12 @@ impl Env {
         let executors = ExecutorConfig::new(BIN, vec!["compute".into(), "execute".into()], "python3");
         let service = Service::new(settings, executors).unwrap();
         let stop = service.stop_handle();
-        (stop, tokio::spawn(async move { service.run().await.unwrap(); }))
+        (
+            stop,
+            tokio::spawn(async move {
+                service.run().await.unwrap();
+            }),
+        )
     }
 
     /// Per transformation: (tasks actioned on `network`, tasks, successful results).
@@ -254,7 +259,9 @@ async fn bad_strategies_error_alone(backend: Backend) {
     let state = env.state(&bad).await;
     assert!(state["exception"][1].as_str().unwrap().contains("At least one of `max_runs` or `cutoff` must be set"), "{state}");
     // a class with no native implementation and no Python configured
-    let other = connectivity(", \"max_runs\": 3").replace("ConnectivityStrategy-", "MyStrategy-").replace("\"ConnectivityStrategy\"", "\"MyStrategy\"");
+    let other = connectivity(", \"max_runs\": 3")
+        .replace("ConnectivityStrategy-", "MyStrategy-")
+        .replace("\"ConnectivityStrategy\"", "\"MyStrategy\"");
     let body = format!(r#"{{"strategy": {other}, "mode": "full", "sleep_interval": 1}}"#);
     env.user.post_payload(&format!("/networks/{bad}/strategy"), alchemiscale_client::Payload::Json(body)).await.unwrap();
     strategist.cycle().await;

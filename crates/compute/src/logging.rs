@@ -69,7 +69,12 @@ pub fn filter(level: LevelFilter, crates: &[&str]) -> EnvFilter {
 
 /// Install the global subscriber for a service: standard error plus `logfile`.
 pub fn init(settings: &Settings, service_id: &str) -> Result<(), String> {
-    init_with(service_id, settings.log_level(), settings.logfile.as_deref(), &["alchemiscale_compute", "alchemiscale_client", "alchemiscale"])
+    init_with(
+        service_id,
+        settings.log_level(),
+        settings.logfile.as_deref(),
+        &["alchemiscale_compute", "alchemiscale_client", "alchemiscale"],
+    )
 }
 
 /// Install the global subscriber: lines in upstream's format tagged `id`, to standard

@@ -72,7 +72,8 @@ pub enum SettingsError {
     Invalid { key: &'static str, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
+/// The error for an invalid value of `key`.
+pub fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
     SettingsError::Invalid { key, message: message.into() }
 }
 

@@ -121,7 +121,13 @@ pub(crate) async fn redraw(conn: &mut AnyConnection, backend: Backend, tasks: &[
 /// A group's clocks: the largest rank among rows whose task is not waiting (claimed
 /// earlier), and the smallest among waiting rows, leaving out the tasks in `exclude` (a
 /// JSON array of ids) and weight-0 rows.
-async fn group_clocks(conn: &mut AnyConnection, backend: Backend, hub: i64, priority: i64, exclude: &str) -> Result<(Option<f64>, Option<f64>)> {
+async fn group_clocks(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    hub: i64,
+    priority: i64,
+    exclude: &str,
+) -> Result<(Option<f64>, Option<f64>)> {
     let sql = dialect(
         backend,
         &format!(
@@ -138,7 +144,13 @@ async fn group_clocks(conn: &mut AnyConnection, backend: Backend, hub: i64, prio
 /// Ranks for rows about to be actioned on `hub` with `weight`, one per (task, priority):
 /// clocks started at their group's current time, as [`redraw`] with [`Entry::Fresh`]
 /// would draw them after the insert — without the read-back and update.
-pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64)], weight: f64) -> Result<Vec<f64>> {
+pub(crate) async fn fresh_ranks(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    hub: i64,
+    tasks: &[(i64, i64)],
+    weight: f64,
+) -> Result<Vec<f64>> {
     let mut times: HashMap<i64, f64> = HashMap::new();
     for &(_, priority) in tasks {
         if let std::collections::hash_map::Entry::Vacant(e) = times.entry(priority) {

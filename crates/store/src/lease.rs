@@ -52,7 +52,8 @@ impl Store {
              RETURNING holder",
         );
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(&sql).bind(name).bind(holder).bind(now.saturating_add(micros(ttl))).bind(now).fetch_optional(&mut *tx).await?;
+        let row =
+            sqlx::query(&sql).bind(name).bind(holder).bind(now.saturating_add(micros(ttl))).bind(now).fetch_optional(&mut *tx).await?;
         tx.commit().await?;
         Ok(row.is_some())
     }

@@ -16,9 +16,7 @@ use alchemiscale_model::{GufeKey, Scope, ScopedKey};
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
-use crate::db::{
-    bind, dialect, fetch_json_rows, get_i64, get_str, json_id_list, json_ids, json_rows_select, Arg,
-};
+use crate::db::{bind, dialect, fetch_json_rows, get_i64, get_str, json_id_list, json_ids, json_rows_select, Arg};
 use crate::error::{Result, StoreError};
 use crate::lease::release_in;
 use crate::queries::scope_condition;
@@ -60,49 +58,23 @@ pub struct StrategyGraph {
     pub transformations: Vec<GraphTransformation>,
 }
 
-/// One transformation of a network, as strategies see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransformationInput {
-    pub id: i64,
-    pub key: GufeKey,
-    /// End states (chemical system row ids); equal for a NonTransformation.
-    pub state_a: i64,
-    pub state_b: i64,
-    /// Successful results (distinct ProtocolDAGResultRefs over all its tasks).
-    pub results: i64,
-}
-
 /// A network's graph and result counts (model.md §9.2 steps 1 and 3 without downloads).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StrategyInputs {
-    /// Chemical system row ids (the network's nodes).
-    pub nodes: Vec<i64>,
-    /// Ordered by row id.
-    pub transformations: Vec<TransformationInput>,
+    pub graph: StrategyGraph,
+    /// Successful results by transformation row id (only those with any).
+    pub counts: HashMap<i64, i64>,
 }
 
 impl StrategyInputs {
-    /// The graph with the result counts (by transformation row id) filled in.
-    pub fn new(graph: &StrategyGraph, counts: &HashMap<i64, i64>) -> StrategyInputs {
-        StrategyInputs {
-            nodes: graph.nodes.clone(),
-            transformations: graph
-                .transformations
-                .iter()
-                .map(|t| TransformationInput {
-                    id: t.id,
-                    key: t.key.clone(),
-                    state_a: t.state_a,
-                    state_b: t.state_b,
-                    results: counts.get(&t.id).copied().unwrap_or(0),
-                })
-                .collect(),
-        }
+    /// Successful results of one transformation.
+    pub fn results(&self, transformation: i64) -> i64 {
+        self.counts.get(&transformation).copied().unwrap_or(0)
     }
 
     /// §9.2 step 1: successful results over the network's transformations.
     pub fn result_count(&self) -> i64 {
-        self.transformations.iter().map(|t| t.results).sum()
+        self.counts.values().sum()
     }
 }
 
@@ -289,7 +261,7 @@ impl Store {
         let graph = self.strategy_graph(network_id).await?;
         let ids: Vec<i64> = graph.transformations.iter().map(|t| t.id).collect();
         let counts = self.strategy_result_counts(&ids).await?;
-        Ok(StrategyInputs::new(&graph, &counts))
+        Ok(StrategyInputs { graph, counts })
     }
 
     /// The successful results of a network's transformations, for strategies that gather
@@ -311,7 +283,13 @@ impl Store {
             fetch_json_rows(&mut conn, &sql, &[Arg::I64(network_id)]).await?;
         let mut out: Vec<ResultRef> = rows
             .into_iter()
-            .map(|(transformation, obj_key, location, content_sha256, size)| ResultRef { transformation, obj_key, location, content_sha256, size })
+            .map(|(transformation, obj_key, location, content_sha256, size)| ResultRef {
+                transformation,
+                obj_key,
+                location,
+                content_sha256,
+                size,
+            })
             .collect();
         out.sort_by(|a, b| (&a.transformation, &a.obj_key).cmp(&(&b.transformation, &b.obj_key)));
         Ok(out)
@@ -370,7 +348,10 @@ impl Store {
             StrategyOutcome::Dormant => {
                 state.status = StrategyStatus::Dormant;
                 if state.mode == StrategyMode::Full {
-                    let rows = sqlx::query("SELECT task_id FROM task_action WHERE network_id = $1").bind(due.network_id).fetch_all(&mut *tx).await?;
+                    let rows = sqlx::query("SELECT task_id FROM task_action WHERE network_id = $1")
+                        .bind(due.network_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
                     let ids: Vec<Arg> = rows.iter().map(|r| get_i64(r, 0).map(Arg::I64)).collect::<Result<_>>()?;
                     cancel_on_hub(&mut tx, self.backend, due.network_id, &ids).await?;
                     report.cancelled = ids.len();
@@ -476,7 +457,8 @@ async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrateg
             actions.push((get_i64(r, 0)?, get_i64(r, 1)?));
         }
     }
-    let new: Vec<NewTask> = planned.create.iter().map(|&tf| NewTask { transformation_id: tf, scope: due.network.scope(), extends_id: None }).collect();
+    let new: Vec<NewTask> =
+        planned.create.iter().map(|&tf| NewTask { transformation_id: tf, scope: due.network.scope(), extends_id: None }).collect();
     // new tasks have priority 10
     actions.extend(insert_tasks(conn, backend, &new, None).await?.into_iter().map(|(id, _)| (id, 10)));
     action_on_hub(conn, backend, hub, &actions).await?;

@@ -178,7 +178,16 @@ pub(crate) async fn insert_tasks(
     let mut rows = Vec::with_capacity(new.len());
     for t in new {
         let key = ScopedKey::new(new_task_key(), t.scope.clone()).map_err(|e| StoreError::Invalid(format!("cannot key a task: {e}")))?;
-        rows.push(serde_json::json!([key.gufe_key().as_str(), key.org(), key.campaign(), key.project(), t.transformation_id, t.extends_id, creator, now]));
+        rows.push(serde_json::json!([
+            key.gufe_key().as_str(),
+            key.org(),
+            key.campaign(),
+            key.project(),
+            t.transformation_id,
+            t.extends_id,
+            creator,
+            now
+        ]));
         keys.push(key);
     }
     let sql = dialect(

@@ -28,11 +28,8 @@ fn strategy_chain(token: &str) -> String {
 
 /// A network of `n` transformations over 4 systems in `scope`, with a strategy in `state`.
 async fn network(store: &Store, tag: &str, n: usize, scope_text: &str, state: StrategyState) -> ScopedKey {
-    let net = store
-        .create_network(&chain_of(&network_chain_json(4, n, tag)), &scope(scope_text), NetworkState::Active)
-        .await
-        .unwrap()
-        .network;
+    let net =
+        store.create_network(&chain_of(&network_chain_json(4, n, tag)), &scope(scope_text), NetworkState::Active).await.unwrap().network;
     let token = format!("{:032x}", tag.bytes().fold(7u128, |a, b| a * 31 + b as u128));
     store.set_network_strategy(&net, Some(&chain_of(&strategy_chain(&token))), state).await.unwrap();
     net
@@ -132,13 +129,13 @@ store_test!(inputs_are_the_graph_and_successful_result_counts, |store| async mov
     let net = network(&store, "inputs", 5, "a-b-c", StrategyState::default()).await;
     let d = due_for(&store, &net).await;
     let inputs = store.strategy_inputs(d.network_id).await.unwrap();
-    assert_eq!(inputs.nodes.len(), 4);
-    assert_eq!(inputs.transformations.len(), 5);
-    assert!(inputs.transformations.iter().all(|t| t.state_a != t.state_b && t.results == 0));
+    assert_eq!(inputs.graph.nodes.len(), 4);
+    assert_eq!(inputs.graph.transformations.len(), 5);
+    assert!(inputs.graph.transformations.iter().all(|t| t.state_a != t.state_b && inputs.results(t.id) == 0));
     assert_eq!(inputs.result_count(), 0);
 
     let mut tfs = store.network_transformations(&net).await.unwrap();
-    tfs.sort_by_key(|t| inputs.transformations.iter().position(|i| &i.key == t.gufe_key()).unwrap());
+    tfs.sort_by_key(|t| inputs.graph.transformations.iter().position(|i| &i.key == t.gufe_key()).unwrap());
     // tf 0: two successes on two tasks and a failure; tf 1: one success
     let t0 = create(&store, &tfs[0], 3).await;
     store.record_result(&t0[0], &result(&tfs[0], 1, true)).await.unwrap();
@@ -147,10 +144,18 @@ store_test!(inputs_are_the_graph_and_successful_result_counts, |store| async mov
     let t1 = create(&store, &tfs[1], 1).await;
     store.record_result(&t1[0], &result(&tfs[1], 4, true)).await.unwrap();
     let inputs = store.strategy_inputs(d.network_id).await.unwrap();
-    let counts: Vec<i64> = inputs.transformations.iter().map(|t| t.results).collect();
+    let counts: Vec<i64> = inputs.graph.transformations.iter().map(|t| inputs.results(t.id)).collect();
     assert_eq!(counts, vec![2, 1, 0, 0, 0]);
     assert_eq!(inputs.result_count(), 3);
-    assert_eq!(store.strategy_result_counts(&inputs.transformations.iter().map(|t| t.id).collect::<Vec<_>>()).await.unwrap().values().sum::<i64>(), 3);
+    assert_eq!(
+        store
+            .strategy_result_counts(&inputs.graph.transformations.iter().map(|t| t.id).collect::<Vec<_>>())
+            .await
+            .unwrap()
+            .values()
+            .sum::<i64>(),
+        3
+    );
     // the same reference recorded for another task of the transformation counts once
     let again = create(&store, &tfs[0], 1).await;
     let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
@@ -158,7 +163,11 @@ store_test!(inputs_are_the_graph_and_successful_result_counts, |store| async mov
     let k1 = store.record_result_at(&first[0], &result(&tfs[0], 9, true), at).await.unwrap();
     let k2 = store.record_result_at(&again[0], &result(&tfs[0], 9, true), at).await.unwrap();
     assert_eq!(k1, k2);
-    assert_eq!(store.strategy_result_counts(&inputs.transformations.iter().map(|t| t.id).collect::<Vec<_>>()).await.unwrap()[&inputs.transformations[0].id], 3);
+    assert_eq!(
+        store.strategy_result_counts(&inputs.graph.transformations.iter().map(|t| t.id).collect::<Vec<_>>()).await.unwrap()
+            [&inputs.graph.transformations[0].id],
+        3
+    );
     assert_eq!(store.inconsistencies().await.unwrap(), Vec::<String>::new());
     let refs = store.strategy_result_refs(d.network_id).await.unwrap();
     assert_eq!(refs.len(), 4);
@@ -171,9 +180,9 @@ store_test!(weights_become_tasks, |store| async move {
     let net = network(&store, "weights", 4, "a-b-c", state).await;
     let d = due_for(&store, &net).await;
     let inputs = store.strategy_inputs(d.network_id).await.unwrap();
-    let ids: Vec<i64> = inputs.transformations.iter().map(|t| t.id).collect();
+    let ids: Vec<i64> = inputs.graph.transformations.iter().map(|t| t.id).collect();
     let mut tfs = store.network_transformations(&net).await.unwrap();
-    tfs.sort_by_key(|t| inputs.transformations.iter().position(|i| &i.key == t.gufe_key()).unwrap());
+    tfs.sort_by_key(|t| inputs.graph.transformations.iter().position(|i| &i.key == t.gufe_key()).unwrap());
 
     // tf 1 has a running task (not actioned here) and a waiting one; tf 2 has an errored task
     let t1 = create(&store, &tfs[1], 2).await;
@@ -225,7 +234,7 @@ store_test!(weights_become_tasks, |store| async move {
 store_test!(dormant_and_failed_outcomes, |store| async move {
     let net = network(&store, "dormant", 3, "a-b-c", StrategyState { mode: StrategyMode::Full, ..Default::default() }).await;
     let d = due_for(&store, &net).await;
-    let ids: Vec<i64> = store.strategy_inputs(d.network_id).await.unwrap().transformations.iter().map(|t| t.id).collect();
+    let ids: Vec<i64> = store.strategy_inputs(d.network_id).await.unwrap().graph.transformations.iter().map(|t| t.id).collect();
     let weights = ids.iter().map(|&i| (i, Some(1.0))).collect();
     store.commit_strategy_execution(&d, 0, StrategyOutcome::Weights(weights), None, Utc::now()).await.unwrap();
     assert_eq!(store.network_actioned_tasks(&net).await.unwrap().len(), 9);
@@ -256,7 +265,7 @@ store_test!(dormant_and_failed_outcomes, |store| async move {
 store_test!(edits_while_running_win, |store| async move {
     let net = network(&store, "edits", 3, "a-b-c", StrategyState::default()).await;
     let d = due_for(&store, &net).await;
-    let ids: Vec<i64> = store.strategy_inputs(d.network_id).await.unwrap().transformations.iter().map(|t| t.id).collect();
+    let ids: Vec<i64> = store.strategy_inputs(d.network_id).await.unwrap().graph.transformations.iter().map(|t| t.id).collect();
     let weights = StrategyOutcome::Weights(ids.iter().map(|&i| (i, Some(1.0))).collect());
 
     // the user changes the state while the execution runs: the execution is discarded
@@ -302,5 +311,8 @@ async fn tampered_result_counts_are_reported() {
     sqlx::query("UPDATE transformation SET ok_results = 7").execute(&mut conn).await.unwrap();
     let problems = store.inconsistencies().await.unwrap();
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains(tf.gufe_key().as_str()) && p.ends_with("counts 7 successful results but has 1")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains(tf.gufe_key().as_str()) && p.ends_with("counts 7 successful results but has 1")),
+        "{problems:?}"
+    );
 }

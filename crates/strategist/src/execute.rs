@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use alchemiscale_compute::StopHandle;
 use alchemiscale_model::strategy::normalise;
 use alchemiscale_objects::Objects;
-use alchemiscale_store::strategist::{DueStrategy, ExecutionReport, LeaseGuard, StrategyGraph, StrategyInputs, StrategyOutcome};
+use alchemiscale_store::strategist::{DueStrategy, ExecutionReport, LeaseGuard, StrategyGraph, StrategyOutcome};
 use alchemiscale_store::{Store, StoreError};
 
 use crate::cache::ResultCache;
@@ -127,10 +127,16 @@ pub struct Execution {
     pub duration: Duration,
 }
 
-/// The graph of `inputs` (node indices by system row id).
-pub fn graph_of(inputs: &StrategyInputs) -> (Graph, Vec<u64>) {
-    let mut index: HashMap<i64, usize> = HashMap::with_capacity(inputs.nodes.len());
-    for &n in &inputs.nodes {
+/// The lease a network's executions take (see `alchemiscale_store` leases).
+pub fn lease_name(network_id: i64) -> String {
+    format!("strategy:{network_id}")
+}
+
+/// The graph strategies work on (node indices by system row id) and each edge's number
+/// of successful results.
+pub fn graph_of(network: &StrategyGraph, counts: &HashMap<i64, i64>) -> (Graph, Vec<u64>) {
+    let mut index: HashMap<i64, usize> = HashMap::with_capacity(network.nodes.len());
+    for &n in &network.nodes {
         let next = index.len();
         index.entry(n).or_insert(next);
     }
@@ -138,8 +144,8 @@ pub fn graph_of(inputs: &StrategyInputs) -> (Graph, Vec<u64>) {
         let next = index.len();
         *index.entry(id).or_insert(next)
     };
-    let edges: Vec<Edge> = inputs.transformations.iter().map(|t| Edge { a: node(t.state_a), b: node(t.state_b) }).collect();
-    let results = inputs.transformations.iter().map(|t| t.results.max(0) as u64).collect();
+    let edges: Vec<Edge> = network.transformations.iter().map(|t| Edge { a: node(t.state_a), b: node(t.state_b) }).collect();
+    let results = network.transformations.iter().map(|t| counts.get(&t.id).copied().unwrap_or(0).max(0) as u64).collect();
     (Graph { nodes: index.len(), edges }, results)
 }
 
@@ -173,7 +179,7 @@ impl Context {
             (None, Some(p)) => p.timeout + Duration::from_secs(60),
             _ => NATIVE_LEASE,
         };
-        let lease_name = format!("strategy:{}", due.network_id);
+        let lease_name = lease_name(due.network_id);
         let ended = match self.store.acquire_lease(&lease_name, &self.holder, ttl).await {
             Ok(false) => Ended::Busy,
             Err(e) => Ended::Skipped(format!("cannot take the network's lease: {e}")),
@@ -216,10 +222,10 @@ impl Context {
         if due.state.status == alchemiscale_model::status::StrategyStatus::Dormant && count == due.state.last_iteration_result_count {
             return Ended::StillDormant;
         }
-        let inputs = StrategyInputs::new(&graph, &counts);
+
         phases.read_ms = ms(t);
         let t = Instant::now();
-        let (outcome, summary) = match self.weights(due, native, &inputs, stop).await {
+        let (outcome, summary) = match self.weights(due, native, &graph, &counts, stop).await {
             Ok(w) => {
                 let summary = WeightsSummary::of(&w);
                 (if w.iter().all(|w| w.1.is_none()) { StrategyOutcome::Dormant } else { StrategyOutcome::Weights(w) }, summary)
@@ -244,14 +250,15 @@ impl Context {
         &self,
         due: &DueStrategy,
         native: Option<Result<NativeStrategy, StrategyError>>,
-        inputs: &StrategyInputs,
+        network: &StrategyGraph,
+        counts: &HashMap<i64, i64>,
         stop: &StopHandle,
     ) -> Result<Vec<(i64, Option<f64>)>, ProposeError> {
         let mut weights: Vec<(i64, Option<f64>)> = match native {
             Some(strategy) => {
                 let strategy = strategy?;
-                let (graph, results) = graph_of(inputs);
-                inputs.transformations.iter().map(|t| t.id).zip(strategy.weights(&graph, &results)).collect()
+                let (graph, results) = graph_of(network, counts);
+                network.transformations.iter().map(|t| t.id).zip(strategy.weights(&graph, &results)).collect()
             }
             None => {
                 let Some(python) = &self.python else {
@@ -267,23 +274,25 @@ impl Context {
                     .into());
                 };
                 let raw = propose(python, &self.store, self.objects.as_ref(), self.cache.as_ref(), due, stop).await?;
-                let ids: HashMap<&str, i64> = inputs.transformations.iter().map(|t| (t.key.as_str(), t.id)).collect();
+                let ids: HashMap<&str, i64> = network.transformations.iter().map(|t| (t.key.as_str(), t.id)).collect();
                 let mut out = Vec::with_capacity(raw.len());
                 for (key, w) in raw {
                     let id = ids.get(key.as_str()).ok_or_else(|| {
-                        StrategyError::new("KeyError", format!("the strategy weighed {key}, which is not a transformation of network {}", due.network))
+                        StrategyError::new(
+                            "KeyError",
+                            format!("the strategy weighed {key}, which is not a transformation of network {}", due.network),
+                        )
                     })?;
                     out.push((*id, w));
                 }
                 out
             }
         };
-        let keys: HashMap<i64, &str> = inputs.transformations.iter().map(|t| (t.id, t.key.as_str())).collect();
+        let keys: HashMap<i64, &str> = network.transformations.iter().map(|t| (t.id, t.key.as_str())).collect();
         normalise(weights.iter_mut().map(|(id, w)| (keys.get(id).copied().unwrap_or(""), w)))
             .map_err(|e| StrategyError::new(e.exception_class(), e.to_string()))?;
         Ok(weights)
     }
-
 }
 
 fn failed(due: &DueStrategy, step: &str, e: StrategyError) -> StrategyOutcome {

@@ -57,7 +57,8 @@ impl<'a> SettingsReader<'a> {
         if settings.is_null() {
             return Err(StrategyError::validation(model, "settings", "Input should be a valid dictionary"));
         }
-        let fields = settings.as_object().ok_or_else(|| StrategyError::validation(model, "settings", "Input should be a valid dictionary"))?;
+        let fields =
+            settings.as_object().ok_or_else(|| StrategyError::validation(model, "settings", "Input should be a valid dictionary"))?;
         Ok(SettingsReader { model, fields: Some(fields), errors: Vec::new() })
     }
 
@@ -117,10 +118,7 @@ impl<'a> SettingsReader<'a> {
         }
         let n = self.errors.len();
         let plural = if n == 1 { "" } else { "s" };
-        Err(StrategyError::new(
-            "ValidationError",
-            format!("{n} validation error{plural} for {}\n{}", self.model, self.errors.join("\n")),
-        ))
+        Err(StrategyError::new("ValidationError", format!("{n} validation error{plural} for {}\n{}", self.model, self.errors.join("\n"))))
     }
 }
 

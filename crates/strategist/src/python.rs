@@ -74,7 +74,8 @@ pub async fn propose(
     due: &DueStrategy,
     stop: &StopHandle,
 ) -> Result<Vec<(String, Option<f64>)>, ProposeError> {
-    let dir = tempfile::Builder::new().prefix("alchemiscale-strategy-").tempdir().map_err(|e| transient("cannot create a work directory")(&e))?;
+    let dir =
+        tempfile::Builder::new().prefix("alchemiscale-strategy-").tempdir().map_err(|e| transient("cannot create a work directory")(&e))?;
     let d = dir.path();
     let strategy = store.get_network_strategy(&due.network).await.map_err(|e| transient("cannot read the strategy")(&e))?;
     let strategy = strategy.ok_or_else(|| ProposeError::Transient("the strategy was removed".into()))?;
@@ -135,7 +136,8 @@ async fn stage_results(
         let blob = match cache.and_then(|c| c.get(&r.obj_key)) {
             Some(b) => b,
             None => {
-                let location = r.location.as_deref().ok_or_else(|| ProposeError::Transient(format!("result {} has no location", r.obj_key)))?;
+                let location =
+                    r.location.as_deref().ok_or_else(|| ProposeError::Transient(format!("result {} has no location", r.obj_key)))?;
                 let b = objects
                     .get_verified(location, r.content_sha256.as_deref(), r.size)
                     .await
@@ -147,7 +149,8 @@ async fn stage_results(
                 b
             }
         };
-        let text = zstd_decompress(&blob, MAX_RESULT_BYTES).map_err(|e| transient(&format!("cannot decompress result {}", r.obj_key))(&e))?;
+        let text =
+            zstd_decompress(&blob, MAX_RESULT_BYTES).map_err(|e| transient(&format!("cannot decompress result {}", r.obj_key))(&e))?;
         let name = format!("results/{i}.json");
         std::fs::write(dir.join(&name), text).map_err(|e| transient("cannot write the work directory")(&e))?;
         manifest.entry(r.transformation.clone()).or_default().push(name);

@@ -101,7 +101,11 @@ fn log(e: &Execution) {
 impl Strategist {
     /// A strategist over these stores with `settings` (the cache directory is created
     /// when Python strategies are configured and `use_local_cache` is on).
-    pub fn from_settings(store: alchemiscale_store::Store, objects: Option<alchemiscale_objects::Objects>, settings: &Settings) -> std::io::Result<Strategist> {
+    pub fn from_settings(
+        store: alchemiscale_store::Store,
+        objects: Option<alchemiscale_objects::Objects>,
+        settings: &Settings,
+    ) -> std::io::Result<Strategist> {
         let python = settings.python.as_ref().map(|interpreter| PythonConfig {
             interpreter: interpreter.clone(),
             timeout: settings.python_timeout(),

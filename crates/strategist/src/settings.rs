@@ -44,17 +44,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "python_env",
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("invalid settings file: {0}")]
-    Yaml(String),
-    #[error("invalid setting `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid { key, message: message.into() }
-}
+pub use alchemiscale_compute::settings::{invalid, SettingsError};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Settings {
@@ -142,8 +132,11 @@ impl Settings {
             serde_yaml_ng::Value::Null => {}
             _ => return Err(SettingsError::Yaml("the settings file must be a mapping of keys to values".into())),
         }
-        let settings: Settings =
-            if doc.is_null() { Settings::default() } else { serde_yaml_ng::from_value(doc).map_err(|e| SettingsError::Yaml(e.to_string()))? };
+        let settings: Settings = if doc.is_null() {
+            Settings::default()
+        } else {
+            serde_yaml_ng::from_value(doc).map_err(|e| SettingsError::Yaml(e.to_string()))?
+        };
         settings.validate()?;
         Ok((settings, warnings))
     }

@@ -99,6 +99,8 @@ class Standin(Generic):
             return Proposal({"Transformation-00000000000000000000000000000000": 1.0})
         if b == "nan":
             return Proposal({t.key: float("nan") for t in network.edges})
+        if b == "zeros":
+            return Proposal({t.key: 0.0 for t in network.edges})
         if b == "slow":
             time.sleep(s["seconds"])
         print("chatter on standard output " * 100)
@@ -124,7 +126,8 @@ fn scope() -> Scope {
 }
 
 fn standin(behaviour: &str, extra: &str) -> String {
-    let token = format!("{behaviour}{extra}").bytes().fold(0xcbf2_9ce4_8422_2325u128, |h, b| (h ^ b as u128).wrapping_mul(0x0100_0000_01b3));
+    let token =
+        format!("{behaviour}{extra}").bytes().fold(0xcbf2_9ce4_8422_2325u128, |h, b| (h ^ b as u128).wrapping_mul(0x0100_0000_01b3));
     format!(
         r#"[["Standin-{token:032x}", {{"settings": {{"behaviour": "{behaviour}", "max_runs": 2{extra}}}, "__qualname__": "Standin", "__module__": "standin", ":version:": 1}}]]"#
     )
@@ -151,10 +154,12 @@ async fn network(store: &Store, objects: &Objects, tag: &str, strategy: &str, re
         let location = format!("protocoldagresult/py/campaign/project/{}/results/{obj_key}/obj.json.zst", tfs[0].gufe_key());
         let blob = zstd_compress(text.as_bytes());
         let sha = objects.put(&location, blob.clone().into()).await.unwrap();
-        let r = RecordedResult { obj_key, ok: true, location, content_sha256: sha, size: blob.len() as i64, creator: None, tracebacks: None };
+        let r =
+            RecordedResult { obj_key, ok: true, location, content_sha256: sha, size: blob.len() as i64, creator: None, tracebacks: None };
         store.record_result(&task, &r).await.unwrap();
     }
-    let state = StrategyState { mode: StrategyMode::Full, task_scaling: StrategyTaskScaling::Linear, sleep_interval: 1, ..Default::default() };
+    let state =
+        StrategyState { mode: StrategyMode::Full, task_scaling: StrategyTaskScaling::Linear, sleep_interval: 1, ..Default::default() };
     store.set_network_strategy(&net, Some(&chain(strategy)), state).await.unwrap();
     (net, tfs)
 }
@@ -190,16 +195,17 @@ async fn python_strategies(store: Store) {
     // -> 0.5 normalised -> linear M = 3: floor(2.5) = 2 tasks
     let (good, good_tfs) = network(&store, objects, "good", &standin("weights", ""), 2).await;
     let mut failing = Vec::new();
-    for b in ["crash", "hang", "die", "garbage", "stranger", "nan"] {
+    for b in ["crash", "hang", "die", "garbage", "stranger", "nan", "zeros"] {
         failing.push((b, network(&store, objects, b, &standin(b, ""), 0).await));
     }
     // (a 10 s cycle: the re-query while the hanging one runs finds nothing new)
     let s = strategist(&store, objects, path.path(), cache.path(), 3.0, 10).cycle().await;
-    assert_eq!((s.due, s.committed, s.errored), (7, 7, 6), "{s:?}");
+    assert_eq!((s.due, s.committed, s.errored), (8, 8, 7), "{s:?}");
     assert_eq!(actioned_per_tf(&store, &good, &good_tfs).await, vec![0, 2, 2]);
     let state = store.get_strategy_state(&good).await.unwrap().unwrap();
     assert_eq!((state.status.as_str(), state.last_iteration_result_count), ("awake", 2));
-    let cached = std::fs::read_dir(cache.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".zst")).count();
+    let cached =
+        std::fs::read_dir(cache.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".zst")).count();
     assert_eq!(cached, 2, "both results were downloaded into the cache");
 
     for (behaviour, (net, tfs)) in &failing {
@@ -217,6 +223,7 @@ async fn python_strategies(store: Store) {
             "garbage" => assert!(class == "ValueError" && message.contains("no valid answer"), "{class}: {message}"),
             "stranger" => assert!(class == "KeyError" && message.contains("not a transformation of network"), "{class}: {message}"),
             "nan" => assert!(class == "ValueError" && message.contains("not a finite number"), "{class}: {message}"),
+            "zeros" => assert!(class == "ZeroDivisionError" && message.contains("sum to zero"), "{class}: {message}"),
             _ => unreachable!(),
         }
         assert_eq!(actioned_per_tf(&store, net, tfs).await, vec![0, 0, 0], "{behaviour}: nothing else changes");

@@ -120,11 +120,7 @@ pub async fn run(b: StrategistBench) -> anyhow::Result<()> {
     for i in 0..b.networks {
         let text = network_chain_json(b.systems, b.transformations, &format!("strategist{i}"));
         let net = store.create_network(&KeyedChain::from_value(parse(&text)?)?, &scope, NetworkState::Active).await?.network;
-        let state = StrategyState {
-            mode: alchemiscale_model::status::StrategyMode::Full,
-            sleep_interval: 1,
-            ..Default::default()
-        };
+        let state = StrategyState { mode: alchemiscale_model::status::StrategyMode::Full, sleep_interval: 1, ..Default::default() };
         store.set_network_strategy(&net, Some(&chain), state).await?;
         networks.push(net);
     }
@@ -142,7 +138,8 @@ pub async fn run(b: StrategistBench) -> anyhow::Result<()> {
     println!("  set-up: {completed} tasks completed with a result in {:.1} s", t.elapsed().as_secs_f64());
 
     // baseline: the store's bare read of the same graphs and result counts
-    let ids: Vec<i64> = store.due_strategies(&[], 0, chrono::Utc::now() + chrono::Duration::days(1)).await?.iter().map(|d| d.network_id).collect();
+    let ids: Vec<i64> =
+        store.due_strategies(&[], 0, chrono::Utc::now() + chrono::Duration::days(1)).await?.iter().map(|d| d.network_id).collect();
     ensure!(ids.len() == b.networks, "every strategy should be due");
     let t = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(b.max_workers as usize));
@@ -163,7 +160,10 @@ pub async fn run(b: StrategistBench) -> anyhow::Result<()> {
 
     let (cycle_s, measured) = timed_cycle(&strategist).await?;
     let (steady_s, steady) = timed_cycle(&strategist).await?;
-    println!("  baseline: bare read of graphs and counts      {baseline_s:>8.3} s  ({:.1} ms per network)", baseline_s * 1e3 / b.networks as f64);
+    println!(
+        "  baseline: bare read of graphs and counts      {baseline_s:>8.3} s  ({:.1} ms per network)",
+        baseline_s * 1e3 / b.networks as f64
+    );
     println!(
         "  cycle with new results                        {cycle_s:>8.3} s  ({:.1} ms per network, {:.1}x the baseline; {} tasks created)",
         cycle_s * 1e3 / b.networks as f64,
@@ -192,7 +192,7 @@ pub async fn run(b: StrategistBench) -> anyhow::Result<()> {
         "cycle_vs_baseline": cycle_s / baseline_s,
         "per_network_ms": cycle_s * 1e3 / b.networks as f64,
     });
-    if std::env::var("KEEP_SCHEMA").is_ok() { println!("kept {}", store.location()); std::mem::forget(bench); } else { bench.close().await?; }
+    bench.close().await?;
     println!("{summary}");
     Ok(())
 }
