@@ -135,6 +135,27 @@ pub(crate) fn json_id_list(backend: Backend, n: usize) -> String {
     }
 }
 
+/// `{col}` is one of the ids bound as parameter `$n` (see [`ids_param`]): on PostgreSQL
+/// an array, whose length the planner sees, so it probes the index for each id instead of
+/// guessing and scanning the table; on SQLite a JSON array.
+pub(crate) fn in_ids(backend: Backend, col: &str, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("{col} IN (SELECT value FROM json_each(${n}))"),
+        Backend::Postgres => format!("{col} = ANY(CAST(${n} AS BIGINT[]))"),
+    }
+}
+
+/// The parameter for [`in_ids`].
+pub(crate) fn ids_param(backend: Backend, ids: &[i64]) -> Arg {
+    match backend {
+        Backend::Sqlite => Arg::Text(json_ids(ids)),
+        Backend::Postgres => {
+            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+            Arg::Text(format!("{{{}}}", list.join(",")))
+        }
+    }
+}
+
 /// `SELECT <one JSON text: an array of [cols…] rows> FROM …`: bulk reads aggregate their
 /// rows into a single JSON value in the database, which is much cheaper to move through
 /// the driver than thousands of rows (sqlx's SQLite driver hands rows over one by one).

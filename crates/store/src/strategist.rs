@@ -16,7 +16,7 @@ use alchemiscale_model::{GufeKey, Scope, ScopedKey};
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
-use crate::db::{bind, dialect, fetch_json_rows, get_i64, get_str, json_id_list, json_ids, json_rows_select, Arg};
+use crate::db::{bind, dialect, fetch_json_rows, get_i64, get_str, ids_param, in_ids, json_rows_select, Arg};
 use crate::error::{Result, StoreError};
 use crate::lease::release_in;
 use crate::queries::scope_condition;
@@ -205,14 +205,14 @@ impl Store {
         )
         .await?;
         let by_ids = |cols: &str, table: &str, id_col: &str| {
-            dialect(b, &format!("{} FROM {table} WHERE {id_col} IN ({})", json_rows_select(b, cols), json_id_list(b, 1)))
+            dialect(b, &format!("{} FROM {table} WHERE {}", json_rows_select(b, cols), in_ids(b, id_col, 1)))
         };
         let keys: Vec<(i64, String)> =
-            fetch_json_rows(&mut tx, &by_ids("id, gufe_key", "gufe_object", "id"), &[Arg::Text(json_ids(&ids))]).await?;
+            fetch_json_rows(&mut tx, &by_ids("id, gufe_key", "gufe_object", "id"), &[ids_param(b, &ids)]).await?;
         let ends: Vec<(i64, String, i64)> = fetch_json_rows(
             &mut tx,
             &by_ids("transformation_id, attribute, system_id", "transformation_system", "transformation_id"),
-            &[Arg::Text(json_ids(&ids))],
+            &[ids_param(b, &ids)],
         )
         .await?;
         tx.commit().await?;
@@ -246,13 +246,13 @@ impl Store {
         let sql = dialect(
             b,
             &format!(
-                "{} FROM transformation WHERE id IN ({}) AND ok_results > 0",
+                "{} FROM transformation WHERE {} AND ok_results > 0",
                 json_rows_select(b, "id, ok_results"),
-                json_id_list(b, 1)
+                in_ids(b, "id", 1)
             ),
         );
         let mut conn = self.reader().acquire().await?;
-        let counts: Vec<(i64, i64)> = fetch_json_rows(&mut conn, &sql, &[Arg::Text(json_ids(transformations))]).await?;
+        let counts: Vec<(i64, i64)> = fetch_json_rows(&mut conn, &sql, &[ids_param(b, transformations)]).await?;
         Ok(counts.into_iter().collect())
     }
 
@@ -400,12 +400,12 @@ async fn plan_weights(store: &Store, due: &DueStrategy, weights: &[(i64, Option<
         &dialect(
             backend,
             &format!(
-                "{} FROM task WHERE transformation_id IN ({}) AND status IN ('waiting', 'running', 'error')",
+                "{} FROM task WHERE {} AND status IN ('waiting', 'running', 'error')",
                 json_rows_select(backend, "id, transformation_id, status"),
-                json_id_list(backend, 1)
+                in_ids(backend, "transformation_id", 1)
             ),
         ),
-        &[Arg::Text(json_ids(&ids))],
+        &[ids_param(backend, &ids)],
     )
     .await?;
     let actioned: Vec<(i64,)> = fetch_json_rows(
@@ -448,11 +448,11 @@ async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrateg
         let sql = dialect(
             backend,
             &format!(
-                "SELECT id, priority FROM task WHERE id IN ({}) AND status IN ('waiting', 'running') ORDER BY id{lock}",
-                json_id_list(backend, 1)
+                "SELECT id, priority FROM task WHERE {} AND status IN ('waiting', 'running') ORDER BY id{lock}",
+                in_ids(backend, "id", 1)
             ),
         );
-        let rows = sqlx::query(&sql).bind(json_ids(&planned.action)).fetch_all(&mut *conn).await?;
+        let rows = crate::db::bind(sqlx::query(&sql), std::slice::from_ref(&ids_param(backend, &planned.action))).fetch_all(&mut *conn).await?;
         for r in &rows {
             actions.push((get_i64(r, 0)?, get_i64(r, 1)?));
         }
