@@ -7,11 +7,13 @@
 //! * [`hash`]: gufe key computation for the objects the server creates.
 //! * [`status`]: task statuses and the transition table every state change goes through.
 //! * [`strategy`]: the strategist's rules from weights to task counts and task plans.
+//! * [`manager`]: compute managers' instructions and sizing rule.
 
 pub mod chain;
 pub mod hash;
 pub mod json;
 pub mod keys;
+pub mod manager;
 pub mod pdr;
 pub mod scope;
 pub mod status;

@@ -10,7 +10,8 @@
 
 use alchemiscale_model::json::{object, Value};
 use alchemiscale_model::{ComputeManagerId, ComputeServiceId, Scope, ScopeDict};
-use alchemiscale_store::compute::{parse_compute_manager_status, ClaimOutcome};
+use alchemiscale_store::compute::ClaimOutcome;
+use alchemiscale_store::managers::parse_compute_manager_status;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

@@ -19,6 +19,7 @@ pub mod dump;
 mod error;
 pub mod identities;
 mod lease;
+pub mod managers;
 pub mod networks;
 pub mod queries;
 pub mod restart;
