@@ -99,6 +99,8 @@ pub enum StopReason {
     MaxTasks,
     /// `max_time` seconds passed.
     MaxTime,
+    /// `max_empty_claims` claims in a row brought no task.
+    Idle,
 }
 
 /// What a run did.
@@ -332,6 +334,7 @@ impl Service {
         let scopes = self.settings.claim_scopes();
         let count = usize::try_from(self.settings.claim_limit).unwrap_or(usize::MAX);
         let mut refusals = 0u32;
+        let mut empty_claims = 0u64;
         loop {
             if self.stop.is_stopped() {
                 return Ok(StopReason::Stopped);
@@ -353,6 +356,14 @@ impl Service {
                 r = claim => r.map_err(api("claiming tasks"))?,
                 _ = self.stop.wait() => return Ok(StopReason::Stopped),
             };
+            let got_none = claimed.as_ref().is_none_or(|c| c.iter().all(Option::is_none));
+            empty_claims = if got_none { empty_claims + 1 } else { 0 };
+            if let Some(max) = self.settings.max_empty_claims {
+                if empty_claims >= max {
+                    info!("{empty_claims} claims in a row brought no task; at max empty claims = {max}");
+                    return Ok(StopReason::Idle);
+                }
+            }
             let Some(claimed) = claimed else {
                 info!("No tasks claimed. Compute API denied request; sleeping for {} seconds", self.settings.deep_sleep_interval);
                 if self.stop.sleep(Duration::from_secs(self.settings.deep_sleep_interval)).await {

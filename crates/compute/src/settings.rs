@@ -12,6 +12,7 @@
 //! | `task_timeout` | seconds (number) or null | null | time limit for running one task; the child is killed and a `TimeoutError` failure is pushed |
 //! | `executor_python` | path | `python3` | interpreter that runs gufe protocols (the python executor) |
 //! | `wanted_check_interval` | seconds (number) | 30 | how often a running task is checked to be still wanted (not cancelled, network active) |
+//! | `max_empty_claims` | positive int or null | null | stop after this many claims in a row brought no task (empty or denied): how services started by a compute manager scale down |
 //!
 //! Deliberate differences: `loglevel` is matched case-insensitively (Python's `setLevel`
 //! wants upper case); `protocols: []` is refused (upstream sends it and every claim then
@@ -60,6 +61,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "task_timeout",
     "executor_python",
     "wanted_check_interval",
+    "max_empty_claims",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +167,9 @@ pub struct Settings {
     /// Ours: seconds between checks that a running task is still wanted.
     #[serde(default = "defaults::wanted_check_interval")]
     pub wanted_check_interval: f64,
+    /// Ours: stop after this many claims in a row brought no task (null: never).
+    #[serde(default)]
+    pub max_empty_claims: Option<u64>,
 }
 
 mod defaults {
@@ -342,6 +347,9 @@ impl Settings {
         if !(self.wanted_check_interval.is_finite() && self.wanted_check_interval > 0.0) {
             return Err(invalid("wanted_check_interval", "must be a positive number of seconds"));
         }
+        if self.max_empty_claims == Some(0) {
+            return Err(invalid("max_empty_claims", "must be at least 1, or null (never stop for lack of work)"));
+        }
         if self.executor_python.as_os_str().is_empty() {
             return Err(invalid("executor_python", "must not be empty"));
         }
@@ -397,6 +405,7 @@ mod tests {
         assert_eq!((s.client_max_retries, s.client_retry_base_seconds, s.client_retry_max_seconds, s.client_verify), (5, 2.0, 60.0, true));
         assert_eq!((s.task_timeout, s.executor_python.clone(), s.wanted_check_interval), (None, PathBuf::from("python3"), 30.0));
         assert_eq!(s.log_level(), LevelFilter::WARN);
+        assert_eq!(s.max_empty_claims, None);
     }
 
     #[test]
@@ -407,7 +416,7 @@ mod tests {
              protocols: [SyntheticProtocol]\nclaim_limit: 4\nmax_tasks: 5\nmax_time: 6\nloglevel: info\nlogfile: /tmp/log\n\
              client_cache_directory: /tmp/c\nclient_cache_size_limit: 7\nclient_use_local_cache: true\nclient_max_retries: -1\n\
              client_retry_base_seconds: 3\nclient_retry_max_seconds: 9.5\nclient_verify: false\ntask_timeout: 2.5\n\
-             executor_python: /opt/py/bin/python\nwanted_check_interval: 0.5\nsurprise: 1\n"
+             executor_python: /opt/py/bin/python\nwanted_check_interval: 0.5\nmax_empty_claims: 2\nsurprise: 1\n"
         );
         let (s, warnings) = Settings::from_yaml(&text).unwrap();
         assert_eq!(warnings, vec!["unknown setting `surprise` ignored".to_string()]);
@@ -425,6 +434,7 @@ mod tests {
         assert_eq!(s.task_timeout(), Some(Duration::from_millis(2500)));
         assert_eq!(s.executor_python, PathBuf::from("/opt/py/bin/python"));
         assert_eq!(s.wanted_check_interval(), Duration::from_millis(500));
+        assert_eq!(s.max_empty_claims, Some(2));
         assert_eq!(s.retry_policy(), RetryPolicy { max_retries: -1, base_seconds: 3.0, max_seconds: 9.5 });
     }
 
@@ -461,6 +471,7 @@ mod tests {
         assert!(error_of("task_timeout: 0\n").contains("task_timeout"));
         assert!(error_of("wanted_check_interval: -1\n").contains("wanted_check_interval"));
         assert!(error_of("n_retries: -1\n").contains("n_retries"));
+        assert!(error_of("max_empty_claims: 0\n").contains("max_empty_claims"));
         assert!(error_of("keep_shared: maybe\n").contains("keep_shared"));
         let url = Settings::from_yaml(&MINIMAL.replace("http://127.0.0.1:8081", "not a url")).unwrap_err().to_string();
         assert!(url.contains("api_url"), "{url}");

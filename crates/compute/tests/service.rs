@@ -269,6 +269,13 @@ async fn limits_end_the_run() {
     let summary = env.start("idle", "max_time: 1\nprotocols: [NoSuchProtocol]\n").join().await;
     assert_eq!((summary.executed, summary.stop_reason), (0, Some(StopReason::MaxTime)));
     assert!(t0.elapsed() < Duration::from_secs(10));
+
+    // `max_empty_claims`: the remaining task is run, then two empty claims end the run
+    let summary = env.start("scaledown", "max_empty_claims: 2
+").join().await;
+    assert_eq!((summary.executed, summary.stop_reason), (1, Some(StopReason::Idle)));
+    assert_eq!(env.statuses(&tasks).await, ["complete", "complete"]);
+    assert_eq!(env.registrations().await, 0);
 }
 
 /// A service whose credentials are wrong fails to register with a clear error.
