@@ -35,6 +35,9 @@ enum ComputeCommand {
     Api(Box<ComputeApiCommand>),
     /// Run one compute service from a YAML settings file (exit 0 after a signal or a limit).
     Synchronous(commands::compute::SynchronousCommand),
+    /// Run a compute manager: start compute services (local processes or Slurm jobs) to
+    /// match the work waiting, up to a limit (exit 0 after a signal).
+    Manager(commands::manager::ManagerCommand),
     /// Run one task's protocol natively (started by the compute service).
     #[command(hide = true)]
     Execute(commands::compute::ExecuteCommand),
@@ -93,6 +96,16 @@ fn main() -> std::process::ExitCode {
         },
         _ => None,
     };
+    let manager_settings = match &cli.command {
+        Command::Compute(ComputeCommand::Manager(cmd)) => match commands::manager::read_settings(cmd) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     if !matches!(cli.command, Command::Serve(_) | Command::Api(_) | Command::Compute(_) | Command::Strategist(_)) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
@@ -105,6 +118,9 @@ fn main() -> std::process::ExitCode {
             Command::Api(cmd) => commands::server::run_user_api(*cmd, &data_dir).await,
             Command::Compute(ComputeCommand::Api(cmd)) => commands::server::run_compute_api(*cmd, &data_dir).await,
             Command::Compute(ComputeCommand::Synchronous(cmd)) => commands::compute::run_synchronous(cmd).await,
+            Command::Compute(ComputeCommand::Manager(cmd)) => {
+                commands::manager::run(cmd, manager_settings.expect("read above")).await
+            }
             Command::Compute(ComputeCommand::Execute(cmd)) => commands::compute::run_execute(cmd).await,
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
             Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,

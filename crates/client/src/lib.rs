@@ -7,6 +7,7 @@
 //! with the model's Python-dialect JSON reader so `NaN` and big integers survive.
 
 pub mod compute;
+pub mod manager;
 
 use std::io::Write;
 use std::time::Duration;

@@ -43,7 +43,7 @@ pub struct ExecuteCommand {
 }
 
 /// `-c` must name a readable file (else a usage error, exit 2).
-fn readable_file(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn readable_file(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
     std::fs::File::open(&p).map_err(|e| format!("cannot read '{s}': {e}"))?;
     if !p.is_file() {
@@ -53,7 +53,7 @@ fn readable_file(s: &str) -> Result<PathBuf, String> {
 }
 
 /// Resolve on the first SIGINT, SIGTERM or SIGHUP; a second one exits the process.
-fn signals() -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+pub(crate) fn signals() -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("installing signal handlers")?;
     let mut term = signal(SignalKind::terminate()).context("installing signal handlers")?;

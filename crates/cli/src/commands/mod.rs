@@ -6,5 +6,6 @@ pub mod bench_strategist;
 pub mod compute;
 pub mod database;
 pub mod identity;
+pub mod manager;
 pub mod server;
 pub mod strategist;
