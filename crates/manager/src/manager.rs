@@ -126,7 +126,7 @@ impl<B: Backend> Manager<B> {
             .map_err(|e| ManagerError::Setup(format!("invalid api_url: {e}")))?;
         client.max_retries = 0; // the manager applies `RetryPolicy` itself
         Ok(Manager {
-            policy: settings.retry.clone(),
+            policy: settings.retry,
             scopes: s.scopes.clone().unwrap_or_default(),
             protocols: s.protocols.clone().unwrap_or_default(),
             settings,

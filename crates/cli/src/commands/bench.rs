@@ -48,6 +48,11 @@ pub enum BenchCommand {
     /// graphs and result counts measured in the same run. Last line: a JSON object with
     /// cycle_s, networks, transformations, baseline_s, backend ….
     Strategist(super::bench_strategist::StrategistBench),
+    /// A compute manager (local backend) scaling from no services to at most 8 to drain
+    /// 200 tasks of ~0.2 s, against 8 services started up front in the same run, and the
+    /// time its services take to leave once the work is done. Last line: a JSON object
+    /// with managed_s, upfront_s, ramp_vs_upfront, scale_down_s ….
+    Managers(super::bench_managers::ManagersBench),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +115,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Claims(b) => super::bench_claims::run(b).await,
         BenchCommand::Objects(b) => super::bench_objects::run(b).await,
         BenchCommand::Strategist(b) => super::bench_strategist::run(b).await,
+        BenchCommand::Managers(b) => super::bench_managers::run(b).await,
     }
 }
 
