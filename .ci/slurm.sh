@@ -1,7 +1,7 @@
 # Starts a one-node Slurm cluster on 127.0.0.1 for the Slurm tests, without systemd:
 # munged, slurmctld and slurmd run in the foreground from a throwaway directory
-# ($1/slurm: config, munge key and socket, state, spool, logs, pid files), and their PIDs
-# go into the caller's PIDS array, so its cleanup stops them. Checks the cluster with real
+# ($1/slurm.XXXXXX: config, munge key and socket, state, spool, logs, pid files), and their
+# PIDs go into the caller's PIDS array, so its cleanup stops them. Checks the cluster with real
 # jobs (one prints hello; four 1-CPU jobs run at once), then exports SLURM_CONF (so
 # sbatch/squeue/scancel of later processes use this cluster) and ALCHEMISCALE_TEST_SLURM=1.
 #
@@ -106,7 +106,7 @@ JOB=$(sbatch --parsable --chdir="$SLURM_DIR" --output="$SLURM_DIR/hello-%j.out" 
 slurm_wait_empty
 grep -qx hello "$SLURM_DIR/hello-$JOB.out" || { cat "$SLURM_DIR/hello-$JOB.out" >&2 || true; slurm_logs; exit 1; }
 for _ in 1 2 3 4; do
-    sbatch --parsable --job-name=ci-check --chdir="$SLURM_DIR" --output=/dev/null --wrap 'sleep 5' >/dev/null
+    sbatch --job-name=ci-check --chdir="$SLURM_DIR" --output=/dev/null --wrap 'sleep 5' >/dev/null || { slurm_logs; exit 1; }
 done
 for _ in $(seq 1 50); do [ "$(squeue -h -n ci-check -t RUNNING -o %i | wc -l)" = 4 ] && break; sleep 0.2; done
 [ "$(squeue -h -n ci-check -t RUNNING -o %i | wc -l)" = 4 ] || { squeue >&2; slurm_logs; exit 1; }

@@ -211,6 +211,9 @@ pub async fn run(b: ManagersBench) -> anyhow::Result<()> {
         "most_services_at_once": most,
     });
     servers.close().await?;
+    if std::env::var_os("ALCHEMISCALE_BENCH_KEEP").is_some() {
+        println!("  kept: {}", dir.keep().display());
+    }
     println!("{summary}");
     Ok(())
 }
