@@ -1,9 +1,10 @@
 # Starts a one-node Slurm cluster on 127.0.0.1 for the Slurm tests, without systemd:
 # munged, slurmctld and slurmd run in the foreground from a throwaway directory
-# ($1/slurm.XXXXXX: config, munge key and socket, state, spool, logs, pid files), and their
-# PIDs go into the caller's PIDS array, so its cleanup stops them. Checks the cluster with real
-# jobs (one prints hello; four 1-CPU jobs run at once), then exports SLURM_CONF (so
-# sbatch/squeue/scancel of later processes use this cluster) and ALCHEMISCALE_TEST_SLURM=1.
+# ($1/slurm.XXXXXX: config, munge key and socket, state, spool, logs, pid files), and
+# their PIDs go into the caller's PIDS array, so its cleanup stops them. Checks the
+# cluster with real jobs (one prints hello; four 1-CPU jobs run at once), then exports
+# SLURM_CONF (so sbatch/squeue/scancel of later processes use this cluster) and
+# ALCHEMISCALE_TEST_SLURM=1.
 #
 # Usage (from .ci/run, which defines PIDS, log, free_port, as_root): source .ci/slurm.sh "$WORK"
 
@@ -29,7 +30,7 @@ MUNGE_SOCKET="$SLURM_DIR/munge/munge.socket"
 munged --foreground --socket="$MUNGE_SOCKET" --key-file="$SLURM_DIR/munge/munge.key" \
     --pid-file="$SLURM_DIR/munge/munged.pid" --seed-file="$SLURM_DIR/munge/munged.seed" \
     >"$SLURM_DIR/munged.log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); SLURM_PIDS=($!)
 for _ in $(seq 1 50); do munge -S "$MUNGE_SOCKET" -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
 munge -S "$MUNGE_SOCKET" -n </dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null || { slurm_logs; exit 1; }
 
@@ -72,9 +73,9 @@ EOF
 export SLURM_CONF="$SLURM_DIR/slurm.conf"
 log "starting Slurm (slurmctld, slurmd) on 127.0.0.1 as node $SLURM_HOST"
 slurmctld -D >>"$SLURM_DIR/slurmctld.log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); SLURM_PIDS+=($!)
 slurmd -D -N "$SLURM_HOST" >>"$SLURM_DIR/slurmd.log" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); SLURM_PIDS+=($!)
 # A running job outlives slurmd: its slurmstepd (reparented to init, deaf to SIGTERM, and
 # holding slurmd.log open) and the job's processes share a session of their own. This
 # helper, stopped with the others (or once this shell is gone), kills by PID every process
@@ -90,26 +91,29 @@ slurm_reap() {
 }
 ( trap 'slurm_reap; exit 0' TERM; while kill -0 $$ 2>/dev/null; do sleep 1; done; slurm_reap ) </dev/null >/dev/null 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 150); do
-    [ "$(sinfo -h -n "$SLURM_HOST" -o %t 2>/dev/null)" = idle ] && break
-    sleep 0.2
-done
-[ "$(sinfo -h -n "$SLURM_HOST" -o %t 2>/dev/null)" = idle ] || { sinfo >&2 || true; slurm_logs; exit 1; }
+# until the condition $1 holds (30 s, and the daemons alive), else show the state and logs
+slurm_until() {
+    local end=$((SECONDS + 30))
+    until kill -0 "${SLURM_PIDS[@]}" 2>/dev/null && eval "$1"; do
+        if [ $SECONDS -ge $end ] || ! kill -0 "${SLURM_PIDS[@]}" 2>/dev/null; then
+            { timeout 5 sinfo; timeout 5 squeue; } >&2 || true
+            slurm_logs
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+slurm_until '[ "$(sinfo -h -n "$SLURM_HOST" -o %t 2>/dev/null)" = idle ]'
 
 # ---- check with real jobs ------------------------------------------------------------
-slurm_wait_empty() {  # until no job is left in squeue (30 s)
-    for _ in $(seq 1 150); do [ -z "$(squeue -h -o %i)" ] && return 0; sleep 0.2; done
-    squeue >&2; slurm_logs; exit 1
-}
-JOB=$(sbatch --parsable --chdir="$SLURM_DIR" --output="$SLURM_DIR/hello-%j.out" --wrap 'echo hello') \
+HELLO_JOB=$(sbatch --parsable --chdir="$SLURM_DIR" --output="$SLURM_DIR/hello-%j.out" --wrap 'echo hello') \
     || { slurm_logs; exit 1; }
-slurm_wait_empty
-grep -qx hello "$SLURM_DIR/hello-$JOB.out" || { cat "$SLURM_DIR/hello-$JOB.out" >&2 || true; slurm_logs; exit 1; }
+slurm_until '[ -z "$(squeue -h -o %i)" ]'
+grep -qx hello "$SLURM_DIR/hello-$HELLO_JOB.out" || { cat "$SLURM_DIR/hello-$HELLO_JOB.out" >&2 || true; slurm_logs; exit 1; }
 for _ in 1 2 3 4; do
     sbatch --job-name=ci-check --chdir="$SLURM_DIR" --output=/dev/null --wrap 'sleep 5' >/dev/null || { slurm_logs; exit 1; }
 done
-for _ in $(seq 1 50); do [ "$(squeue -h -n ci-check -t RUNNING -o %i | wc -l)" = 4 ] && break; sleep 0.2; done
-[ "$(squeue -h -n ci-check -t RUNNING -o %i | wc -l)" = 4 ] || { squeue >&2; slurm_logs; exit 1; }
+slurm_until '[ "$(squeue -h -n ci-check -t RUNNING -o %i | wc -l)" = 4 ]'
 scancel --name=ci-check
-slurm_wait_empty
+slurm_until '[ -z "$(squeue -h -o %i)" ]'
 export ALCHEMISCALE_TEST_SLURM=1

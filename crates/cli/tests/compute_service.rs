@@ -14,7 +14,8 @@ use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer
 use alchemiscale_server::{ApiKind, ApiSettings, AppState};
 use alchemiscale_store::identities::IdentityKind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_alchemiscale");
+mod common;
+use common::{wait_exit, BIN};
 
 struct Env {
     user_server: TestServer,
@@ -104,19 +105,6 @@ impl Env {
     }
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the service did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A live (non-zombie) process whose command line mentions `path`.
 fn process_mentioning(path: &Path) -> Option<u32> {

@@ -10,32 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use alchemiscale_client::Client;
 use alchemiscale_model::json::Value;
 use alchemiscale_model::status::ComputeManagerStatus;
 use alchemiscale_model::synthetic::network_chain_json_with_settings;
 use alchemiscale_model::{Scope, ScopedKey};
 use alchemiscale_server::backend_test;
-use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
-use alchemiscale_server::ApiKind;
-use alchemiscale_store::identities::IdentityKind;
+use alchemiscale_server::testing::Backend;
 use alchemiscale_store::managers::ComputeManagerInfo;
 
-const BIN: &str = env!("CARGO_BIN_EXE_alchemiscale");
-
-struct Env {
-    user_server: TestServer,
-    compute_server: TestServer,
-    user: Client,
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::{alive, sigterm, wait_exit, Env, BIN};
 
 async fn env(backend: Backend) -> Option<Env> {
-    let user_server = TestServer::start(backend, ObjectsBackend::Local, ApiKind::User, settings()).await?;
-    let compute_server = user_server.sibling(ApiKind::Compute).await;
-    let user = user_server.client(IdentityKind::User, "alice", &["synth-*-*"]).await;
-    let _ = compute_server.client(IdentityKind::Compute, "worker", &["synth-*-*"]).await;
-    Some(Env { user_server, compute_server, user, dir: tempfile::tempdir().unwrap() })
+    common::env(backend, "synth").await
 }
 
 impl Env {
@@ -132,31 +119,6 @@ impl Env {
         let pids = std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
         let pids: Vec<u32> = pids;
         pids.into_iter().filter(|p| alive(*p)).collect()
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
-}
-
-fn sigterm(child: &Child) {
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the manager did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -355,7 +317,8 @@ async fn slurm_drains(backend: Backend) {
 backend_test!(slurm_drains, super::slurm_drains);
 
 /// Held (pending) jobs are capacity already spent: no more are submitted while they
-/// pend; a stop cancels them. A failing `sbatch` is an ERROR status and submits nothing.
+/// pend; a stop cancels them. A failing `sbatch`, or a Slurm that cannot be reached, is an
+/// ERROR status and submits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slurm_pending_jobs_and_failures() {
     if !slurm() {
@@ -384,6 +347,19 @@ async fn slurm_pending_jobs_and_failures() {
     let m = env.manager("nosbatch").await.unwrap();
     assert!(m.detail.as_deref().unwrap_or("").contains("submitting a job"), "{m:?}");
     assert_eq!(squeue("test-nosbatch"), (0, 0));
+    sigterm(&manager);
+    assert_eq!(wait_exit(&mut manager, Duration::from_secs(30)).code(), Some(0));
+
+    // Slurm unreachable (squeue fails): ERROR, and nothing submitted blindly
+    let config = env.config("noslurm", "max_compute_services: 4\n", "", &slurm_backend(&env, "noslurm", "  squeue: /bin/false\n"));
+    let mut manager = env.spawn(&config, &[]);
+    env.wait_for("ERROR reported", Duration::from_secs(30), || async {
+        env.manager("noslurm").await.is_some_and(|m| m.status == ComputeManagerStatus::Error)
+    })
+    .await;
+    let m = env.manager("noslurm").await.unwrap();
+    assert!(m.detail.as_deref().unwrap_or("").contains("listing jobs"), "{m:?}");
+    assert_eq!(squeue("test-noslurm"), (0, 0));
     sigterm(&manager);
     assert_eq!(wait_exit(&mut manager, Duration::from_secs(30)).code(), Some(0));
 }

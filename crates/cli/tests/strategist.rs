@@ -14,27 +14,17 @@ use alchemiscale_compute::{ExecutorConfig, Service, StopHandle};
 use alchemiscale_model::synthetic::network_chain_json;
 use alchemiscale_model::{Scope, ScopedKey};
 use alchemiscale_server::backend_test;
-use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
-use alchemiscale_server::ApiKind;
-use alchemiscale_store::identities::IdentityKind;
+use alchemiscale_server::testing::Backend;
 use alchemiscale_strategist::{CycleSummary, Settings, Strategist};
 
 const BIN: &str = env!("CARGO_BIN_EXE_alchemiscale");
 const SCOPE: &str = "strat-campaign-project";
 
-struct Env {
-    user_server: TestServer,
-    compute_server: TestServer,
-    user: Client,
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::Env;
 
 async fn env(backend: Backend) -> Option<Env> {
-    let user_server = TestServer::start(backend, ObjectsBackend::Local, ApiKind::User, settings()).await?;
-    let compute_server = user_server.sibling(ApiKind::Compute).await;
-    let user = user_server.client(IdentityKind::User, "alice", &["strat-*-*"]).await;
-    let _ = compute_server.client(IdentityKind::Compute, "worker", &["strat-*-*"]).await;
-    Some(Env { user_server, compute_server, user, dir: tempfile::tempdir().unwrap() })
+    common::env(backend, "strat").await
 }
 
 /// A ConnectivityStrategy with `settings` (JSON members) as the Python client sends it;

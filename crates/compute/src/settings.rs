@@ -240,6 +240,20 @@ pub fn parse_loglevel(name: &str) -> Option<LevelFilter> {
     }
 }
 
+/// Check `client_max_retries`, `client_retry_base_seconds` and `client_retry_max_seconds`.
+pub fn validate_retries(max_retries: i64, base_seconds: f64, max_seconds: f64) -> Result<(), SettingsError> {
+    if max_retries < -1 {
+        return Err(invalid("client_max_retries", "must be -1 (forever) or more"));
+    }
+    if !(base_seconds.is_finite() && base_seconds > 1.0) {
+        return Err(invalid("client_retry_base_seconds", "must be greater than 1.0"));
+    }
+    if !(max_seconds.is_finite() && max_seconds >= 0.0) {
+        return Err(invalid("client_retry_max_seconds", "must be 0 or more"));
+    }
+    Ok(())
+}
+
 /// Protocol names follow the grammar of scope components.
 fn valid_protocol_name(p: &str) -> bool {
     alchemiscale_model::scope::is_valid_component(p)
@@ -330,15 +344,7 @@ impl Settings {
         if parse_loglevel(&self.loglevel).is_none() {
             return Err(invalid("loglevel", format!("unknown level '{}' (use DEBUG, INFO, WARNING, ERROR or CRITICAL)", self.loglevel)));
         }
-        if self.client_max_retries < -1 {
-            return Err(invalid("client_max_retries", "must be -1 (forever) or more"));
-        }
-        if !(self.client_retry_base_seconds.is_finite() && self.client_retry_base_seconds > 1.0) {
-            return Err(invalid("client_retry_base_seconds", "must be greater than 1.0"));
-        }
-        if !(self.client_retry_max_seconds.is_finite() && self.client_retry_max_seconds >= 0.0) {
-            return Err(invalid("client_retry_max_seconds", "must be 0 or more"));
-        }
+        validate_retries(self.client_max_retries, self.client_retry_base_seconds, self.client_retry_max_seconds)?;
         if let Some(t) = self.task_timeout {
             if !(t.is_finite() && t > 0.0) {
                 return Err(invalid("task_timeout", "must be a positive number of seconds, or null"));

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alchemiscale_client::compute::RetryPolicy;
-use alchemiscale_compute::settings::parse_loglevel;
+use alchemiscale_compute::settings::{parse_loglevel, validate_retries};
 pub use alchemiscale_compute::settings::{invalid, SettingsError};
 use alchemiscale_model::manager::Sizing;
 use alchemiscale_model::ComputeManagerId;
@@ -149,15 +149,7 @@ impl ManagerSettings {
         }
         let loglevel = parse_loglevel(&f.loglevel)
             .ok_or_else(|| invalid("loglevel", format!("unknown level '{}' (use DEBUG, INFO, WARNING, ERROR or CRITICAL)", f.loglevel)))?;
-        if f.client_max_retries < -1 {
-            return Err(invalid("client_max_retries", "must be -1 (forever) or more"));
-        }
-        if !(f.client_retry_base_seconds.is_finite() && f.client_retry_base_seconds > 1.0) {
-            return Err(invalid("client_retry_base_seconds", "must be greater than 1.0"));
-        }
-        if !(f.client_retry_max_seconds.is_finite() && f.client_retry_max_seconds >= 0.0) {
-            return Err(invalid("client_retry_max_seconds", "must be 0 or more"));
-        }
+        validate_retries(f.client_max_retries, f.client_retry_base_seconds, f.client_retry_max_seconds)?;
         let serde_yaml_ng::Value::Mapping(mut service_yaml) = f.service else {
             return Err(invalid("service", "must be a mapping of compute-service settings (as `compute synchronous -c` reads them)"));
         };
