@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::environment::python_activation;
 use crate::service::StopHandle;
 
 /// The python executor's driver script (`python/alchemiscale_rs_execute.py`).
@@ -73,22 +74,25 @@ pub struct ExecutorConfig {
     pub native_args: Vec<OsString>,
     /// Interpreter of the python executor.
     pub python: PathBuf,
+    /// Extra variables for either executor (`executor_env`), applied last.
+    pub env: Vec<(String, String)>,
 }
 
 impl ExecutorConfig {
     /// The native executor of the running binary (`<current exe> compute execute`), for
     /// the `alchemiscale` command, and `python` for the python executor.
     pub fn current_exe(python: PathBuf) -> std::io::Result<ExecutorConfig> {
-        Ok(ExecutorConfig { native_program: std::env::current_exe()?, native_args: vec!["compute".into(), "execute".into()], python })
+        Ok(ExecutorConfig::new(std::env::current_exe()?, vec!["compute".into(), "execute".into()], python))
     }
 
     /// A native executor `program args… --input DIR --output FILE`, and `python` for the
     /// python executor.
     pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>, python: impl Into<PathBuf>) -> ExecutorConfig {
-        ExecutorConfig { native_program: program.into(), native_args: args, python: python.into() }
+        ExecutorConfig { native_program: program.into(), native_args: args, python: python.into(), env: Vec::new() }
     }
 
-    /// The command that runs `kind` on the task directory `dir`, writing `output`.
+    /// The command that runs `kind` on the task directory `dir`, writing `output`, in the
+    /// environment [`crate::environment`] describes.
     pub fn command(&self, kind: ExecutorKind, dir: &Path, output: &Path) -> std::io::Result<Command> {
         let mut cmd = match kind {
             ExecutorKind::Native => {
@@ -101,9 +105,11 @@ impl ExecutorConfig {
                 std::fs::write(&script, PYTHON_DRIVER)?;
                 let mut c = Command::new(&self.python);
                 c.arg(script);
+                python_activation(&self.python, std::env::var_os("PATH").as_deref()).apply(&mut c);
                 c
             }
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--input").arg(dir).arg("--output").arg(output);
         Ok(cmd)
     }

@@ -8,6 +8,7 @@
 //!   execute, push, deregister; stop handling;
 //! * [`executor`] — child processes with time limits, process-group kills, and the
 //!   choice between the native and the python executor;
+//! * [`environment`] — the executors' environment (an activated interpreter, `executor_env`);
 //! * [`child`] — the service ↔ executor contract (files in a task directory) and the
 //!   native executor's entry point (`alchemiscale compute execute`);
 //! * [`synthetic`] — `SyntheticProtocol`, the native protocol of synthetic networks;
@@ -19,6 +20,7 @@
 //! as [`executor::PYTHON_DRIVER`].
 
 pub mod child;
+pub mod environment;
 pub mod executor;
 pub mod logging;
 pub mod result;

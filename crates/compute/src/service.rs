@@ -213,6 +213,7 @@ impl Service {
     pub fn new(settings: Settings, mut executors: ExecutorConfig) -> Result<Service, ServiceError> {
         settings.validate()?;
         executors.python = settings.executor_python.clone();
+        executors.env = settings.executor_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut dirs = Vec::new();
         for p in [&settings.shared_basedir, &settings.scratch_basedir] {
             let abs = std::path::absolute(p).map_err(|source| ServiceError::Directory { path: p.clone(), source })?;

@@ -12,6 +12,7 @@
 //! | `task_timeout` | seconds (number) or null | null | time limit for running one task; the child is killed and a `TimeoutError` failure is pushed |
 //! | `executor_python` | path | `python3` | interpreter that runs gufe protocols (the python executor) |
 //! | `wanted_check_interval` | seconds (number) | 30 | how often a running task is checked to be still wanted (not cancelled, network active) |
+//! | `executor_env` | mapping of names to strings | empty | extra environment variables for the executors (e.g. `OPENMM_CPU_THREADS`, `CUDA_VISIBLE_DEVICES`); the python executor also runs with its interpreter's environment activated (see [`crate::environment`]) |
 //! | `max_empty_claims` | positive int or null | null | stop after this many claims in a row brought no task (empty or denied): how services started by a compute manager scale down |
 //!
 //! Deliberate differences: `loglevel` is matched case-insensitively (Python's `setLevel`
@@ -62,6 +63,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "executor_python",
     "wanted_check_interval",
     "max_empty_claims",
+    "executor_env",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +172,9 @@ pub struct Settings {
     /// Ours: stop after this many claims in a row brought no task (null: never).
     #[serde(default)]
     pub max_empty_claims: Option<u64>,
+    /// Ours: extra environment variables for the executors.
+    #[serde(default)]
+    pub executor_env: std::collections::BTreeMap<String, String>,
 }
 
 mod defaults {
@@ -353,6 +358,9 @@ impl Settings {
         if !(self.wanted_check_interval.is_finite() && self.wanted_check_interval > 0.0) {
             return Err(invalid("wanted_check_interval", "must be a positive number of seconds"));
         }
+        if let Some((k, _)) = self.executor_env.iter().find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0')) {
+            return Err(invalid("executor_env", format!("'{k}' is not a usable environment variable (empty name, '=' or NUL)")));
+        }
         if self.max_empty_claims == Some(0) {
             return Err(invalid("max_empty_claims", "must be at least 1, or null (never stop for lack of work)"));
         }
@@ -422,7 +430,7 @@ mod tests {
              protocols: [SyntheticProtocol]\nclaim_limit: 4\nmax_tasks: 5\nmax_time: 6\nloglevel: info\nlogfile: /tmp/log\n\
              client_cache_directory: /tmp/c\nclient_cache_size_limit: 7\nclient_use_local_cache: true\nclient_max_retries: -1\n\
              client_retry_base_seconds: 3\nclient_retry_max_seconds: 9.5\nclient_verify: false\ntask_timeout: 2.5\n\
-             executor_python: /opt/py/bin/python\nwanted_check_interval: 0.5\nmax_empty_claims: 2\nsurprise: 1\n"
+             executor_python: /opt/py/bin/python\nwanted_check_interval: 0.5\nmax_empty_claims: 2\nexecutor_env: {{OPENMM_CPU_THREADS: '2'}}\nsurprise: 1\n"
         );
         let (s, warnings) = Settings::from_yaml(&text).unwrap();
         assert_eq!(warnings, vec!["unknown setting `surprise` ignored".to_string()]);
@@ -441,6 +449,7 @@ mod tests {
         assert_eq!(s.executor_python, PathBuf::from("/opt/py/bin/python"));
         assert_eq!(s.wanted_check_interval(), Duration::from_millis(500));
         assert_eq!(s.max_empty_claims, Some(2));
+        assert_eq!(s.executor_env.get("OPENMM_CPU_THREADS").map(String::as_str), Some("2"));
         assert_eq!(s.retry_policy(), RetryPolicy { max_retries: -1, base_seconds: 3.0, max_seconds: 9.5 });
     }
 
@@ -478,6 +487,8 @@ mod tests {
         assert!(error_of("wanted_check_interval: -1\n").contains("wanted_check_interval"));
         assert!(error_of("n_retries: -1\n").contains("n_retries"));
         assert!(error_of("max_empty_claims: 0\n").contains("max_empty_claims"));
+        assert!(error_of("executor_env: {'A=B': x}\n").contains("executor_env"));
+        assert!(error_of("executor_env: [a]\n").contains("executor_env"));
         assert!(error_of("keep_shared: maybe\n").contains("keep_shared"));
         let url = Settings::from_yaml(&MINIMAL.replace("http://127.0.0.1:8081", "not a url")).unwrap_err().to_string();
         assert!(url.contains("api_url"), "{url}");

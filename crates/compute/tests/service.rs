@@ -13,7 +13,7 @@ use alchemiscale_model::chain::KeyedChain;
 use alchemiscale_model::json::{self, Value};
 use alchemiscale_model::pdr::{read_result, zstd_compress, zstd_decompress};
 use alchemiscale_model::synthetic::result_chain_json;
-use alchemiscale_model::ComputeServiceId;
+use alchemiscale_model::{ComputeServiceId, ScopedKey};
 use alchemiscale_server::testing::Backend;
 use alchemiscale_store::identities::IdentityKind;
 use common::*;
@@ -303,16 +303,10 @@ async fn registration_under_a_manager() {
     assert_eq!(env.registrations().await, 0);
 }
 
-/// The python executor runs a real gufe protocol. Needs an interpreter with gufe and
-/// zstandard (e.g. alchemiscale 0.8's environment) in ALCHEMISCALE_TEST_PYTHON.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_executor_runs_gufe() {
-    let Ok(python) = std::env::var("ALCHEMISCALE_TEST_PYTHON") else {
-        eprintln!("note: python executor test skipped (set ALCHEMISCALE_TEST_PYTHON to an interpreter with gufe)");
-        return;
-    };
-    let env = env(Backend::Sqlite).await.unwrap();
-    // the test-vector network: gufe's DummyProtocol (gufe.tests.test_protocol)
+/// The test-vector network (gufe's DummyProtocol, so the python executor runs it) with one
+/// actioned task, submitted by a user of its scope, which the compute identity can reach:
+/// (that user, network, transformation, task).
+async fn vector_task(env: &Env) -> (alchemiscale_client::Client, ScopedKey, ScopedKey, ScopedKey) {
     let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vectors");
     let gz = std::fs::read(format!("{vectors}/U7_create_network.request.gz")).unwrap();
     let user = env.user_server.client(alchemiscale_store::identities::IdentityKind::User, "vecuser", &["vecorg-*-*"]).await;
@@ -323,13 +317,56 @@ async fn python_executor_runs_gufe() {
     assert_eq!(r.status, 200, "{}", r.text());
     let network = sk("AlchemicalNetwork-c5a12a2d9a941dbfe56b76c3387ccf6d-vecorg-veccampaign-vecproject");
     let tf = sk("Transformation-3c2debf79f5ad85b0bcb6b86e7c390f5-vecorg-veccampaign-vecproject");
-    let parent = user.create_tasks(&tf, 1, None).await.unwrap().remove(0);
-    user.action_tasks(&network, std::slice::from_ref(&parent), None).await.unwrap();
+    let task = user.create_tasks(&tf, 1, None).await.unwrap().remove(0);
+    user.action_tasks(&network, std::slice::from_ref(&task), None).await.unwrap();
     env.compute_server
         .store
         .add_scopes(alchemiscale_store::identities::IdentityKind::Compute, COMPUTE_ID, &["vecorg-*-*".parse().unwrap()])
         .await
         .unwrap();
+    (user, network, tf, task)
+}
+
+/// The python executor runs as if its environment were activated: the interpreter's `bin`
+/// first on PATH (a program installed there is found), VIRTUAL_ENV set, `executor_env`
+/// applied. The interpreter here is a stand-in script in a venv layout that reports what
+/// it sees on standard error and fails, so the service's failure quotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_executor_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env(Backend::Sqlite).await.unwrap();
+    let (user, _network, tf, task) = vector_task(&env).await;
+    let venv = env.dir.path().join("venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    for (name, text) in [
+        ("python", "#!/bin/sh\nantechamber-standin\necho \"VIRTUAL_ENV=$VIRTUAL_ENV THREADS=$OPENMM_CPU_THREADS\" >&2\nexit 3\n"),
+        ("antechamber-standin", "#!/bin/sh\necho 'found on PATH' >&2\n"),
+    ] {
+        std::fs::write(venv.join("bin").join(name), text).unwrap();
+        std::fs::set_permissions(venv.join("bin").join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let extra = format!("executor_python: {}\nexecutor_env: {{OPENMM_CPU_THREADS: '3'}}\nmax_tasks: 1\n", venv.join("bin/python").display());
+    let summary = env.start("envsvc", &extra).join().await;
+    assert_eq!((summary.executed, summary.failed), (1, 1), "{summary:?}");
+    let failures = alchemiscale_client::parse_keys(&user.get(&format!("/tasks/{task}/failures")).await.unwrap()).unwrap();
+    let v = user.get(&format!("/transformations/{tf}/failures/{}", failures[0])).await.unwrap();
+    let r = alchemiscale_model::pdr::read_result(alchemiscale_model::pdr::latin1_to_bytes(v[0].as_str().unwrap()).unwrap(), 1 << 30).unwrap();
+    let tb = &r.summary.failures[0].traceback;
+    assert!(tb.contains("found on PATH"), "{tb}");
+    assert!(tb.contains(&format!("VIRTUAL_ENV={} THREADS=3", venv.display())), "{tb}");
+}
+
+/// The python executor runs a real gufe protocol. Needs an interpreter with gufe and
+/// zstandard (e.g. alchemiscale 0.8's environment) in ALCHEMISCALE_TEST_PYTHON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_executor_runs_gufe() {
+    let Ok(python) = std::env::var("ALCHEMISCALE_TEST_PYTHON") else {
+        eprintln!("note: python executor test skipped (set ALCHEMISCALE_TEST_PYTHON to an interpreter with gufe)");
+        return;
+    };
+    let env = env(Backend::Sqlite).await.unwrap();
+    let (user, network, tf, parent) = vector_task(&env).await;
     let extra = format!("executor_python: {python}\nmax_tasks: 2\nn_retries: 0\n");
     let svc = env.start("pysvc", &extra);
     wait_until(Duration::from_secs(120), "the gufe task completes", || async {

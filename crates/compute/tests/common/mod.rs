@@ -46,7 +46,7 @@ pub async fn env_with(backend: Backend, api: ApiSettings) -> Option<Env> {
 
 /// The native executor of these tests.
 pub fn executors() -> ExecutorConfig {
-    ExecutorConfig { native_program: env!("CARGO_BIN_EXE_alchemiscale-execute").into(), native_args: vec![], python: "python3".into() }
+    ExecutorConfig::new(env!("CARGO_BIN_EXE_alchemiscale-execute"), vec![], "python3")
 }
 
 pub fn sk(s: &str) -> ScopedKey {
