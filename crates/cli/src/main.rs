@@ -118,9 +118,7 @@ fn main() -> std::process::ExitCode {
             Command::Api(cmd) => commands::server::run_user_api(*cmd, &data_dir).await,
             Command::Compute(ComputeCommand::Api(cmd)) => commands::server::run_compute_api(*cmd, &data_dir).await,
             Command::Compute(ComputeCommand::Synchronous(cmd)) => commands::compute::run_synchronous(cmd).await,
-            Command::Compute(ComputeCommand::Manager(cmd)) => {
-                commands::manager::run(cmd, manager_settings.expect("read above")).await
-            }
+            Command::Compute(ComputeCommand::Manager(cmd)) => commands::manager::run(cmd, manager_settings.expect("read above")).await,
             Command::Compute(ComputeCommand::Execute(cmd)) => commands::compute::run_execute(cmd).await,
             Command::Identity(cmd) => commands::identity::run(cmd, &data_dir).await,
             Command::Database(cmd) => commands::database::run(cmd, &data_dir).await,

@@ -105,7 +105,6 @@ impl Env {
     }
 }
 
-
 /// A live (non-zombie) process whose command line mentions `path`.
 fn process_mentioning(path: &Path) -> Option<u32> {
     let needle = path.to_string_lossy().into_owned();

@@ -116,7 +116,8 @@ impl Env {
     /// Pids of live local-backend services of manager `name`.
     fn live_services(&self, name: &str) -> Vec<u32> {
         let dir = self.work_dir(name).join("local-services");
-        let pids = std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
+        let pids =
+            std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
         let pids: Vec<u32> = pids;
         pids.into_iter().filter(|p| alive(*p)).collect()
     }
@@ -302,7 +303,8 @@ async fn slurm_drains(backend: Backend) {
     let Some(env) = env(backend).await else { return };
     let tasks = env.tasks("slurmed", 3, 2, 0.2).await;
     let name = format!("slurm{}", if backend == Backend::Sqlite { "s" } else { "p" });
-    let config = env.config(&name, "max_compute_services: 2\nmax_submit_per_cycle: 2\n", "  max_empty_claims: 2\n", &slurm_backend(&env, &name, ""));
+    let config =
+        env.config(&name, "max_compute_services: 2\nmax_submit_per_cycle: 2\n", "  max_empty_claims: 2\n", &slurm_backend(&env, &name, ""));
     let mut manager = env.spawn(&config, &[]);
     env.wait_for("drained by Slurm jobs", Duration::from_secs(120), || async { env.count(&tasks, "complete").await == tasks.len() }).await;
     env.wait_for("jobs end when idle", Duration::from_secs(60), || async { squeue(&format!("test-{name}")) == (0, 0) }).await;
@@ -311,7 +313,11 @@ async fn slurm_drains(backend: Backend) {
     assert_eq!(wait_exit(&mut manager, Duration::from_secs(30)).code(), Some(0));
     let log = read(&env.log(&name));
     assert!(log.contains("Submitted Slurm job"), "{log}");
-    let outputs = std::fs::read_dir(env.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}-"))).count();
+    let outputs = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}-")))
+        .count();
     assert!(outputs >= 1, "job output files where `output` says");
 }
 backend_test!(slurm_drains, super::slurm_drains);
@@ -327,7 +333,12 @@ async fn slurm_pending_jobs_and_failures() {
     }
     let env = env(Backend::Sqlite).await.unwrap();
     let _tasks = env.tasks("held", 4, 1, 0.0).await;
-    let config = env.config("held", "max_compute_services: 4\nmax_submit_per_cycle: 2\n", "", &slurm_backend(&env, "held", "  extra_directives: [--hold]\n"));
+    let config = env.config(
+        "held",
+        "max_compute_services: 4\nmax_submit_per_cycle: 2\n",
+        "",
+        &slurm_backend(&env, "held", "  extra_directives: [--hold]\n"),
+    );
     let mut manager = env.spawn(&config, &[]);
     env.wait_for("two held jobs", Duration::from_secs(30), || async { squeue("test-held") == (0, 2) }).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // several more cycles
@@ -338,7 +349,12 @@ async fn slurm_pending_jobs_and_failures() {
     assert_eq!(wait_exit(&mut manager, Duration::from_secs(30)).code(), Some(0));
     env.wait_for("jobs cancelled", Duration::from_secs(30), || async { squeue("test-held") == (0, 0) }).await;
 
-    let config = env.config("nosbatch", "max_compute_services: 4\nmax_submit_per_cycle: 2\n", "", &slurm_backend(&env, "nosbatch", "  sbatch: /bin/false\n"));
+    let config = env.config(
+        "nosbatch",
+        "max_compute_services: 4\nmax_submit_per_cycle: 2\n",
+        "",
+        &slurm_backend(&env, "nosbatch", "  sbatch: /bin/false\n"),
+    );
     let mut manager = env.spawn(&config, &[]);
     env.wait_for("ERROR reported", Duration::from_secs(30), || async {
         env.manager("nosbatch").await.is_some_and(|m| m.status == ComputeManagerStatus::Error)

@@ -8,9 +8,12 @@ keyed chain as the compute API serves it) and, for a task that extends another,
 ``extends.json.zst`` (that task's ProtocolDAGResult blob).
 
 It rebuilds the Transformation (and the extended result), creates the ProtocolDAG named
-after the task, records the DAG key in DIR/dag_key (the service removes
-``<shared_basedir>/<dag key>`` and ``<scratch_basedir>/<dag key>`` afterwards, also when it
-has to kill this process), executes it with ``gufe.protocols.execute_DAG`` without raising
+after the task, records the DAG's keyed chain in DIR/dag.json and its key in DIR/dag_key
+(the service removes ``<shared_basedir>/<dag key>`` and ``<scratch_basedir>/<dag key>``
+afterwards, also when it has to kill this process), marks each unit as it starts in
+DIR/running_unit (so that if this process crashes, is killed or times out, the service
+reports the failure against that unit of the protocol, readable wherever gufe and the
+protocol are installed), executes the DAG with ``gufe.protocols.execute_DAG`` without raising
 on unit failures, and writes the ProtocolDAGResult as zstd-compressed keyed-chain JSON to
 FILE (the blob the compute API expects). Unit failures are part of that result; a non-zero
 exit status means this script itself failed, and its traceback goes to standard error.
@@ -39,6 +42,26 @@ def load_extended(raw: bytes):
     return GufeTokenizable.from_keyed_chain(json.loads(text.decode("utf-8"), cls=JSON_HANDLER.decoder))
 
 
+def write_replacing(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a sibling file, so readers never see half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def mark_running_units(marker: Path) -> None:
+    """Record the key of each ProtocolUnit in ``marker`` as its execution starts."""
+    from gufe.protocols.protocolunit import ProtocolUnit
+
+    execute = ProtocolUnit.execute
+
+    def marked(self, *args, **kwargs):
+        write_replacing(marker, str(self.key))
+        return execute(self, *args, **kwargs)
+
+    ProtocolUnit.execute = marked
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, type=Path)
@@ -59,7 +82,9 @@ def main(argv=None) -> int:
         extends = load_extended((args.input / request["extends"]).read_bytes())
 
     dag = transformation.create(extends=extends, name=request["task"])
+    write_replacing(args.input / "dag.json", json.dumps(dag.to_keyed_chain(), cls=JSON_HANDLER.encoder))
     (args.input / "dag_key").write_text(str(dag.key))
+    mark_running_units(args.input / "running_unit")
 
     shared = Path(request["shared_basedir"]) / str(dag.key)
     scratch = Path(request["scratch_basedir"]) / str(dag.key)

@@ -17,6 +17,11 @@
 //! path, atomically (written beside it, then renamed). A protocol whose units fail still
 //! exits 0 with a failed result; a non-zero exit means the executor itself failed, and its
 //! standard error explains why.
+//!
+//! So that a failure the service has to report itself (the child crashed, was killed or
+//! timed out) names the protocol's own units, an executor may also write `dag.json` (the
+//! ProtocolDAG's keyed chain, before `dag_key`) and, as each unit starts, `running_unit`
+//! (that unit's key); see [`crate::result::ExecutedDag`]. The python executor does both.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +36,8 @@ pub const REQUEST_FILE: &str = "request.json";
 pub const TRANSFORMATION_FILE: &str = "transformation.json";
 pub const EXTENDS_FILE: &str = "extends.json.zst";
 pub const DAG_KEY_FILE: &str = "dag_key";
+pub const DAG_FILE: &str = "dag.json";
+pub const RUNNING_UNIT_FILE: &str = "running_unit";
 pub const RESULT_FILE: &str = "result.json.zst";
 
 /// Protocol classes the native executor implements.

@@ -6,7 +6,7 @@
 //! the registration expires). The child is started in its own process group and, on
 //! Linux, with a parent-death signal, so killing it also kills whatever it started, and a
 //! service killed with SIGKILL takes its child along. Its standard output and error go to
-//! files in the task directory; the service quotes the end of the error output when it
+//! files ([`crate::task_logs`]); the service quotes the end of the error output when it
 //! reports a failed execution.
 //!
 //! Two executors, chosen by the protocol class (`__qualname__` of the transformation's
@@ -30,12 +30,13 @@ use tokio::process::Command;
 
 use crate::environment::python_activation;
 use crate::service::StopHandle;
+use crate::task_logs::OutputFiles;
 
 /// The python executor's driver script (`python/alchemiscale_rs_execute.py`).
 pub const PYTHON_DRIVER: &str = include_str!("../python/alchemiscale_rs_execute.py");
 /// Its file name in the task directory.
 pub const PYTHON_DRIVER_FILE: &str = "alchemiscale_rs_execute.py";
-/// Files receiving the child's output.
+/// Files receiving the child's output when it is not kept (see [`crate::task_logs`]).
 pub const STDOUT_FILE: &str = "stdout.log";
 pub const STDERR_FILE: &str = "stderr.log";
 
@@ -164,13 +165,13 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Start `cmd` in its own process group with output to `dir/stdout.log` and
-/// `dir/stderr.log`, and wait for it: kill the group (SIGKILL) when `timeout` passes,
+/// Start `cmd` in its own process group with its output going to `output`'s files, and
+/// wait for it: kill the group (SIGKILL) when `timeout` passes,
 /// when `stop` fires, or when `still_wanted` (called every `check_every`) answers
 /// `Some(false)`; `None` means "could not tell" and changes nothing.
 pub async fn supervise<F, Fut>(
     mut cmd: Command,
-    dir: &Path,
+    output: &OutputFiles,
     timeout: Option<Duration>,
     stop: &StopHandle,
     check_every: Duration,
@@ -181,8 +182,8 @@ where
     Fut: Future<Output = Option<bool>>,
 {
     cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join(STDOUT_FILE))?)
-        .stderr(std::fs::File::create(dir.join(STDERR_FILE))?)
+        .stdout(std::fs::File::create(&output.stdout)?)
+        .stderr(std::fs::File::create(&output.stderr)?)
         .process_group(0)
         .kill_on_drop(true);
     #[cfg(target_os = "linux")]
@@ -262,6 +263,10 @@ mod tests {
         c
     }
 
+    fn files(dir: &tempfile::TempDir) -> OutputFiles {
+        OutputFiles::in_dir(dir.path())
+    }
+
     async fn never() -> Option<bool> {
         Some(true)
     }
@@ -270,12 +275,12 @@ mod tests {
     async fn exit_status_and_output_files() {
         let dir = tempfile::tempdir().unwrap();
         let stop = StopHandle::new();
-        let e = supervise(sh("echo out; echo err >&2; exit 3"), dir.path(), None, &stop, Duration::from_secs(60), never).await.unwrap();
+        let e = supervise(sh("echo out; echo err >&2; exit 3"), &files(&dir), None, &stop, Duration::from_secs(60), never).await.unwrap();
         let Ended::Exited(status) = e else { panic!("{e:?}") };
         assert_eq!(describe_exit(&status), "status 3");
         assert_eq!(std::fs::read_to_string(dir.path().join(STDOUT_FILE)).unwrap(), "out\n");
         assert_eq!(tail(&dir.path().join(STDERR_FILE), 100), "err\n");
-        let e = supervise(sh("kill -ABRT $$"), dir.path(), None, &stop, Duration::from_secs(60), never).await.unwrap();
+        let e = supervise(sh("kill -ABRT $$"), &files(&dir), None, &stop, Duration::from_secs(60), never).await.unwrap();
         let Ended::Exited(status) = e else { panic!("{e:?}") };
         assert_eq!(describe_exit(&status), "signal 6");
     }
@@ -288,7 +293,8 @@ mod tests {
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
         let stop = StopHandle::new();
         let t0 = std::time::Instant::now();
-        let e = supervise(sh(&script), dir.path(), Some(Duration::from_millis(500)), &stop, Duration::from_secs(60), never).await.unwrap();
+        let e =
+            supervise(sh(&script), &files(&dir), Some(Duration::from_millis(500)), &stop, Duration::from_secs(60), never).await.unwrap();
         assert!(matches!(e, Ended::TimedOut(_)), "{e:?}");
         assert!(t0.elapsed() < Duration::from_secs(10));
         let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
@@ -314,12 +320,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             s2.stop();
         });
-        let e = supervise(sh("sleep 30"), dir.path(), None, &stop, Duration::from_secs(60), never).await.unwrap();
+        let e = supervise(sh("sleep 30"), &files(&dir), None, &stop, Duration::from_secs(60), never).await.unwrap();
         assert!(matches!(e, Ended::Stopped), "{e:?}");
 
         let stop = StopHandle::new();
         let mut asked = 0;
-        let e = supervise(sh("sleep 30"), dir.path(), None, &stop, Duration::from_millis(100), || {
+        let e = supervise(sh("sleep 30"), &files(&dir), None, &stop, Duration::from_millis(100), || {
             asked += 1;
             let answer = if asked < 3 { None } else { Some(false) };
             async move { answer }

@@ -13,7 +13,8 @@
 //!   native executor's entry point (`alchemiscale compute execute`);
 //! * [`synthetic`] — `SyntheticProtocol`, the native protocol of synthetic networks;
 //! * [`result`] — building ProtocolDAGResults (native results, service-reported
-//!   failures);
+//!   failures against the DAG's own units);
+//! * [`task_logs`] — each execution's standard output and error, kept and bounded;
 //! * [`logging`] — upstream's log line format.
 //!
 //! The python executor's driver script is `python/alchemiscale_rs_execute.py`, embedded
@@ -27,6 +28,7 @@ pub mod result;
 pub mod service;
 pub mod settings;
 pub mod synthetic;
+pub mod task_logs;
 
 pub use executor::ExecutorConfig;
 pub use service::{RunSummary, Service, ServiceError, StopHandle, StopReason, TaskOutcome};

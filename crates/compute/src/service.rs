@@ -39,10 +39,11 @@ use alchemiscale_model::{ComputeManagerId, ComputeServiceId, GufeKey, ScopedKey}
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::child::{TaskRequest, DAG_KEY_FILE, EXTENDS_FILE, REQUEST_FILE, RESULT_FILE, TRANSFORMATION_FILE};
-use crate::executor::{describe_exit, supervise, tail, Ended, ExecutorConfig, ExecutorKind, STDERR_FILE};
-use crate::result::failure_blob;
+use crate::child::{TaskRequest, DAG_FILE, DAG_KEY_FILE, EXTENDS_FILE, REQUEST_FILE, RESULT_FILE, RUNNING_UNIT_FILE, TRANSFORMATION_FILE};
+use crate::executor::{describe_exit, supervise, tail, Ended, ExecutorConfig, ExecutorKind};
+use crate::result::{failure_blob, ExecutedDag, ServiceFailure};
 use crate::settings::{Settings, SettingsError};
+use crate::task_logs::{self, OutputFiles};
 
 /// Largest result the service accepts from an executor, decompressed.
 pub const MAX_RESULT_BYTES: usize = 1 << 30;
@@ -167,6 +168,8 @@ pub struct Service {
     stop: StopHandle,
     shared_basedir: PathBuf,
     scratch_basedir: PathBuf,
+    /// Where executions' output is kept (absolute), if anywhere.
+    task_logs: Option<task_logs::Limits>,
 }
 
 /// What the service learns from C13 before running a task.
@@ -214,11 +217,15 @@ impl Service {
         settings.validate()?;
         executors.python = settings.executor_python.clone();
         executors.env = settings.executor_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut task_logs = settings.task_logs();
         let mut dirs = Vec::new();
-        for p in [&settings.shared_basedir, &settings.scratch_basedir] {
+        for p in [&settings.shared_basedir, &settings.scratch_basedir].into_iter().chain(task_logs.as_ref().map(|l| &l.dir)) {
             let abs = std::path::absolute(p).map_err(|source| ServiceError::Directory { path: p.clone(), source })?;
             std::fs::create_dir_all(&abs).map_err(|source| ServiceError::Directory { path: abs.clone(), source })?;
             dirs.push(abs);
+        }
+        if let Some(logs) = task_logs.as_mut() {
+            logs.dir = dirs.pop().unwrap_or_default();
         }
         let id = ComputeServiceId::mint(&settings.name).map_err(|e| SettingsError::Invalid { key: "name", message: e.to_string() })?;
         let manager =
@@ -245,6 +252,7 @@ impl Service {
             stop: StopHandle::new(),
             shared_basedir,
             scratch_basedir,
+            task_logs,
         })
     }
 
@@ -473,13 +481,14 @@ impl Service {
         let (blob, ok) = match &prepared.problem {
             Some(problem) => {
                 error!("Cannot run task '{task}': {problem}");
-                (self.failure(task, &prepared, "ValueError", problem, ""), false)
+                (self.failure(task, &prepared, "ValueError", problem, "", None), false)
             }
             None => match self.run_child(task, &prepared).await? {
                 Ran::Result { blob, ok } => (blob, ok),
-                Ran::Failure { exception, message, detail } => {
-                    warn!("Task '{task}' failed: {exception}: {message}");
-                    (self.failure(task, &prepared, &exception, &message, &detail), false)
+                Ran::Failure { exception, message, detail, dag } => {
+                    let unit = dag.as_ref().map(|d| format!(" in unit {}", d.failed_unit_name())).unwrap_or_default();
+                    warn!("Task '{task}' failed{unit}: {exception}: {message}");
+                    (self.failure(task, &prepared, &exception, &message, &detail, dag.as_ref()), false)
                 }
                 Ran::Stopped => {
                     info!("Stopped while running task '{task}'; deregistration returns it to waiting");
@@ -507,8 +516,9 @@ impl Service {
         }
     }
 
-    /// A service-built failure for `task`.
-    fn failure(&self, task: &ScopedKey, p: &Prepared, exception: &str, message: &str, detail: &str) -> Vec<u8> {
+    /// A service-built failure for `task`, against the running unit of `dag` when the
+    /// executor recorded its DAG.
+    fn failure(&self, task: &ScopedKey, p: &Prepared, exception: &str, message: &str, detail: &str, dag: Option<&ExecutedDag>) -> Vec<u8> {
         let mut traceback = format!("{exception}: {message}\n");
         traceback.push_str(&format!("\n(reported by compute service {} for task {task})\n", self.id));
         if !detail.is_empty() {
@@ -518,15 +528,21 @@ impl Service {
                 traceback.push('\n');
             }
         }
-        // (the extended result's key is read only here: decompressing and analysing it
-        // for every task that extends one would be wasted on the tasks that succeed)
-        let extends_key = p.extends.as_ref().and_then(|b| read_result(b.clone(), MAX_RESULT_BYTES).ok()).map(|r| r.summary.key.to_string());
-        failure_blob(Some(&task.to_string()), p.transformation_key.as_deref(), extends_key.as_deref(), exception, message, &traceback)
+        // (the extended result's key is read only here, and only without a DAG, which
+        // names it: decompressing and analysing it for every task that extends one would
+        // be wasted on the tasks that succeed)
+        let extends_key = match dag {
+            Some(_) => None,
+            None => p.extends.as_ref().and_then(|b| read_result(b.clone(), MAX_RESULT_BYTES).ok()).map(|r| r.summary.key.to_string()),
+        };
+        let failure = ServiceFailure { exception, message, traceback: &traceback };
+        failure_blob(dag, Some(&task.to_string()), p.transformation_key.as_deref(), extends_key.as_deref(), failure)
     }
 
     /// Write the task directory (`<scratch_basedir>/alchemiscale-task-*`), run the executor
-    /// under supervision, clean up, and read what it produced. With `keep_scratch` the task
-    /// directory (inputs, the executor's `stdout.log`/`stderr.log`) is kept as well.
+    /// under supervision with its output kept in `task_logs_dir` (or, when none is kept,
+    /// in the task directory), clean up, and read what it produced. With `keep_scratch`
+    /// the task directory (inputs, the DAG) is kept as well.
     async fn run_child(&self, task: &ScopedKey, p: &Prepared) -> Result<Ran, ServiceError> {
         let protocol = p.protocol.as_deref().unwrap_or_default();
         let kind = ExecutorKind::for_protocol(protocol);
@@ -555,9 +571,18 @@ impl Service {
         let cmd = self.executors.command(kind, dir.path(), &output).map_err(start_error)?;
 
         info!("Running task '{task}' ({protocol}) with the {} executor", kind.name());
+        let files = match &self.task_logs {
+            Some(logs) => {
+                let files = OutputFiles::kept(&logs.dir, task, chrono::Utc::now());
+                info!("Output of task '{task}': {} and {}", files.stdout.display(), files.stderr.display());
+                files
+            }
+            None => OutputFiles::in_dir(dir.path()),
+        };
         let timeout = self.settings.task_timeout();
-        let ended = supervise(cmd, dir.path(), timeout, &self.stop, self.settings.wanted_check_interval(), || self.wanted(task)).await;
+        let ended = supervise(cmd, &files, timeout, &self.stop, self.settings.wanted_check_interval(), || self.wanted(task)).await;
         self.remove_dag_dirs(dir.path());
+        self.prune_task_logs().await;
         let ended = match ended {
             Ok(e) => e,
             Err(source) => {
@@ -565,30 +590,38 @@ impl Service {
                 return Err(start_error(source));
             }
         };
-        let stderr_tail = || {
-            let t = tail(&dir.path().join(STDERR_FILE), STDERR_TAIL_BYTES);
-            if t.trim().is_empty() {
-                String::new()
-            } else {
-                format!("standard error of the executor (end):\n{t}")
+        let kept = self.task_logs.is_some();
+        let detail = || {
+            let t = tail(&files.stderr, STDERR_TAIL_BYTES);
+            let mut d = String::new();
+            if !t.trim().is_empty() {
+                d = format!("standard error of the executor (end):\n{t}");
             }
+            if kept {
+                d.push_str(&format!(
+                    "\nexecutor output kept on the compute host: {} and {}\n",
+                    files.stdout.display(),
+                    files.stderr.display()
+                ));
+            }
+            d
+        };
+        let failure = |exception: &str, message: String| Ran::Failure {
+            exception: exception.into(),
+            message,
+            detail: detail(),
+            dag: executed_dag(dir.path()),
         };
         let ran = match ended {
             Ended::Stopped => Ran::Stopped,
             Ended::Unwanted => Ran::Unwanted,
-            Ended::TimedOut(limit) => Ran::Failure {
-                exception: "TimeoutError".into(),
-                message: format!("task exceeded task_timeout of {} s", seconds(limit)),
-                detail: stderr_tail(),
-            },
-            Ended::Exited(status) if !status.success() => Ran::Failure {
-                exception: "ChildProcessError".into(),
-                message: format!("executor exited with {}", describe_exit(&status)),
-                detail: stderr_tail(),
-            },
+            Ended::TimedOut(limit) => failure("TimeoutError", format!("task exceeded task_timeout of {} s", seconds(limit))),
+            Ended::Exited(status) if !status.success() => {
+                failure("ChildProcessError", format!("executor exited with {}", describe_exit(&status)))
+            }
             Ended::Exited(_) => match self.read_output(&output, p).await {
                 Ok((blob, ok)) => Ran::Result { blob, ok },
-                Err(message) => Ran::Failure { exception: "ChildProcessError".into(), message, detail: stderr_tail() },
+                Err(message) => failure("ChildProcessError", message),
             },
         };
         if self.settings.keep_scratch {
@@ -617,6 +650,17 @@ impl Service {
         Ok((analysed.blob, analysed.summary.ok))
     }
 
+    /// Bound the kept output (see [`crate::task_logs`]); failures are logged.
+    async fn prune_task_logs(&self) {
+        let Some(limits) = self.task_logs.clone() else { return };
+        match tokio::task::spawn_blocking(move || limits.prune(std::time::SystemTime::now())).await {
+            Ok(Ok(p)) if p.files > 0 => debug!("Removed {} old task log files ({} bytes)", p.files, p.bytes),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("Could not prune the task logs: {e}"),
+            Err(e) => warn!("Could not prune the task logs: {e}"),
+        }
+    }
+
     /// Remove the DAG's shared and scratch directories named in the task directory's
     /// `dag_key` file, unless they are to be kept.
     fn remove_dag_dirs(&self, dir: &Path) {
@@ -636,10 +680,24 @@ impl Service {
     }
 }
 
+/// The DAG the executor recorded in task directory `dir` (`dag.json`, `running_unit`),
+/// if it recorded a usable one.
+fn executed_dag(dir: &Path) -> Option<ExecutedDag> {
+    let bytes = std::fs::read(dir.join(DAG_FILE)).ok()?;
+    let running = std::fs::read_to_string(dir.join(RUNNING_UNIT_FILE)).ok();
+    match ExecutedDag::parse(&bytes, running.as_deref()) {
+        Ok(dag) => Some(dag),
+        Err(e) => {
+            warn!("The executor's {DAG_FILE} is unusable ({e}); reporting the failure without its units");
+            None
+        }
+    }
+}
+
 /// What running the executor gave.
 enum Ran {
     Result { blob: Vec<u8>, ok: bool },
-    Failure { exception: String, message: String, detail: String },
+    Failure { exception: String, message: String, detail: String, dag: Option<ExecutedDag> },
     Stopped,
     Unwanted,
 }

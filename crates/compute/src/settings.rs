@@ -14,6 +14,9 @@
 //! | `wanted_check_interval` | seconds (number) | 30 | how often a running task is checked to be still wanted (not cancelled, network active) |
 //! | `executor_env` | mapping of names to strings | empty | extra environment variables for the executors (e.g. `OPENMM_CPU_THREADS`, `CUDA_VISIBLE_DEVICES`); the python executor also runs with its interpreter's environment activated (see [`crate::environment`]) |
 //! | `max_empty_claims` | positive int or null | null | stop after this many claims in a row brought no task (empty or denied): how services started by a compute manager scale down |
+//! | `task_logs_dir` | path or null | `<scratch_basedir>/task-logs` | where each execution's standard output and error are kept (see [`crate::task_logs`]) |
+//! | `task_logs_max_mb` | number ≥ 0 | 1024 | total size the kept logs may take; the oldest go first; 0 keeps none |
+//! | `task_logs_max_age_days` | number > 0 | 14 | logs older than this are removed |
 //!
 //! Deliberate differences: `loglevel` is matched case-insensitively (Python's `setLevel`
 //! wants upper case); `protocols: []` is refused (upstream sends it and every claim then
@@ -64,6 +67,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "wanted_check_interval",
     "max_empty_claims",
     "executor_env",
+    "task_logs_dir",
+    "task_logs_max_mb",
+    "task_logs_max_age_days",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +181,15 @@ pub struct Settings {
     /// Ours: extra environment variables for the executors.
     #[serde(default)]
     pub executor_env: std::collections::BTreeMap<String, String>,
+    /// Ours: where executions' output is kept (null: `<scratch_basedir>/task-logs`).
+    #[serde(default)]
+    pub task_logs_dir: Option<PathBuf>,
+    /// Ours: total size of the kept output in MB (0: keep none).
+    #[serde(default = "defaults::task_logs_max_mb")]
+    pub task_logs_max_mb: f64,
+    /// Ours: age after which kept output is removed, in days.
+    #[serde(default = "defaults::task_logs_max_age_days")]
+    pub task_logs_max_age_days: f64,
 }
 
 mod defaults {
@@ -217,6 +232,12 @@ mod defaults {
     }
     pub fn wanted_check_interval() -> f64 {
         30.0
+    }
+    pub fn task_logs_max_mb() -> f64 {
+        1024.0
+    }
+    pub fn task_logs_max_age_days() -> f64 {
+        14.0
     }
 }
 
@@ -367,6 +388,15 @@ impl Settings {
         if self.executor_python.as_os_str().is_empty() {
             return Err(invalid("executor_python", "must not be empty"));
         }
+        if !(self.task_logs_max_mb.is_finite() && self.task_logs_max_mb >= 0.0) {
+            return Err(invalid("task_logs_max_mb", "must be a number of megabytes, 0 or more (0 keeps no logs)"));
+        }
+        if !(self.task_logs_max_age_days.is_finite() && self.task_logs_max_age_days > 0.0) {
+            return Err(invalid("task_logs_max_age_days", "must be a positive number of days"));
+        }
+        if self.task_logs_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(invalid("task_logs_dir", "must not be empty (leave it out for <scratch_basedir>/task-logs)"));
+        }
         Ok(())
     }
 
@@ -396,6 +426,18 @@ impl Settings {
     pub fn wanted_check_interval(&self) -> Duration {
         Duration::from_secs_f64(self.wanted_check_interval)
     }
+
+    /// Where executions' output is kept, with its limits; None when none is to be kept.
+    pub fn task_logs(&self) -> Option<crate::task_logs::Limits> {
+        if self.task_logs_max_mb == 0.0 {
+            return None;
+        }
+        Some(crate::task_logs::Limits {
+            dir: self.task_logs_dir.clone().unwrap_or_else(|| self.scratch_basedir.join("task-logs")),
+            max_bytes: (self.task_logs_max_mb * 1_048_576.0) as u64,
+            max_age: Duration::from_secs_f64(self.task_logs_max_age_days * 86_400.0),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +462,9 @@ mod tests {
         assert_eq!((s.task_timeout, s.executor_python.clone(), s.wanted_check_interval), (None, PathBuf::from("python3"), 30.0));
         assert_eq!(s.log_level(), LevelFilter::WARN);
         assert_eq!(s.max_empty_claims, None);
+        let logs = s.task_logs().unwrap();
+        assert_eq!(logs.dir, PathBuf::from("/tmp/scratch/task-logs"));
+        assert_eq!((logs.max_bytes, logs.max_age), (1 << 30, Duration::from_secs(14 * 86_400)));
     }
 
     #[test]
@@ -430,7 +475,8 @@ mod tests {
              protocols: [SyntheticProtocol]\nclaim_limit: 4\nmax_tasks: 5\nmax_time: 6\nloglevel: info\nlogfile: /tmp/log\n\
              client_cache_directory: /tmp/c\nclient_cache_size_limit: 7\nclient_use_local_cache: true\nclient_max_retries: -1\n\
              client_retry_base_seconds: 3\nclient_retry_max_seconds: 9.5\nclient_verify: false\ntask_timeout: 2.5\n\
-             executor_python: /opt/py/bin/python\nwanted_check_interval: 0.5\nmax_empty_claims: 2\nexecutor_env: {{OPENMM_CPU_THREADS: '2'}}\nsurprise: 1\n"
+             executor_python: /opt/py/bin/python\nwanted_check_interval: 0.5\nmax_empty_claims: 2\nexecutor_env: {{OPENMM_CPU_THREADS: '2'}}\n\
+             task_logs_dir: /var/log/tasks\ntask_logs_max_mb: 0.5\ntask_logs_max_age_days: 0.25\nsurprise: 1\n"
         );
         let (s, warnings) = Settings::from_yaml(&text).unwrap();
         assert_eq!(warnings, vec!["unknown setting `surprise` ignored".to_string()]);
@@ -451,6 +497,11 @@ mod tests {
         assert_eq!(s.max_empty_claims, Some(2));
         assert_eq!(s.executor_env.get("OPENMM_CPU_THREADS").map(String::as_str), Some("2"));
         assert_eq!(s.retry_policy(), RetryPolicy { max_retries: -1, base_seconds: 3.0, max_seconds: 9.5 });
+        let logs = s.task_logs().unwrap();
+        assert_eq!(logs.dir, PathBuf::from("/var/log/tasks"));
+        assert_eq!((logs.max_bytes, logs.max_age), (524_288, Duration::from_secs(6 * 3600)));
+        let (none, _) = Settings::from_yaml(&format!("{MINIMAL}task_logs_max_mb: 0\n")).unwrap();
+        assert_eq!(none.task_logs(), None, "0 MB keeps no logs");
     }
 
     fn error_of(extra: &str) -> String {
@@ -490,8 +541,20 @@ mod tests {
         assert!(error_of("executor_env: {'A=B': x}\n").contains("executor_env"));
         assert!(error_of("executor_env: [a]\n").contains("executor_env"));
         assert!(error_of("keep_shared: maybe\n").contains("keep_shared"));
+        assert!(error_of("task_logs_max_mb: -1\n").contains("task_logs_max_mb"));
+        assert!(error_of("task_logs_max_age_days: 0\n").contains("task_logs_max_age_days"));
+        assert!(error_of("task_logs_dir: ''\n").contains("task_logs_dir"));
         let url = Settings::from_yaml(&MINIMAL.replace("http://127.0.0.1:8081", "not a url")).unwrap_err().to_string();
         assert!(url.contains("api_url"), "{url}");
+    }
+
+    /// The GPU example of the documentation is a valid settings file.
+    #[test]
+    fn documented_gpu_example_is_valid() {
+        let (s, warnings) = Settings::from_yaml(include_str!("../../../docs/compute-gpu.yaml")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(s.executor_env.get("CUDA_VISIBLE_DEVICES").map(String::as_str), Some("0"));
+        assert_eq!(s.task_logs().unwrap().max_bytes, 2048 << 20);
     }
 
     #[test]

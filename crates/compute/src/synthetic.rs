@@ -33,7 +33,7 @@ use crate::child::{io_err, ExecuteError, TaskInput};
 use crate::result::{new_key, reference, PdrBuilder, UnitOutcome};
 
 /// Module our native protocol classes claim.
-pub const MODULE: &str = "alchemiscale_rs.protocols";
+pub const MODULE: &str = alchemiscale_model::synthetic::SYNTHETIC_MODULE;
 /// Class of the units.
 pub const UNIT: &str = "SyntheticUnit";
 /// Largest accepted `n_units`.

@@ -5,7 +5,7 @@
 mod common;
 
 use alchemiscale_client::{Client, Payload};
-use alchemiscale_compute::result::failure_blob;
+use alchemiscale_compute::result::{failure_blob, ServiceFailure};
 use alchemiscale_model::json::Value;
 use alchemiscale_model::{ComputeServiceId, Scope};
 use alchemiscale_server::testing::{settings, Backend};
@@ -53,7 +53,8 @@ async fn compute_routes() {
     let tk = chain.last().unwrap().as_array().unwrap()[0].as_str().unwrap().to_string();
     assert!(tfs.iter().any(|tf| tf.gufe_key().as_str() == tk));
 
-    let blob = failure_blob(Some(&task.to_string()), Some(&tk), None, "RuntimeError", "boom", "RuntimeError: boom\n");
+    let failure = ServiceFailure { exception: "RuntimeError", message: "boom", traceback: "RuntimeError: boom\n" };
+    let blob = failure_blob(None, Some(&task.to_string()), Some(&tk), None, failure);
     let pdrr = c.set_task_result(&task, &blob, &id).await.unwrap();
     assert_eq!(pdrr.qualname(), "ProtocolDAGResultRef");
     assert_eq!(pdrr.scope(), task.scope());

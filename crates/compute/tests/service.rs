@@ -243,10 +243,11 @@ async fn stop_mid_task(backend: Backend) {
     assert_eq!(summary.executed, 0);
     assert_eq!(env.status(&task).await, "waiting", "deregistration returned the task");
     assert_eq!(env.registrations().await, 0);
-    // the task directory and the DAG's directories are gone
+    // the task directory and the DAG's directories are gone; the output is kept
     let scratch = env.dir.path().join("svc").join("scratch");
-    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "task-logs").collect();
     assert!(left.is_empty(), "left behind in scratch: {left:?}");
+    assert_eq!(std::fs::read_dir(scratch.join("task-logs")).unwrap().count(), 2, "stdout and stderr kept");
     let shared: Vec<_> = std::fs::read_dir(env.dir.path().join("svc").join("shared")).unwrap().collect();
     assert!(shared.is_empty(), "left behind in shared: {shared:?}");
 }
@@ -271,8 +272,14 @@ async fn limits_end_the_run() {
     assert!(t0.elapsed() < Duration::from_secs(10));
 
     // `max_empty_claims`: the remaining task is run, then two empty claims end the run
-    let summary = env.start("scaledown", "max_empty_claims: 2
-").join().await;
+    let summary = env
+        .start(
+            "scaledown",
+            "max_empty_claims: 2
+",
+        )
+        .join()
+        .await;
     assert_eq!((summary.executed, summary.stop_reason), (1, Some(StopReason::Idle)));
     assert_eq!(env.statuses(&tasks).await, ["complete", "complete"]);
     assert_eq!(env.registrations().await, 0);
@@ -346,12 +353,14 @@ async fn python_executor_environment() {
         std::fs::write(venv.join("bin").join(name), text).unwrap();
         std::fs::set_permissions(venv.join("bin").join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let extra = format!("executor_python: {}\nexecutor_env: {{OPENMM_CPU_THREADS: '3'}}\nmax_tasks: 1\n", venv.join("bin/python").display());
+    let extra =
+        format!("executor_python: {}\nexecutor_env: {{OPENMM_CPU_THREADS: '3'}}\nmax_tasks: 1\n", venv.join("bin/python").display());
     let summary = env.start("envsvc", &extra).join().await;
     assert_eq!((summary.executed, summary.failed), (1, 1), "{summary:?}");
     let failures = alchemiscale_client::parse_keys(&user.get(&format!("/tasks/{task}/failures")).await.unwrap()).unwrap();
     let v = user.get(&format!("/transformations/{tf}/failures/{}", failures[0])).await.unwrap();
-    let r = alchemiscale_model::pdr::read_result(alchemiscale_model::pdr::latin1_to_bytes(v[0].as_str().unwrap()).unwrap(), 1 << 30).unwrap();
+    let r =
+        alchemiscale_model::pdr::read_result(alchemiscale_model::pdr::latin1_to_bytes(v[0].as_str().unwrap()).unwrap(), 1 << 30).unwrap();
     let tb = &r.summary.failures[0].traceback;
     assert!(tb.contains("found on PATH"), "{tb}");
     assert!(tb.contains(&format!("VIRTUAL_ENV={} THREADS=3", venv.display())), "{tb}");

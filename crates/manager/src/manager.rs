@@ -224,8 +224,11 @@ impl<B: Backend> Manager<B> {
     pub async fn cycle(&mut self) -> Result<Option<Cycle>, ManagerError> {
         let census = self.backend.census().await;
         let api = |what| move |source| ManagerError::Api { what, source };
-        let instruction =
-            self.policy.run(|| self.client.manager_instruction(&self.id, &self.scopes, &self.protocols)).await.map_err(api("instruction"))?;
+        let instruction = self
+            .policy
+            .run(|| self.client.manager_instruction(&self.id, &self.scopes, &self.protocols))
+            .await
+            .map_err(api("instruction"))?;
         let mut backend_failure = census.as_ref().err().map(ToString::to_string);
         let known = census.as_ref().map(|c| c.total()).unwrap_or(0);
         let cycle = match instruction {

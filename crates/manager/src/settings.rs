@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alchemiscale_client::compute::RetryPolicy;
-use alchemiscale_compute::settings::{parse_loglevel, validate_retries};
 pub use alchemiscale_compute::settings::{invalid, SettingsError};
+use alchemiscale_compute::settings::{parse_loglevel, validate_retries};
 use alchemiscale_model::manager::Sizing;
 use alchemiscale_model::ComputeManagerId;
 use serde::Deserialize;
@@ -135,7 +135,10 @@ impl ManagerSettings {
         if !ComputeManagerId::valid_name(&f.name) {
             return Err(invalid(
                 "name",
-                format!("'{}' is not a valid compute manager name (letters, digits, '_', '.', ':', starting with a letter; no '-')", f.name),
+                format!(
+                    "'{}' is not a valid compute manager name (letters, digits, '_', '.', ':', starting with a letter; no '-')",
+                    f.name
+                ),
             ));
         }
         if f.max_compute_services == 0 {
@@ -257,9 +260,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(svc.contains("`service`") && svc.contains("sleep_intervl"), "{svc}");
-        let mgr_id = ManagerSettings::from_yaml(&doc("", "  kind: local\n").replace("  name: node\n", "  name: node\n  compute_manager_id: x\n"))
-            .unwrap_err()
-            .to_string();
+        let mgr_id =
+            ManagerSettings::from_yaml(&doc("", "  kind: local\n").replace("  name: node\n", "  name: node\n  compute_manager_id: x\n"))
+                .unwrap_err()
+                .to_string();
         assert!(mgr_id.contains("compute_manager_id"), "{mgr_id}");
         for (top, key) in [
             ("max_submit_per_cycle: 0\n", "max_submit_per_cycle"),

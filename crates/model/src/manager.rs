@@ -95,8 +95,7 @@ mod tests {
         let text = serde_json::to_string(&ok).unwrap();
         assert_eq!(text, r#"{"instruction":"OK","compute_service_ids":["w-0123456789abcdef0123456789abcdef"],"num_tasks":3}"#);
         assert_eq!(serde_json::from_str::<ManagerInstruction>(&text).unwrap(), ok);
-        let skip: ManagerInstruction =
-            serde_json::from_str(r#"{"instruction":"SKIP","compute_service_ids":[],"extra":1}"#).unwrap();
+        let skip: ManagerInstruction = serde_json::from_str(r#"{"instruction":"SKIP","compute_service_ids":[],"extra":1}"#).unwrap();
         assert_eq!(skip, ManagerInstruction::Skip { compute_service_ids: vec![] });
         let stop: ManagerInstruction = serde_json::from_str(r#"{"instruction":"SHUTDOWN","message":"m"}"#).unwrap();
         assert_eq!(stop, ManagerInstruction::Shutdown { message: "m".into() });

@@ -24,6 +24,8 @@ fn finish(mut d: Object, qualname: &str, module: &str) -> (GufeKey, Object) {
 
 /// Name of the protocol class synthetic networks use.
 pub const SYNTHETIC_PROTOCOL: &str = "SyntheticProtocol";
+/// Module named by the synthetic protocol and its settings.
+pub const SYNTHETIC_MODULE: &str = "alchemiscale_rs.protocols";
 
 /// Keyed chain JSON of a network with `n_systems` chemical systems and
 /// `n_transformations` transformations (`n_systems` ≥ 2). `tag` makes the content (and
@@ -35,6 +37,18 @@ pub fn network_chain_json(n_systems: usize, n_transformations: usize, tag: &str)
 /// As [`network_chain_json`], with extra members in the protocol's settings (e.g. to make
 /// the native `SyntheticProtocol` fail or take time).
 pub fn network_chain_json_with_settings(n_systems: usize, n_transformations: usize, tag: &str, extra_settings: &[(&str, Value)]) -> String {
+    network_chain_json_with_protocol(n_systems, n_transformations, tag, (SYNTHETIC_PROTOCOL, SYNTHETIC_MODULE), extra_settings)
+}
+
+/// As [`network_chain_json_with_settings`], with another protocol class `(qualname,
+/// module)` (e.g. a stand-in Python protocol for tests of the python executor).
+pub fn network_chain_json_with_protocol(
+    n_systems: usize,
+    n_transformations: usize,
+    tag: &str,
+    protocol_class: (&str, &str),
+    extra_settings: &[(&str, Value)],
+) -> String {
     assert!(n_systems >= 2, "need at least two chemical systems");
     let mut parts: Vec<(GufeKey, Object)> = Vec::with_capacity(2 * n_systems + n_transformations + 3);
 
@@ -53,7 +67,7 @@ pub fn network_chain_json_with_settings(n_systems: usize, n_transformations: usi
 
     let mut settings = object([
         ("__class__", Value::from("SyntheticSettings")),
-        ("__module__", Value::from("alchemiscale_rs.protocols")),
+        ("__module__", Value::from(SYNTHETIC_MODULE)),
         (":is_custom:", Value::from(true)),
         ("n_units", Value::from(2i64)),
         ("tag", Value::from(tag)),
@@ -61,7 +75,7 @@ pub fn network_chain_json_with_settings(n_systems: usize, n_transformations: usi
     for (k, v) in extra_settings {
         settings.insert(*k, v.clone());
     }
-    let (protocol, d) = finish(object([("settings", Value::Object(settings))]), SYNTHETIC_PROTOCOL, "alchemiscale_rs.protocols");
+    let (protocol, d) = finish(object([("settings", Value::Object(settings))]), protocol_class.0, protocol_class.1);
     parts.push((protocol.clone(), d));
 
     let mut systems = Vec::with_capacity(n_systems);
@@ -197,7 +211,7 @@ pub fn result_chain_json(transformation_key: &str, ok: bool, payload_bytes: usiz
         ("inputs", Value::Object(Object::new())),
         ("_key", Value::from(unit_key.clone())),
         ("__qualname__", Value::from("SyntheticUnit")),
-        ("__module__", Value::from("alchemiscale_rs.protocols")),
+        ("__module__", Value::from(SYNTHETIC_MODULE)),
         (":version:", Value::from(1i64)),
     ]);
     let qualname = if ok { "ProtocolUnitResult" } else { "ProtocolUnitFailure" };

@@ -245,11 +245,7 @@ impl Store {
         let b = self.backend;
         let sql = dialect(
             b,
-            &format!(
-                "{} FROM transformation WHERE {} AND ok_results > 0",
-                json_rows_select(b, "id, ok_results"),
-                in_ids(b, "id", 1)
-            ),
+            &format!("{} FROM transformation WHERE {} AND ok_results > 0", json_rows_select(b, "id, ok_results"), in_ids(b, "id", 1)),
         );
         let mut conn = self.reader().acquire().await?;
         let counts: Vec<(i64, i64)> = fetch_json_rows(&mut conn, &sql, &[ids_param(b, transformations)]).await?;
@@ -452,7 +448,8 @@ async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrateg
                 in_ids(backend, "id", 1)
             ),
         );
-        let rows = crate::db::bind(sqlx::query(&sql), std::slice::from_ref(&ids_param(backend, &planned.action))).fetch_all(&mut *conn).await?;
+        let rows =
+            crate::db::bind(sqlx::query(&sql), std::slice::from_ref(&ids_param(backend, &planned.action))).fetch_all(&mut *conn).await?;
         for r in &rows {
             actions.push((get_i64(r, 0)?, get_i64(r, 1)?));
         }

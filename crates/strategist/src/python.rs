@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alchemiscale_compute::executor::{describe_exit, supervise, tail, Ended, STDERR_FILE};
+use alchemiscale_compute::executor::{describe_exit, supervise, tail, Ended};
+use alchemiscale_compute::task_logs::OutputFiles;
 use alchemiscale_compute::StopHandle;
 use alchemiscale_model::json::Value;
 use alchemiscale_model::pdr::zstd_decompress;
@@ -92,13 +93,15 @@ pub async fn propose(
     let output = d.join("weights.json");
     let mut cmd = Command::new(&config.interpreter);
     cmd.arg(d.join(DRIVER_FILE)).arg("--input").arg(d).arg("--output").arg(&output).envs(&config.env);
-    let ended = supervise(cmd, d, Some(config.timeout), stop, Duration::from_secs(3600), || async { Some(true) }).await.map_err(|e| {
-        ProposeError::Strategy(StrategyError::new(
-            "StrategyProcessError",
-            format!("cannot start the Python interpreter {}: {e}", config.interpreter.display()),
-        ))
-    })?;
-    let stderr = || tail(&d.join(STDERR_FILE), 8192);
+    let files = OutputFiles::in_dir(d);
+    let ended =
+        supervise(cmd, &files, Some(config.timeout), stop, Duration::from_secs(3600), || async { Some(true) }).await.map_err(|e| {
+            ProposeError::Strategy(StrategyError::new(
+                "StrategyProcessError",
+                format!("cannot start the Python interpreter {}: {e}", config.interpreter.display()),
+            ))
+        })?;
+    let stderr = || tail(&files.stderr, 8192);
     match ended {
         Ended::Exited(status) if status.success() => read_weights(&output),
         Ended::Exited(status) => Err(match std::fs::read_to_string(d.join("error.json")).ok().and_then(|t| python_error(&t)) {

@@ -122,9 +122,8 @@ fn alive(pid: u32) -> bool {
 }
 
 fn live_pids(dir: &Path) -> Vec<u32> {
-    let pids: Vec<u32> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let pids: Vec<u32> =
+        std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
     pids.into_iter().filter(|p| alive(*p)).collect()
 }
 

@@ -11,7 +11,7 @@ use alchemiscale_client::Client;
 use alchemiscale_compute::{ExecutorConfig, RunSummary, Service, ServiceError, Settings, StopHandle};
 use alchemiscale_model::json::Value;
 use alchemiscale_model::pdr::{latin1_to_bytes, read_result, ResultBlob};
-use alchemiscale_model::synthetic::network_chain_json_with_settings;
+use alchemiscale_model::synthetic::{network_chain_json_with_protocol, SYNTHETIC_MODULE, SYNTHETIC_PROTOCOL};
 use alchemiscale_model::{Scope, ScopedKey};
 use alchemiscale_server::testing::{settings, Backend, ObjectsBackend, TestServer};
 use alchemiscale_server::{ApiKind, ApiSettings};
@@ -79,7 +79,18 @@ impl Env {
     /// Submit a synthetic network (`n_transformations` over 3 systems) with protocol
     /// settings `extra`; returns it and its transformations.
     pub async fn submit(&self, tag: &str, n_transformations: usize, extra: &[(&str, Value)]) -> (ScopedKey, Vec<ScopedKey>) {
-        let chain = network_chain_json_with_settings(3, n_transformations, tag, extra);
+        self.submit_protocol(tag, n_transformations, (SYNTHETIC_PROTOCOL, SYNTHETIC_MODULE), extra).await
+    }
+
+    /// As [`Env::submit`], with the protocol class `(qualname, module)`.
+    pub async fn submit_protocol(
+        &self,
+        tag: &str,
+        n_transformations: usize,
+        protocol: (&str, &str),
+        extra: &[(&str, Value)],
+    ) -> (ScopedKey, Vec<ScopedKey>) {
+        let chain = network_chain_json_with_protocol(3, n_transformations, tag, protocol, extra);
         let scope: Scope = SCOPE.parse().unwrap();
         let network = self.user.create_network(&chain, &scope, "active").await.unwrap();
         let tfs = alchemiscale_client::parse_keys(&self.user.get(&format!("/networks/{network}/transformations")).await.unwrap()).unwrap();

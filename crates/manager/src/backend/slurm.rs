@@ -43,7 +43,8 @@ use super::{run_program, Backend, BackendError, Census, LaunchSpec};
 use crate::settings::{invalid, SettingsError};
 
 /// The job script unless `script_template` names another.
-pub const DEFAULT_TEMPLATE: &str = "#!/bin/bash\n#SBATCH --job-name={job_name}\n#SBATCH --output={output}\n{directives}\n{setup}\n{command}\n";
+pub const DEFAULT_TEMPLATE: &str =
+    "#!/bin/bash\n#SBATCH --job-name={job_name}\n#SBATCH --output={output}\n{directives}\n{setup}\n{command}\n";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,7 +115,8 @@ impl SlurmSettings {
             return Err(invalid("extra_directives", format!("'{bad}' is not one sbatch option (like --qos=normal)")));
         }
         if let Some(path) = &self.script_template {
-            let text = std::fs::read_to_string(path).map_err(|e| invalid("script_template", format!("cannot read {}: {e}", path.display())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| invalid("script_template", format!("cannot read {}: {e}", path.display())))?;
             if !text.contains("{command}") {
                 return Err(invalid("script_template", format!("{} has no {{command}} placeholder", path.display())));
             }
@@ -153,13 +155,9 @@ pub fn job_script(spec: &LaunchSpec, s: &SlurmSettings, job_name: &str) -> Resul
         None => DEFAULT_TEMPLATE.to_string(),
     };
     let mut directives = Vec::new();
-    for (option, value) in [
-        ("--partition", &s.partition),
-        ("--time", &s.time_limit),
-        ("--gres", &s.gres),
-        ("--mem", &s.mem),
-        ("--account", &s.account),
-    ] {
+    for (option, value) in
+        [("--partition", &s.partition), ("--time", &s.time_limit), ("--gres", &s.gres), ("--mem", &s.mem), ("--account", &s.account)]
+    {
         if let Some(v) = value {
             directives.push(format!("#SBATCH {option}={v}"));
         }
