@@ -111,7 +111,14 @@ pub(crate) const TABLES: &[TableSpec] = &[
     },
     TableSpec {
         name: "task_action",
-        columns: &[("network_id", I, false), ("task_id", I, false), ("weight", F, false), ("priority", I, false), ("claim_rank", F, false)],
+        columns: &[
+            ("network_id", I, false),
+            ("task_id", I, false),
+            ("weight", F, false),
+            ("priority", I, false),
+            ("claim_rank", F, false),
+            ("queued", I, false),
+        ],
         order_by: "network_id, task_id",
         identity_id: false,
     },
@@ -396,9 +403,32 @@ impl Store {
     }
 
     /// Data that breaks a rule the schema cannot express, one message each (`database
-    /// check`): today, transformations whose kept count of successful results differs
-    /// from their results.
+    /// check`): transformations whose kept count of successful results differs from their
+    /// results, and ACTIONS rows in (or out of) the claim queue against their task's status.
     pub async fn inconsistencies(&self) -> Result<Vec<String>> {
+        let mut out = self.count_inconsistencies().await?;
+        let rows = sqlx::query(
+            "SELECT t.gufe_key, t.org, t.campaign, t.project, t.status, a.queued FROM task_action a JOIN task t ON t.id = a.task_id \
+             WHERE a.queued <> CASE WHEN t.status = 'waiting' THEN 1 ELSE 0 END ORDER BY t.id LIMIT 100",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        for r in &rows {
+            let queued: i64 = r.try_get(5)?;
+            out.push(format!(
+                "task {}-{}-{}-{} is {} but an ACTIONS row of it is {} the claim queue",
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+                r.try_get::<String, _>(2)?,
+                r.try_get::<String, _>(3)?,
+                r.try_get::<String, _>(4)?,
+                if queued == 1 { "in" } else { "out of" }
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn count_inconsistencies(&self) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT o.gufe_key, x.ok_results, x.actual FROM (SELECT tf.id, tf.ok_results, \
              (SELECT COUNT(DISTINCT tr.pdrr_id) FROM task t JOIN task_result tr ON tr.task_id = t.id JOIN pdrr p ON p.id = tr.pdrr_id \

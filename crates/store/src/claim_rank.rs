@@ -5,8 +5,11 @@
 //! for every claim needs every candidate of the hub: a pass that grows with the hub and,
 //! on PostgreSQL, dominated the cost of a claim. Instead every ACTIONS row carries its
 //! task's priority and a *claim rank*, and a claim reads the first claimable rows of the
-//! hub in (priority, rank) order from the index `task_action_claim`: work proportional to
-//! the tasks claimed (plus the rows of running tasks it steps over), however large the hub.
+//! hub in (priority, rank) order from the index `task_action_queue`: work proportional to
+//! the tasks claimed, however large the hub. That index is partial: it holds only the rows
+//! whose task is waiting (`queued = 1`, kept by every status change), so the rows of the
+//! running and errored tasks that stay actioned are not stepped over; they are in
+//! `task_action_claimed` (`queued = 0`), whose top end is the group's time.
 //!
 //! Ranks are exponential clocks (Efraimidis–Spirakis): a row of weight `w` rings at
 //! `time + E/w`, `E ~ Exp(1)`. The order in which the clocks of a set ring is a weighted
@@ -120,7 +123,9 @@ pub(crate) async fn redraw(conn: &mut AnyConnection, backend: Backend, tasks: &[
 
 /// A group's clocks: the largest rank among rows whose task is not waiting (claimed
 /// earlier), and the smallest among waiting rows, leaving out the tasks in `exclude` (a
-/// JSON array of ids) and weight-0 rows.
+/// JSON array of ids) and weight-0 rows. Each is read from one end of its partial index,
+/// so the cost does not grow with the group (beyond the excluded and weight-0 rows
+/// stepped over).
 async fn group_clocks(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -128,17 +133,20 @@ async fn group_clocks(
     priority: i64,
     exclude: &str,
 ) -> Result<(Option<f64>, Option<f64>)> {
-    let sql = dialect(
-        backend,
-        &format!(
-            "SELECT MAX(CASE WHEN t.status <> 'waiting' THEN a.claim_rank END), MIN(CASE WHEN t.status = 'waiting' THEN a.claim_rank END) \
-             FROM task_action a JOIN task t ON t.id = a.task_id \
-             WHERE a.network_id = $1 AND a.priority = $2 AND a.weight > 0 AND a.task_id NOT IN ({})",
-            json_id_list(backend, 3)
-        ),
-    );
-    let row = sqlx::query(&sql).bind(hub).bind(priority).bind(exclude.to_string()).fetch_one(&mut *conn).await?;
-    Ok((sqlx::Row::try_get(&row, 0)?, sqlx::Row::try_get(&row, 1)?))
+    let mut out = [None, None];
+    for (slot, (queued, order)) in [("0", "DESC"), ("1", "ASC")].into_iter().enumerate() {
+        let sql = dialect(
+            backend,
+            &format!(
+                "SELECT a.claim_rank FROM task_action a WHERE a.network_id = $1 AND a.priority = $2 AND a.queued = {queued} \
+                 AND a.weight > 0 AND a.task_id NOT IN ({}) ORDER BY a.claim_rank {order} LIMIT 1",
+                json_id_list(backend, 3)
+            ),
+        );
+        let row = sqlx::query(&sql).bind(hub).bind(priority).bind(exclude.to_string()).fetch_optional(&mut *conn).await?;
+        out[slot] = row.map(|r| sqlx::Row::try_get::<f64, _>(&r, 0)).transpose()?;
+    }
+    Ok((out[0], out[1]))
 }
 
 /// Ranks for rows about to be actioned on `hub` with `weight`, one per (task, priority):

@@ -189,10 +189,13 @@ pub(crate) fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg
 
 /// The conditions that make an actioned task `t` (joined with its ACTIONS row `a`)
 /// claimable (model.md §6.3 step 1), plus "no claim yet" (step 5). With `protocols`, the
-/// JSON list of protocol names is parameter `$protocols_param`.
+/// JSON list of protocol names is parameter `$protocols_param`. `a.queued = 1` (the task is
+/// waiting, kept with its status) lets both backends read the partial index of waiting
+/// rows, so the rows of running and errored tasks are never read; the status is checked
+/// again on the task row.
 fn claimable_condition(backend: Backend, protocols_param: Option<usize>) -> String {
     let mut s = String::from(
-        "a.weight > 0 AND t.status = 'waiting' \
+        "a.queued = 1 AND a.weight > 0 AND t.status = 'waiting' \
          AND EXISTS (SELECT 1 FROM network ns WHERE ns.id = a.network_id AND ns.state IN ('active', 'inactive')) \
          AND (t.extends_id IS NULL OR EXISTS (SELECT 1 FROM task p WHERE p.id = t.extends_id AND p.status = 'complete')) \
          AND NOT EXISTS (SELECT 1 FROM task_claim k WHERE k.task_id = t.id)",
@@ -365,7 +368,7 @@ struct Claimed {
 /// Select claimable tasks from several hubs, up to the given count from each, by the
 /// algorithm of model.md §6.3 steps 1–4, inside the caller's write transaction: the first
 /// claimable ACTIONS rows of each hub in (priority, claim rank) order, read from the index
-/// `task_action_claim` (see `claim_rank` for why that order is §6.3's weighted sampling).
+/// `task_action_queue` (see `claim_rank` for why that order is §6.3's weighted sampling).
 /// Returns, per requested hub, the tasks and whether the hub has no claimable task left
 /// afterwards (for this filter). A task actioned on two of the hubs is handed out once.
 /// With `require_hub_weight`, hubs whose weight is 0 yield nothing. On PostgreSQL the
@@ -455,7 +458,7 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64
 
 /// The FROM/WHERE of the candidates of one hub: `$1` is the hub, the protocol list (if
 /// any) is `$2`.
-fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
+pub(crate) fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
     // uncorrelated, so evaluated once per statement rather than once per candidate
     let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = $1 AND n.weight > 0)" } else { "" };
     format!(

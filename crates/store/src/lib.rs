@@ -12,6 +12,7 @@
 //! and writers queue in-process instead of polling SQLite's busy handler.
 
 mod admin;
+pub mod claim_plan;
 mod claim_rank;
 pub mod compute;
 mod db;

@@ -134,6 +134,10 @@ pub(crate) async fn apply_status(
     }
     if effects.drop_actions {
         execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE task_id IN ({})", &[], &args).await?;
+    } else {
+        // the claim queue holds the rows of waiting tasks only (see `claim_rank`)
+        let queued = Arg::I64(i64::from(to == TaskStatus::Waiting));
+        execute_in_chunks(conn, backend, "UPDATE task_action SET queued = $1 WHERE task_id IN ({})", &[queued], &args).await?;
     }
     if effects.drop_applies {
         execute_in_chunks(conn, backend, "DELETE FROM restart_applies WHERE task_id IN ({})", &[], &args).await?;
@@ -232,9 +236,19 @@ pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hu
         ),
     );
     sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
+    let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+    // rows of tasks that are not waiting stay out of the claim queue (see `claim_rank`)
+    let sql = dialect(
+        backend,
+        &format!(
+            "UPDATE task_action SET queued = 0 WHERE network_id = $1 AND task_id IN \
+             (SELECT id FROM task WHERE id IN ({}) AND status <> 'waiting')",
+            json_id_list(backend, 2)
+        ),
+    );
+    sqlx::query(&sql).bind(hub).bind(json_ids(&ids)).execute(&mut *conn).await?;
     let patterns = sqlx::query("SELECT 1 FROM restart_pattern WHERE network_id = $1 LIMIT 1").bind(hub).fetch_optional(&mut *conn).await?;
     if patterns.is_some() {
-        let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
         let sql = dialect(
             backend,
             &format!(

@@ -1,0 +1,51 @@
+//! A claim reads a bounded part of its hub's queue however large the queue is and however
+//! many of its tasks are already running: checked on the plan each backend runs, at
+//! 100,000 actioned tasks of which 20,000 are claimed, on a freshly loaded store (no
+//! ANALYZE, no statistics refreshed by hand).
+
+#[path = "common.rs"]
+mod common;
+
+use alchemiscale_model::synthetic::network_chain_json;
+use alchemiscale_model::{ComputeServiceId, NetworkState, Scope};
+use alchemiscale_store::tasks::TaskRequest;
+use alchemiscale_store::{store_test, Backend};
+use common::*;
+
+const TASKS: usize = 100_000;
+const CLAIMED: usize = 20_000;
+
+store_test!(claims_read_a_bounded_part_of_a_large_queue, |store| async move {
+    let scope: Scope = "plan-campaign-project".parse().unwrap();
+    let created = store.create_network(&chain_of(&network_chain_json(4, 100, "plan")), &scope, NetworkState::Active).await.unwrap();
+    let tfs = store.network_transformations(&created.network).await.unwrap();
+    let requests: Vec<TaskRequest> =
+        tfs.iter().flat_map(|tf| (0..TASKS / tfs.len()).map(|_| TaskRequest { transformation: tf.clone(), extends: None })).collect();
+    let tasks = store.create_tasks(&requests, None).await.unwrap();
+    let tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    for chunk in tasks.chunks(10_000) {
+        store.action_tasks(&created.network, chunk, None).await.unwrap();
+    }
+    let service = ComputeServiceId::mint("planner").unwrap();
+    store.register_compute_service(&service, None).await.unwrap();
+    let mut claimed = 0;
+    while claimed < CLAIMED {
+        let got = store.claim_taskhub_tasks(&created.taskhub, &service, 5_000, None).await.unwrap();
+        claimed += got.iter().flatten().count();
+    }
+
+    let plan = store.explain_hub_claim(&created.taskhub, 10).await.unwrap().expect("the hub exists");
+    match store.backend() {
+        Backend::Sqlite => {
+            assert!(plan.text.contains("USING INDEX task_action_queue"), "the claim reads the queue's index:\n{}", plan.text);
+            assert!(!plan.text.contains("TEMP B-TREE"), "the claim sorts nothing:\n{}", plan.text);
+            assert!(!plan.text.lines().any(|l| l.starts_with("SCAN")), "the claim scans no table:\n{}", plan.text);
+        }
+        Backend::Postgres => {
+            let read = plan.action_rows_read.unwrap();
+            assert!(read <= 100, "a claim of 10 read {read} ACTIONS rows of a queue of {TASKS} ({CLAIMED} running):\n{}", plan.text);
+        }
+    }
+    // and the claim itself still works after the explanation (nothing was kept locked)
+    assert_eq!(store.claim_taskhub_tasks(&created.taskhub, &service, 10, None).await.unwrap().iter().flatten().count(), 10);
+});
