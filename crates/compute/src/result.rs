@@ -61,6 +61,16 @@ pub enum UnitOutcome {
     Failure { exception: String, args: Vec<Value>, traceback: String },
 }
 
+impl UnitOutcome {
+    /// gufe's class of the unit result.
+    fn qualname(&self) -> &'static str {
+        match self {
+            UnitOutcome::Success { .. } => "ProtocolUnitResult",
+            UnitOutcome::Failure { .. } => "ProtocolUnitFailure",
+        }
+    }
+}
+
 /// Collects units and their results, then writes the ProtocolDAGResult keyed chain.
 #[derive(Debug, Clone)]
 pub struct PdrBuilder {
@@ -132,11 +142,7 @@ impl PdrBuilder {
         end: DateTime<Utc>,
         outcome: UnitOutcome,
     ) -> String {
-        let qualname = match outcome {
-            UnitOutcome::Success { .. } => "ProtocolUnitResult",
-            UnitOutcome::Failure { .. } => "ProtocolUnitFailure",
-        };
-        let key = new_key(qualname);
+        let key = new_key(outcome.qualname());
         self.push_result(key, unit_key, name, inputs, start, end, outcome)
     }
 
@@ -161,10 +167,7 @@ impl PdrBuilder {
         end: DateTime<Utc>,
         outcome: UnitOutcome,
     ) -> String {
-        let qualname = match outcome {
-            UnitOutcome::Success { .. } => "ProtocolUnitResult",
-            UnitOutcome::Failure { .. } => "ProtocolUnitFailure",
-        };
+        let qualname = outcome.qualname();
         let mut d = Object::new();
         d.insert("name", Value::from(name));
         d.insert("_key", Value::from(key.as_str()));

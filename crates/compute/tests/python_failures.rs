@@ -22,43 +22,7 @@ use alchemiscale_model::pdr::{zstd_decompress, ResultBlob};
 use alchemiscale_server::testing::Backend;
 use common::*;
 
-const GUFE_TOKENIZATION: &str = r#"
-import importlib, json
-
-class _Handler:
-    decoder = json.JSONDecoder
-    encoder = json.JSONEncoder
-
-JSON_HANDLER = _Handler()
-
-def _resolve(value, objects):
-    if isinstance(value, dict):
-        if list(value) == [":gufe-key:"]:
-            return objects[value[":gufe-key:"]]
-        return {k: _resolve(v, objects) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, objects) for v in value]
-    return value
-
-class GufeTokenizable:
-    @classmethod
-    def from_keyed_chain(cls, chain):
-        objects, obj = {}, None
-        for key, d in chain:
-            d = _resolve(d, objects)
-            try:
-                klass = getattr(importlib.import_module(d["__module__"]), d["__qualname__"])
-            except (ImportError, AttributeError):
-                klass = Generic
-            obj = klass.__new__(klass)
-            obj.__dict__.update({k: v for k, v in d.items() if not k.startswith("__") and not k.startswith(":")})
-            obj.key = key
-            objects[key] = obj
-        return obj
-
-class Generic(GufeTokenizable):
-    pass
-"#;
+const GUFE_TOKENIZATION: &str = include_str!("../../../testdata/standin/gufe_tokenization.py");
 
 const GUFE_TRANSFORMATION: &str = r#"
 from gufe.tokenization import Generic

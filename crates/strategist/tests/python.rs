@@ -19,46 +19,7 @@ use alchemiscale_store::tasks::TaskRequest;
 use alchemiscale_store::{store_test, Store};
 use alchemiscale_strategist::{Settings, Strategist};
 
-const FAKE_GUFE: &str = r#"
-import importlib, json
-
-class _Handler:
-    decoder = json.JSONDecoder
-    encoder = json.JSONEncoder
-
-JSON_HANDLER = _Handler()
-
-class GufeKey(str):
-    pass
-
-def _resolve(value, objects):
-    if isinstance(value, dict):
-        if list(value) == [":gufe-key:"]:
-            return objects[value[":gufe-key:"]]
-        return {k: _resolve(v, objects) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, objects) for v in value]
-    return value
-
-class GufeTokenizable:
-    @classmethod
-    def from_keyed_chain(cls, chain):
-        objects, obj = {}, None
-        for key, d in chain:
-            d = _resolve(d, objects)
-            try:
-                klass = getattr(importlib.import_module(d["__module__"]), d["__qualname__"])
-            except (ImportError, AttributeError):
-                klass = Generic
-            obj = klass()
-            obj.__dict__.update({k: v for k, v in d.items() if not k.startswith("__") and not k.startswith(":")})
-            obj.key = GufeKey(key)
-            objects[key] = obj
-        return obj
-
-class Generic(GufeTokenizable):
-    pass
-"#;
+const FAKE_GUFE: &str = include_str!("../../../testdata/standin/gufe_tokenization.py");
 
 const FAKE_TRANSFORMATION: &str = r#"
 from gufe.tokenization import Generic
