@@ -9,7 +9,7 @@
 
 use sqlx::Row;
 
-use crate::compute::hub_candidates;
+use crate::claims::hub_candidates;
 use crate::db::dialect;
 use crate::error::Result;
 use crate::networks::network_id_by_token;

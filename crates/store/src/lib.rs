@@ -14,6 +14,7 @@
 mod admin;
 pub mod claim_plan;
 mod claim_rank;
+pub mod claims;
 pub mod compute;
 mod db;
 pub mod dump;

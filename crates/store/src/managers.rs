@@ -14,7 +14,8 @@ use sqlx::AnyConnection;
 
 pub use alchemiscale_model::manager::ManagerInstruction;
 
-use crate::compute::{can_claim_row, cutoff, from_micros, micros, protocol_filter, scopes_condition, service_id};
+use crate::claims::{protocol_filter, scopes_condition};
+use crate::compute::{can_claim_row, cutoff, from_micros, micros, service_id};
 use crate::db::{bind, dialect, get_i64, get_str, json_array, json_text_list, Arg};
 use crate::error::{Result, StoreError};
 use crate::{Backend, Store};

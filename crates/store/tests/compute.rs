@@ -988,3 +988,36 @@ store_test!(deleted_and_invalid_networks_are_not_claimed, |store| async move {
     store.set_network_states(&[(net.clone(), NetworkState::Active)]).await.unwrap();
     assert_eq!(claim(4).await, 3);
 });
+
+store_test!(concurrent_hub_claims_get_their_own_answers, |store| async move {
+    // concurrent C10 claims on one hub are combined too; each gets its own answer
+    let (net, hub, tfs) = network(&store, "hubmixed").await;
+    let ts = tasks(&store, &tfs, 40).await;
+    action(&store, &net, &ts).await;
+    let (ok, unknown) = (sid(11), sid(13));
+    store.register_compute_service(&ok, None).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let (store, hub) = (store.clone(), hub.clone());
+        let me = if i % 3 == 0 { unknown.clone() } else { ok.clone() };
+        handles.push(tokio::spawn(async move { (me.clone(), 1 + i % 2, store.claim_taskhub_tasks(&hub, &me, 1 + i % 2, None).await) }));
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            (me, count, Ok(v)) if me == ok => {
+                assert_eq!(v.len(), count);
+                assert!(v.iter().all(Option::is_some), "40 tasks are enough for every request: {v:?}");
+                got.extend(v.into_iter().flatten());
+            }
+            (me, _, Err(StoreError::Invalid(m))) if me == unknown => assert_eq!(m, format!("compute service {unknown} is not registered")),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let expected: usize = (0..30).filter(|i| i % 3 != 0).map(|i| 1 + i % 2).sum();
+    assert_eq!(got.len(), expected);
+    assert_eq!(set_of(&got).len(), got.len(), "no task handed out twice");
+    let (by, total) = claims_by_service(&store).await;
+    assert_eq!((by[&ok.to_string()], total), (expected as i64, expected as i64));
+    assert_eq!(statuses(&store, &got).await, vec![TaskStatus::Running; expected]);
+});

@@ -34,6 +34,11 @@ pub enum BenchCommand {
     /// measured in the same run, double claims are counted, and a phase with many hubs
     /// is compared with the one-hub rate. Last line: a JSON object with claims_per_s,
     /// raw_claims_per_s, pushes_per_s, double_claims, backend ….
+    ///
+    /// With --curve: the claim rate (C11, C10, bare store) and the server processes'
+    /// memory at growing numbers of actioned tasks (--sizes, default 1,000 to 1,000,000),
+    /// each set up through the user API on fresh servers. Last line: a JSON object with
+    /// sizes, claims_per_s, rss_mb, double_claims, backend ….
     Claims(super::bench_claims::ClaimsBench),
     /// Results through the API against an `alchemiscale serve` process it starts: many
     /// small results pushed and downloaded concurrently, a few large ones one at a time,
@@ -99,6 +104,14 @@ impl BenchStore {
         Ok(BenchStore { store, _dir: dir, scratch })
     }
 
+    /// The scratch schema's URL, when the bench store is on PostgreSQL.
+    pub fn postgres_url(&self) -> Option<String> {
+        match &self.scratch {
+            Some(ScratchSchema { location: StoreLocation::Postgres { url }, .. }) => Some(url.clone()),
+            _ => None,
+        }
+    }
+
     pub async fn close(self) -> anyhow::Result<()> {
         self.store.close().await;
         if let Some(s) = self.scratch {
@@ -112,6 +125,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(b) => store_bench(b).await,
         BenchCommand::Api(b) => super::bench_api::run(b).await,
+        BenchCommand::Claims(b) if b.curve => super::bench_curve::run(b).await,
         BenchCommand::Claims(b) => super::bench_claims::run(b).await,
         BenchCommand::Objects(b) => super::bench_objects::run(b).await,
         BenchCommand::Strategist(b) => super::bench_strategist::run(b).await,

@@ -3,7 +3,6 @@
 //! measured in the same run.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use alchemiscale_client::{Client, Payload};
@@ -38,6 +37,19 @@ pub struct ClaimsBench {
     /// Hubs (networks) holding waiting tasks in the many-hubs phase (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     pub hubs: usize,
+    /// Measure the claim rate and server memory at growing queue sizes instead (see
+    /// `bench claims --help`).
+    #[arg(long)]
+    pub curve: bool,
+    /// With --curve: numbers of actioned tasks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
+    pub sizes: Vec<usize>,
+    /// With --curve: claims measured per route and size (at most a quarter of the size).
+    #[arg(long, default_value_t = 3000)]
+    pub curve_claims: usize,
+    /// With --curve: seconds the servers stay idle before their memory is read.
+    #[arg(long, default_value_t = 30)]
+    pub idle_seconds: u64,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -126,37 +138,12 @@ async fn network_with_tasks(
 /// `services` workers claim one task per request over HTTP until nothing is left (or
 /// `limit` claims are made); returns ((task, claiming service) pairs, seconds).
 async fn http_claims(servers: &BenchServers, ids: &[ComputeServiceId], limit: usize) -> anyhow::Result<(Vec<(ScopedKey, String)>, f64)> {
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // clients log in before the clock starts (a login is a deliberately slow key check)
     let mut clients = Vec::with_capacity(ids.len());
     for _ in ids {
         clients.push(servers.compute_client().await?);
     }
-    let mut handles = Vec::new();
-    let start = Instant::now();
-    for (id, client) in ids.iter().zip(clients) {
-        let (id, done) = (id.to_string(), done.clone());
-        handles.push(tokio::spawn(async move {
-            let body = json!({"scopes": [{"org": null, "campaign": null, "project": null}], "compute_service_id": id, "count": 1, "protocols": null});
-            let mut mine = Vec::new();
-            while done.load(std::sync::atomic::Ordering::Relaxed) < limit {
-                let v = client.post("/claim", &body).await?;
-                match v.as_array().and_then(|a| a.first()).and_then(|x| x.as_str()) {
-                    Some(k) => {
-                        mine.push((k.parse::<ScopedKey>().map_err(|e| anyhow::anyhow!("{e}"))?, id.clone()));
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    None => break,
-                }
-            }
-            anyhow::Ok(mine)
-        }));
-    }
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await??);
-    }
-    Ok((all, start.elapsed().as_secs_f64()))
+    super::bench_curve::claim_over_http(clients, ids, limit, None).await
 }
 
 pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {

@@ -45,15 +45,11 @@ pub struct ObjectsBench {
     pub objects: ObjectArgs,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use super::bench_curve::free_port;
 
 /// Peak resident memory of a process, bytes (VmHWM).
 fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    super::bench_curve::proc_status_bytes(pid, "VmHWM:")
 }
 
 /// CPU time a process has used so far, seconds (user + system, from /proc).

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_api;
 pub mod bench_claims;
+pub mod bench_curve;
 pub mod bench_managers;
 pub mod bench_objects;
 pub mod bench_strategist;

@@ -1,0 +1,339 @@
+//! `alchemiscale bench claims --curve`: the claim rate and the server's memory as the work
+//! grows, from 1,000 to 1,000,000 actioned tasks.
+//!
+//! For every size the command starts fresh servers as separate processes (`serve` on a
+//! temporary SQLite store; with `--url postgres://…`, `api` and `compute api` on a scratch
+//! schema), sets the work up through the user API as a user would — one network, its tasks
+//! created per transformation and actioned in chunks; no ANALYZE, no store access before the
+//! clock — then measures, with `--services` concurrent services claiming one task per
+//! request: C11 (`POST /claim`), C10 (`POST /taskhubs/{sk}/claim`) and, in the same run,
+//! the store's bare claim transaction (this process, same store, no HTTP). Memory is the
+//! server processes' anonymous resident memory after the claims and `--idle-seconds` of
+//! idleness, and their peak resident memory.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alchemiscale_client::{parse_keys, Client};
+use alchemiscale_model::synthetic::network_chain_json;
+use alchemiscale_model::{ComputeServiceId, Scope, ScopedKey};
+use alchemiscale_store::identities::{hash_key, IdentityKind};
+use alchemiscale_store::{Store, StoreLocation};
+use anyhow::{bail, ensure, Context};
+use serde_json::json;
+
+use super::bench::BenchStore;
+use super::bench_claims::ClaimsBench;
+
+const KEY: &str = "curve-key";
+const JWT: &str = "curve-jwt-secret";
+
+/// The servers under test: their processes and logged-in clients.
+struct Servers {
+    children: Vec<Child>,
+    user: Client,
+    compute_url: String,
+    /// The store they serve, for the bare claims.
+    location: StoreLocation,
+    _bench: Option<BenchStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `/proc/<pid>/status` figure in kB, as bytes.
+pub(crate) fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn spawn(args: &[String], data_dir: &Path) -> anyhow::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .args(["--loglevel", "warn", "--jwt-secret", JWT])
+        .env_remove("ALCHEMISCALE_STATE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start a server process")
+}
+
+impl Servers {
+    async fn start(b: &ClaimsBench) -> anyhow::Result<Servers> {
+        let dir = tempfile::tempdir()?;
+        let (user_port, compute_port) = (free_port()?, free_port()?);
+        let (location, bench, children) = if b.store.url.is_some() {
+            // a scratch schema, identities added as `identity add` would, two processes
+            let bench = BenchStore::open(&b.store).await?;
+            add_identities(&bench.store).await?;
+            let Some(url) = bench.postgres_url() else { bail!("--url must name a PostgreSQL database") };
+            let api = spawn(&["api".into(), "--url".into(), url.clone(), "--port".into(), user_port.to_string()], dir.path())?;
+            let compute = spawn(
+                &["compute".into(), "api".into(), "--url".into(), url.clone(), "--port".into(), compute_port.to_string()],
+                dir.path(),
+            )?;
+            (StoreLocation::Postgres { url }, Some(bench), vec![api, compute])
+        } else {
+            // the embedded default: one `serve` process over the data directory's SQLite
+            let location = StoreLocation::Sqlite { path: dir.path().join("state.db") };
+            let store = Store::connect(&location, &b.store.options()).await?;
+            store.init().await?;
+            add_identities(&store).await?;
+            store.close().await;
+            let serve = spawn(
+                &[
+                    "serve".into(),
+                    "--no-strategist".into(),
+                    "--port".into(),
+                    user_port.to_string(),
+                    "--compute-port".into(),
+                    compute_port.to_string(),
+                ],
+                dir.path(),
+            )?;
+            (location, None, vec![serve])
+        };
+        let user = Client::new(&format!("http://127.0.0.1:{user_port}"), "curve-user", KEY)?;
+        let compute_url = format!("http://127.0.0.1:{compute_port}");
+        let servers = Servers { children, user, compute_url, location, _bench: bench, _dir: dir };
+        for _ in 0..200 {
+            if servers.user.login().await.is_ok() && servers.compute().await.is_ok() {
+                return Ok(servers);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the servers under test did not start")
+    }
+
+    async fn compute(&self) -> anyhow::Result<Client> {
+        let c = Client::new(&self.compute_url, "curve-compute", KEY)?;
+        c.login().await?;
+        Ok(c)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Summed over the server processes, MB.
+    fn memory_mb(&self, field: &str) -> f64 {
+        self.pids().iter().filter_map(|&p| proc_status_bytes(p, field)).sum::<u64>() as f64 / 1e6
+    }
+}
+
+async fn add_identities(store: &Store) -> anyhow::Result<()> {
+    let all: Scope = "*-*-*".parse()?;
+    for (kind, id) in [(IdentityKind::User, "curve-user"), (IdentityKind::Compute, "curve-compute")] {
+        store.add_identity(kind, id, &hash_key(KEY)?, false).await?;
+        store.add_scopes(kind, id, std::slice::from_ref(&all)).await?;
+    }
+    Ok(())
+}
+
+/// `ids.len()` services claim one task per request over HTTP — from `hub` (C10) or
+/// across scopes (C11) — until `limit` claims are made or nothing is left; returns the
+/// claimed tasks and the seconds taken. Clients log in before the clock starts.
+pub(crate) async fn claim_over_http(
+    clients: Vec<Client>,
+    ids: &[ComputeServiceId],
+    limit: usize,
+    hub: Option<&ScopedKey>,
+) -> anyhow::Result<(Vec<(ScopedKey, String)>, f64)> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let path = hub.map(|h| format!("/taskhubs/{h}/claim")).unwrap_or_else(|| "/claim".into());
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for (id, client) in ids.iter().zip(clients) {
+        let (id, done, path) = (id.to_string(), done.clone(), path.clone());
+        let body = match hub {
+            Some(_) => json!({"compute_service_id": id, "count": 1, "protocols": null}),
+            None => {
+                json!({"scopes": [{"org": null, "campaign": null, "project": null}], "compute_service_id": id, "count": 1, "protocols": null})
+            }
+        };
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while done.load(Ordering::Relaxed) < limit {
+                let v = client.post(&path, &body).await?;
+                match v.as_array().and_then(|a| a.first()).and_then(|x| x.as_str()) {
+                    Some(k) => {
+                        mine.push((k.parse::<ScopedKey>().map_err(|e| anyhow::anyhow!("{e}"))?, id.clone()));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => break,
+                }
+            }
+            anyhow::Ok(mine)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    Ok((all, start.elapsed().as_secs_f64()))
+}
+
+/// One network with `tasks` actioned tasks, through the user API; returns the network.
+async fn set_up(user: &Client, tasks: usize) -> anyhow::Result<ScopedKey> {
+    let transformations = (tasks / 100).clamp(10, 2000);
+    let scope: Scope = "curve-campaign-project".parse()?;
+    let network =
+        user.create_network(&network_chain_json(transformations.min(200).max(2), transformations, "curve"), &scope, "active").await?;
+    let tfs = parse_keys(&user.get(&format!("/networks/{network}/transformations")).await?)?;
+    ensure!(tfs.len() == transformations, "the network has {} transformations", tfs.len());
+    let mut created = Vec::with_capacity(tasks);
+    for (i, tf) in tfs.iter().enumerate() {
+        let n = tasks / transformations + usize::from(i < tasks % transformations);
+        created.extend(user.create_tasks(tf, n as i64, None).await?);
+    }
+    for chunk in created.chunks(10_000) {
+        let actioned = user.action_tasks(&network, chunk, None).await?;
+        ensure!(actioned.iter().all(Option::is_some), "some tasks were not actioned");
+    }
+    Ok(network)
+}
+
+/// Figures of one size.
+struct Point {
+    size: usize,
+    setup_s: f64,
+    c11: f64,
+    c10: f64,
+    bare: f64,
+    rss_mb: f64,
+    peak_mb: f64,
+    claimed: Vec<ScopedKey>,
+}
+
+async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
+    let servers = Servers::start(b).await?;
+    let t = Instant::now();
+    set_up(&servers.user, size).await.context("setting up through the user API")?;
+    let setup_s = t.elapsed().as_secs_f64();
+    let k = b.curve_claims.min(size / 4).max(b.services);
+
+    let compute = servers.compute().await?;
+    let hub = compute.query_taskhubs(&[Scope::all()]).await?.pop().context("no task hub")?;
+    let mut ids = Vec::new();
+    for i in 0..b.services {
+        let id = ComputeServiceId::mint(&format!("curve{i}"))?;
+        compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
+        ids.push(id);
+    }
+    let mut rates = Vec::new();
+    let mut claimed = Vec::new();
+    for route in [None, Some(&hub)] {
+        let mut clients = Vec::with_capacity(ids.len());
+        for _ in &ids {
+            clients.push(servers.compute().await?);
+        }
+        let (got, secs) = claim_over_http(clients, &ids, k, route).await?;
+        ensure!(got.len() >= k, "claimed {} of {k}", got.len());
+        rates.push(got.len() as f64 / secs);
+        claimed.extend(got.into_iter().map(|(t, _)| t));
+    }
+
+    // the bare store claim transaction, same store, same concurrency
+    let store = Store::connect(&servers.location, &b.store.options()).await?;
+    let scopes = vec![Scope::all()];
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..b.services {
+        let (store, scopes, done) = (store.clone(), scopes.clone(), done.clone());
+        let id = ComputeServiceId::mint(&format!("bare{i}"))?;
+        store.register_compute_service(&id, None).await?;
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while done.load(Ordering::Relaxed) < k {
+                match store.claim_tasks(&scopes, &[], &id, 1, None, 600, 3).await? {
+                    alchemiscale_store::compute::ClaimOutcome::Claimed(v) if v[0].is_some() => {
+                        mine.extend(v.into_iter().flatten());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            anyhow::Ok(mine)
+        }));
+    }
+    let mut bare_n = 0;
+    for h in handles {
+        let mine = h.await??;
+        bare_n += mine.len();
+        claimed.extend(mine);
+    }
+    let bare = bare_n as f64 / start.elapsed().as_secs_f64();
+    store.close().await;
+
+    tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
+    let (rss_mb, peak_mb) = (servers.memory_mb("RssAnon:"), servers.memory_mb("VmHWM:"));
+    Ok(Point { size, setup_s, c11: rates[0], c10: rates[1], bare, rss_mb, peak_mb, claimed })
+}
+
+pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
+    ensure!(!b.sizes.is_empty() && b.sizes.iter().all(|&s| s >= 4 * b.services), "every size must hold at least 4 tasks per service");
+    let backend = if b.store.url.is_some() { "postgres" } else { "sqlite" };
+    println!(
+        "bench claims --curve: {backend} backend, {} services claiming one task per request, up to {} claims per route and size",
+        b.services, b.curve_claims
+    );
+    println!("  {:>9}  {:>8}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}", "tasks", "setup s", "C11 /s", "C10 /s", "bare /s", "anon MB", "peak MB");
+    let mut points = Vec::new();
+    let mut double_claims = 0;
+    for &size in &b.sizes {
+        let p = measure(&b, size).await.with_context(|| format!("size {size}"))?;
+        let distinct: HashSet<&ScopedKey> = p.claimed.iter().collect();
+        double_claims += p.claimed.len() - distinct.len();
+        println!(
+            "  {:>9}  {:>8.1}  {:>9.0}  {:>9.0}  {:>9.0}  {:>8.0}  {:>8.0}",
+            p.size, p.setup_s, p.c11, p.c10, p.bare, p.rss_mb, p.peak_mb
+        );
+        points.push(p);
+    }
+    let per = |f: fn(&Point) -> f64| points.iter().map(f).collect::<Vec<f64>>();
+    // the largest size against 10,000 tasks (or the smallest size measured)
+    let base = points.iter().find(|p| p.size == 10_000).unwrap_or(&points[0]);
+    let last = points.last().expect("at least one size");
+    println!(
+        "  at {} tasks against {}: C11 {:.2}x, C10 {:.2}x, bare {:.2}x; {double_claims} double claims",
+        last.size,
+        base.size,
+        last.c11 / base.c11,
+        last.c10 / base.c10,
+        last.bare / base.bare
+    );
+    let summary = json!({
+        "bench": "claims-curve",
+        "backend": backend,
+        "services": b.services,
+        "sizes": per(|p| p.size as f64),
+        "setup_s": per(|p| p.setup_s),
+        "claims_per_s": {"c11": per(|p| p.c11), "c10": per(|p| p.c10), "bare": per(|p| p.bare)},
+        "largest_vs_10k": {"c11": last.c11 / base.c11, "c10": last.c10 / base.c10, "bare": last.bare / base.bare},
+        "rss_mb": per(|p| p.rss_mb),
+        "peak_rss_mb": per(|p| p.peak_mb),
+        "idle_seconds": b.idle_seconds,
+        "double_claims": double_claims,
+    });
+    println!("{summary}");
+    Ok(())
+}
