@@ -501,9 +501,12 @@ struct ActionTasks {
 async fn action_tasks(State(state): State<AppState>, caller: Caller, Path(raw): Path<String>, body: Body) -> JsonResult {
     let sk = path_sk(&caller, &raw)?;
     network_key(&sk, NOT_A_NETWORK)?;
-    let b: ActionTasks = body.typed()?;
-    let tasks = visible(&caller, parse_sk_dicts(&b.tasks)?);
-    let weights = b.weight.map(|w| match w {
+    let ActionTasks { tasks, weight } = body.typed()?;
+    drop(body); // large action lists: hold one form of them at a time
+    let keys = parse_sk_dicts(&tasks)?;
+    drop(tasks);
+    let tasks = visible(&caller, keys);
+    let weights = weight.map(|w| match w {
         WeightArg::One(w) => Weights::All(w),
         WeightArg::Many(ws) => Weights::Each(ws),
     });

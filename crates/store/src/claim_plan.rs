@@ -9,7 +9,7 @@
 
 use sqlx::Row;
 
-use crate::claims::hub_candidates;
+use crate::claims::{claim_plans, hub_candidates};
 use crate::db::dialect;
 use crate::error::Result;
 use crate::networks::network_id_by_token;
@@ -32,6 +32,7 @@ impl Store {
     /// None if the hub does not exist.
     pub async fn explain_hub_claim(&self, hub: &ScopedKey, count: usize) -> Result<Option<ClaimPlan>> {
         let mut tx = self.begin_write().await?;
+        claim_plans(&mut tx, self.backend).await?;
         let Some(hub_id) = network_id_by_token(&mut tx, hub.gufe_key().token(), hub.scope()).await? else { return Ok(None) };
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
         let select = format!(

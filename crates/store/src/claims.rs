@@ -588,6 +588,7 @@ impl Store {
     async fn claim_batch_tx(&self, space: &ClaimSpace, key: &str, batch: &[ClaimRequest]) -> Result<Vec<Result<ClaimOutcome>>> {
         let forgive = cutoff(crate::now_micros(), space.forgive_seconds, "the failure forgive time")?;
         let mut tx = self.begin_write().await?;
+        claim_plans(&mut tx, self.backend).await?;
         let services = service_rows(&mut tx, self.backend, batch.iter().map(|r| &r.service), forgive).await?;
         let mut answers: Vec<Option<Result<ClaimOutcome>>> = Vec::with_capacity(batch.len());
         let mut active: Vec<Active> = Vec::new();
@@ -690,6 +691,7 @@ impl Store {
     /// consulted), the tasks dealt out in random order.
     async fn hub_batch_tx(&self, hub: &ScopedKey, protocols: Option<&str>, batch: &[ClaimRequest]) -> Result<Vec<Result<ClaimOutcome>>> {
         let mut tx = self.begin_write().await?;
+        claim_plans(&mut tx, self.backend).await?;
         let services = service_rows(&mut tx, self.backend, batch.iter().map(|r| &r.service), 0).await?;
         let hub_id = match hub.qualname() {
             "TaskHub" => network_id_by_token(&mut tx, hub.gufe_key().token(), hub.scope()).await?,
@@ -736,6 +738,22 @@ impl Store {
     }
 }
 
+/// Plans of claim statements that do not depend on planner statistics (PostgreSQL): a
+/// freshly loaded store has none (autovacuum analyses later), and without them the
+/// planner believes a hub holds a handful of rows and reads all of them through a bitmap
+/// scan and a sort — a claim then costs the whole hub. With bitmap scans and explicit
+/// sorts ruled out for the claim transaction, the only reasonable plan left is the one
+/// that reads the queue's index in claim order and stops at the limit. `SET LOCAL`: the
+/// settings end with the transaction.
+pub(crate) async fn claim_plans(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT CAST(set_config('enable_bitmapscan', 'off', true) || set_config('enable_sort', 'off', true) AS TEXT)")
+            .fetch_one(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn check_count(count: usize) -> Result<()> {
     if count > MAX_CLAIM_COUNT {
         return Err(StoreError::Invalid(format!("count must be at most {MAX_CLAIM_COUNT}, got {count}")));
@@ -748,7 +766,9 @@ fn not_registered(service: &ComputeServiceId) -> StoreError {
 }
 
 /// Hubs (network row id, weight) in `scopes`, not covered by `exclude`, with weight > 0
-/// and at least one claimable task: one statement, one aggregated row back.
+/// and at least one claimable task: one statement, one aggregated row back. The EXISTS
+/// carries `LIMIT 1 OFFSET 0` so PostgreSQL keeps it a per-hub probe that stops at the
+/// first claimable row (a plain EXISTS becomes a join over every queued row).
 async fn claimable_hubs(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -767,7 +787,7 @@ async fn claimable_hubs(
         backend,
         &format!(
             "{} FROM network n JOIN gufe_object o ON o.id = n.id WHERE n.weight > 0 AND ({include}) AND NOT ({excluded}) \
-             AND EXISTS (SELECT 1 FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = n.id AND {})",
+             AND EXISTS (SELECT 1 FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = n.id AND {} LIMIT 1 OFFSET 0)",
             json_rows_select(backend, "n.id, n.weight"),
             claimable_condition(backend, protocols_param)
         ),

@@ -27,6 +27,7 @@ pub mod queries;
 pub mod restart;
 pub mod results;
 pub mod scratch;
+mod statistics;
 pub mod strategist;
 pub mod strategy;
 pub mod tasks;
@@ -86,6 +87,8 @@ pub struct Store {
     /// Pool for write transactions: one connection on SQLite, the read pool on PostgreSQL.
     write: AnyPool,
     location: String,
+    /// Bulk changes since the planner statistics were last refreshed (see `statistics`).
+    freshness: std::sync::Arc<statistics::Freshness>,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,7 +135,7 @@ impl Store {
                 let write = make(1).connect_with(connect.clone()).await.map_err(StoreError::from)?;
                 write.acquire().await.map_err(StoreError::from)?;
                 let read = make(options.max_connections.max(1)).connect_with(connect).await.map_err(StoreError::from)?;
-                Ok(Store { backend: Backend::Sqlite, read, write, location: path.display().to_string() })
+                Ok(Store { backend: Backend::Sqlite, read, write, location: path.display().to_string(), freshness: Default::default() })
             }
             StoreLocation::Postgres { url } => {
                 let pool = AnyPoolOptions::new()
@@ -144,7 +147,13 @@ impl Store {
                         sqlx::Error::Database(d) => StoreError::Unavailable(d.message().to_string()),
                         other => StoreError::from(other),
                     })?;
-                Ok(Store { backend: Backend::Postgres, read: pool.clone(), write: pool, location: location.redacted() })
+                Ok(Store {
+                    backend: Backend::Postgres,
+                    read: pool.clone(),
+                    write: pool,
+                    location: location.redacted(),
+                    freshness: Default::default(),
+                })
             }
         }
     }

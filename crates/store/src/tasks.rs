@@ -325,6 +325,7 @@ impl Store {
         }
         let keys = insert_tasks(&mut tx, self.backend, &new, creator).await?;
         tx.commit().await?;
+        self.note_bulk_change(keys.len() as u64);
         Ok(keys.into_iter().map(|(_, k)| k).collect())
     }
 
@@ -415,33 +416,42 @@ impl Store {
         let Some(hub) = network_row_id(&mut tx, network).await? else {
             return Ok(vec![None; tasks.len()]);
         };
-        let keys: Vec<&ScopedKey> = tasks.iter().flatten().collect();
-        let found = load_tasks(&mut tx, self.backend, &keys).await?;
         let tf_rows =
             sqlx::query("SELECT transformation_id FROM network_transformation WHERE network_id = $1").bind(hub).fetch_all(&mut *tx).await?;
         let tfs: std::collections::HashSet<i64> = tf_rows.iter().map(|r| get_i64(r, 0)).collect::<Result<_>>()?;
-        let eligible: Vec<&TaskRow> = found
-            .values()
-            .filter(|t| {
-                tfs.contains(&t.transformation_id) && matches!(t.status, TaskStatus::Waiting | TaskStatus::Running | TaskStatus::Error)
-            })
-            .collect();
-        let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
-        let new: Vec<(i64, i64)> = eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| (t.id, t.priority)).collect();
-        action_on_hub(&mut tx, self.backend, hub, &new).await?;
-        let actioned: std::collections::HashSet<i64> = eligible.iter().map(|t| t.id).collect();
-        let result: Vec<Option<ScopedKey>> = tasks
-            .iter()
-            .map(|k| {
+        // in slices, so what one request holds at a time stays bounded however many tasks
+        // it lists (one transaction all the same)
+        let mut result: Vec<Option<ScopedKey>> = Vec::with_capacity(tasks.len());
+        let mut added = 0;
+        for (c, chunk) in tasks.chunks(ACTION_SLICE).enumerate() {
+            let keys: Vec<&ScopedKey> = chunk.iter().flatten().collect();
+            let found = load_tasks(&mut tx, self.backend, &keys).await?;
+            let eligible: Vec<&TaskRow> = found
+                .values()
+                .filter(|t| {
+                    tfs.contains(&t.transformation_id) && matches!(t.status, TaskStatus::Waiting | TaskStatus::Running | TaskStatus::Error)
+                })
+                .collect();
+            let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
+            let new: Vec<(i64, i64)> = eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| (t.id, t.priority)).collect();
+            action_on_hub(&mut tx, self.backend, hub, &new).await?;
+            added += new.len() as u64;
+            let actioned: std::collections::HashSet<i64> = eligible.iter().map(|t| t.id).collect();
+            result.extend(chunk.iter().map(|k| {
                 let t = found.get(&k.as_ref()?.to_string())?;
                 actioned.contains(&t.id).then(|| t.sk.clone())
-            })
-            .collect();
-        if let Some(w) = weights {
-            // (redraws every listed row on the hub, the new ones included)
-            set_action_weights(&mut tx, self.backend, hub, tasks, &found, &w).await?;
+            }));
+            if let Some(w) = &weights {
+                // (redraws every listed row on the hub, the new ones included)
+                let w = match w {
+                    Weights::All(x) => Weights::All(*x),
+                    Weights::Each(ws) => Weights::Each(ws[c * ACTION_SLICE..c * ACTION_SLICE + chunk.len()].to_vec()),
+                };
+                set_action_weights(&mut tx, self.backend, hub, chunk, &found, &w).await?;
+            }
         }
         tx.commit().await?;
+        self.note_bulk_change(added);
         Ok(result)
     }
 
@@ -467,6 +477,9 @@ impl Store {
             .collect())
     }
 }
+
+/// Tasks an action request handles at a time (inside its one transaction).
+const ACTION_SLICE: usize = 20_000;
 
 /// Which of the given task ids are actioned on `hub`.
 async fn actioned_on(

@@ -47,6 +47,10 @@ pub struct ClaimsBench {
     /// With --curve: claims measured per route and size (at most a quarter of the size).
     #[arg(long, default_value_t = 3000)]
     pub curve_claims: usize,
+    /// With --curve: tasks actioned per request (large values make large request bodies:
+    /// 250,000 tasks are about 30 MB of JSON).
+    #[arg(long, default_value_t = 10_000)]
+    pub action_chunk: usize,
     /// With --curve: seconds the servers stay idle before their memory is read.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,

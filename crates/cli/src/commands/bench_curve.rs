@@ -192,7 +192,7 @@ pub(crate) async fn claim_over_http(
 }
 
 /// One network with `tasks` actioned tasks, through the user API; returns the network.
-async fn set_up(user: &Client, tasks: usize) -> anyhow::Result<ScopedKey> {
+async fn set_up(user: &Client, tasks: usize, action_chunk: usize) -> anyhow::Result<ScopedKey> {
     let transformations = (tasks / 100).clamp(10, 2000);
     let scope: Scope = "curve-campaign-project".parse()?;
     let network =
@@ -204,7 +204,7 @@ async fn set_up(user: &Client, tasks: usize) -> anyhow::Result<ScopedKey> {
         let n = tasks / transformations + usize::from(i < tasks % transformations);
         created.extend(user.create_tasks(tf, n as i64, None).await?);
     }
-    for chunk in created.chunks(10_000) {
+    for chunk in created.chunks(action_chunk.max(1)) {
         let actioned = user.action_tasks(&network, chunk, None).await?;
         ensure!(actioned.iter().all(Option::is_some), "some tasks were not actioned");
     }
@@ -226,7 +226,7 @@ struct Point {
 async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
     let servers = Servers::start(b).await?;
     let t = Instant::now();
-    set_up(&servers.user, size).await.context("setting up through the user API")?;
+    set_up(&servers.user, size, b.action_chunk).await.context("setting up through the user API")?;
     let setup_s = t.elapsed().as_secs_f64();
     let k = b.curve_claims.min(size / 4).max(b.services);
 
