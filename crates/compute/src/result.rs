@@ -142,32 +142,8 @@ impl PdrBuilder {
         end: DateTime<Utc>,
         outcome: UnitOutcome,
     ) -> String {
-        let key = new_key(outcome.qualname());
-        self.push_result(key, unit_key, name, inputs, start, end, outcome)
-    }
-
-    /// Add a ProtocolUnitFailure that stands for its own unit (its `source_key` is its own
-    /// key, and it is listed among the units): the shape of a failure for which no
-    /// ProtocolDAG exists. Returns its key.
-    pub fn add_standalone_failure(&mut self, name: &str, at: DateTime<Utc>, exception: &str, args: Vec<Value>, traceback: &str) -> String {
-        let key = new_key("ProtocolUnitFailure");
-        self.units.push(key.clone());
-        let outcome = UnitOutcome::Failure { exception: exception.into(), args, traceback: traceback.into() };
-        self.push_result(key.clone(), &key, name, Object::new(), at, at, outcome)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn push_result(
-        &mut self,
-        key: String,
-        unit_key: &str,
-        name: &str,
-        inputs: Object,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        outcome: UnitOutcome,
-    ) -> String {
         let qualname = outcome.qualname();
+        let key = new_key(qualname);
         let mut d = Object::new();
         d.insert("name", Value::from(name));
         d.insert("_key", Value::from(key.as_str()));
@@ -190,6 +166,19 @@ impl PdrBuilder {
         d.insert("__module__", Value::from(PROTOCOLUNIT_MODULE));
         d.insert(":version:", Value::from(1i64));
         self.results.push((key.clone(), d));
+        key
+    }
+
+    /// Add a ProtocolUnitFailure that stands for its own unit (its `source_key` is its own
+    /// key, and it is listed among the units): the shape of a failure for which no
+    /// ProtocolDAG exists. Returns its key.
+    pub fn add_standalone_failure(&mut self, name: &str, at: DateTime<Utc>, exception: &str, args: Vec<Value>, traceback: &str) -> String {
+        let outcome = UnitOutcome::Failure { exception: exception.into(), args, traceback: traceback.into() };
+        let key = self.add_result("", name, Object::new(), at, at, outcome);
+        if let Some((_, d)) = self.results.last_mut() {
+            d.insert("source_key", Value::from(key.as_str()));
+        }
+        self.units.push(key.clone());
         key
     }
 
