@@ -525,6 +525,41 @@ mod tests {
         }
     }
 
+    /// `database check` reports ACTIONS rows whose place in the claim queue disagrees with
+    /// their task's status.
+    #[tokio::test]
+    async fn claim_queue_out_of_step_is_reported() {
+        use alchemiscale_model::chain::KeyedChain;
+        use alchemiscale_model::synthetic::network_chain_json;
+        use alchemiscale_model::NetworkState;
+
+        use crate::tasks::TaskRequest;
+        use crate::{Store, StoreLocation, StoreOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&StoreLocation::Sqlite { path: dir.path().join("state.db") }, &StoreOptions::default()).await.unwrap();
+        store.init().await.unwrap();
+        let chain = KeyedChain::from_value(alchemiscale_model::json::parse(&network_chain_json(2, 1, "queue")).unwrap()).unwrap();
+        let scope: alchemiscale_model::Scope = "queue-check-test".parse().unwrap();
+        let created = store.create_network(&chain, &scope, NetworkState::Active).await.unwrap();
+        let tf = store.network_transformations(&created.network).await.unwrap().remove(0);
+        let reqs: Vec<TaskRequest> = (0..2).map(|_| TaskRequest { transformation: tf.clone(), extends: None }).collect();
+        let tasks = store.create_tasks(&reqs, None).await.unwrap();
+        let listed: Vec<_> = tasks.iter().cloned().map(Some).collect();
+        store.action_tasks(&created.network, &listed, None).await.unwrap();
+        assert_eq!(store.inconsistencies().await.unwrap(), Vec::<String>::new());
+        sqlx::query("UPDATE task_action SET queued = 0 WHERE task_id = (SELECT id FROM task WHERE gufe_key = $1)")
+            .bind(tasks[0].gufe_key().as_str())
+            .execute(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.inconsistencies().await.unwrap(),
+            vec![format!("task {} is waiting but an ACTIONS row of it is out of the claim queue", tasks[0])]
+        );
+        store.close().await;
+    }
+
     /// Migration 0002 on a store that version 1 left with actioned tasks: the priorities
     /// are copied into the claim queue and claims follow them.
     #[tokio::test]
