@@ -9,7 +9,7 @@
 
 use sqlx::Row;
 
-use crate::claims::{claim_plans, hub_candidates};
+use crate::claims::{claim_plans, hub_select};
 use crate::db::dialect;
 use crate::error::Result;
 use crate::networks::network_id_by_token;
@@ -34,11 +34,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         claim_plans(&mut tx, self.backend).await?;
         let Some(hub_id) = network_id_by_token(&mut tx, hub.gufe_key().token(), hub.scope()).await? else { return Ok(None) };
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
-        let select = format!(
-            "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} ORDER BY a.priority, a.claim_rank LIMIT $2{lock}",
-            hub_candidates(self.backend, false, false)
-        );
+        let select = hub_select(self.backend, false, false);
         let plan = match self.backend {
             Backend::Sqlite => {
                 let rows = sqlx::query(&dialect(self.backend, &format!("EXPLAIN QUERY PLAN {select}")))

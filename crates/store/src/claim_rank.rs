@@ -149,25 +149,19 @@ async fn group_clocks(
     Ok((out[0], out[1]))
 }
 
-/// Ranks for rows about to be actioned on `hub` with `weight`, one per (task, priority):
+/// Ranks for rows about to be actioned on `hub` with `weight`, one per task priority:
 /// clocks started at their group's current time, as [`redraw`] with [`Entry::Fresh`]
 /// would draw them after the insert — without the read-back and update.
-pub(crate) async fn fresh_ranks(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    hub: i64,
-    tasks: &[(i64, i64)],
-    weight: f64,
-) -> Result<Vec<f64>> {
+pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, priorities: &[i64], weight: f64) -> Result<Vec<f64>> {
     let mut times: HashMap<i64, f64> = HashMap::new();
-    for &(_, priority) in tasks {
+    for &priority in priorities {
         if let std::collections::hash_map::Entry::Vacant(e) = times.entry(priority) {
             let (claimed, waiting) = group_clocks(conn, backend, hub, priority, "[]").await?;
             e.insert(claimed.or(waiting).unwrap_or(0.0));
         }
     }
     let mut rng = rand::thread_rng();
-    Ok(tasks.iter().map(|(_, p)| draw(&mut rng, times[p], weight)).collect())
+    Ok(priorities.iter().map(|p| draw(&mut rng, times[p], weight)).collect())
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ use crate::db::{
 };
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
-use crate::tasks::apply_status;
+use crate::tasks::{apply_status, task_sk};
 use crate::{Backend, Store};
 
 /// How long a hub pool (see the module documentation) is trusted before the hub query is
@@ -101,12 +101,6 @@ pub enum ClaimOutcome {
     Denied,
     /// Claimed task keys first, then `None` up to the requested count.
     Claimed(Vec<Option<ScopedKey>>),
-}
-
-fn task_sk(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
-    format!("{gufe_key}-{org}-{campaign}-{project}")
-        .parse()
-        .map_err(|_| StoreError::Invalid(format!("corrupt task key {gufe_key} in store")))
 }
 
 /// Validate a protocol filter (model.md §6.3): `None` = no filter; otherwise a non-empty
@@ -349,15 +343,7 @@ async fn select_from_hubs(
     protocols: Option<&str>,
     require_hub_weight: bool,
 ) -> Result<Vec<(Vec<Claimed>, bool)>> {
-    let next = if protocols.is_some() { 3 } else { 2 };
-    let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
-    let sql = dialect(
-        backend,
-        &format!(
-            "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} ORDER BY a.priority, a.claim_rank LIMIT ${next}{lock}",
-            hub_candidates(backend, protocols.is_some(), require_hub_weight)
-        ),
-    );
+    let sql = dialect(backend, &hub_select(backend, protocols.is_some(), require_hub_weight));
     let mut out = Vec::with_capacity(wants.len());
     let mut taken: HashSet<i64> = HashSet::new();
     for &(hub, count) in wants {
@@ -424,9 +410,21 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64
     Ok(inserted)
 }
 
+/// The select of one hub's first claimable tasks in claim order (before `dialect`): `$1`
+/// is the hub, then the protocol list (if any), then the limit. Shared with
+/// `claim_plan`, which explains exactly this statement.
+pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
+    let limit = if protocols { 3 } else { 2 };
+    let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
+    format!(
+        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} ORDER BY a.priority, a.claim_rank LIMIT ${limit}{lock}",
+        hub_candidates(backend, protocols, require_hub_weight)
+    )
+}
+
 /// The FROM/WHERE of the candidates of one hub: `$1` is the hub, the protocol list (if
 /// any) is `$2`.
-pub(crate) fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
+fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
     // uncorrelated, so evaluated once per statement rather than once per candidate
     let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = $1 AND n.weight > 0)" } else { "" };
     format!(

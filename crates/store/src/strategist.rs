@@ -438,26 +438,27 @@ async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrateg
     let hub = due.network_id;
     // tasks to action must still be waiting or running; on PostgreSQL lock them so a
     // concurrent completion cannot remove their ACTIONS before this commit adds one
-    let mut actions: Vec<(i64, i64)> = Vec::with_capacity(planned.action.len() + planned.create.len());
+    // (task, priority, waiting?)
+    let mut actions: Vec<(i64, i64, bool)> = Vec::with_capacity(planned.action.len() + planned.create.len());
     if !planned.action.is_empty() {
         let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let sql = dialect(
             backend,
             &format!(
-                "SELECT id, priority FROM task WHERE {} AND status IN ('waiting', 'running') ORDER BY id{lock}",
+                "SELECT id, priority, status FROM task WHERE {} AND status IN ('waiting', 'running') ORDER BY id{lock}",
                 in_ids(backend, "id", 1)
             ),
         );
         let rows =
             crate::db::bind(sqlx::query(&sql), std::slice::from_ref(&ids_param(backend, &planned.action))).fetch_all(&mut *conn).await?;
         for r in &rows {
-            actions.push((get_i64(r, 0)?, get_i64(r, 1)?));
+            actions.push((get_i64(r, 0)?, get_i64(r, 1)?, get_str(r, 2)? == "waiting"));
         }
     }
     let new: Vec<NewTask> =
         planned.create.iter().map(|&tf| NewTask { transformation_id: tf, scope: due.network.scope(), extends_id: None }).collect();
     // new tasks have priority 10
-    actions.extend(insert_tasks(conn, backend, &new, None).await?.into_iter().map(|(id, _)| (id, 10)));
+    actions.extend(insert_tasks(conn, backend, &new, None).await?.into_iter().map(|(id, _)| (id, 10, true)));
     action_on_hub(conn, backend, hub, &actions).await?;
     let cancel: Vec<Arg> = planned.cancel.iter().map(|&i| Arg::I64(i)).collect();
     cancel_on_hub(conn, backend, hub, &cancel).await?;

@@ -35,8 +35,10 @@ pub(crate) fn parse_status(s: &str) -> Result<TaskStatus> {
     s.parse().map_err(|_| StoreError::Invalid(format!("corrupt task status '{s}' in store")))
 }
 
-fn task_sk(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
-    format!("{gufe_key}-{org}-{campaign}-{project}").parse().map_err(|_| StoreError::Invalid(format!("corrupt task key {gufe_key}")))
+pub(crate) fn task_sk(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
+    format!("{gufe_key}-{org}-{campaign}-{project}")
+        .parse()
+        .map_err(|_| StoreError::Invalid(format!("corrupt task key {gufe_key} in store")))
 }
 
 const TASK_COLUMNS: &str = "id, gufe_key, org, campaign, project, status, priority, extends_id, transformation_id";
@@ -216,37 +218,32 @@ pub(crate) async fn insert_tasks(
         .collect()
 }
 
-/// Action tasks (id, priority) that are not yet actioned on `hub`, inside the caller's
-/// write transaction: ACTIONS rows of weight 0.5 with fresh claim ranks (see
-/// `claim_rank`), and the hub's restart patterns start applying to them.
-pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64)]) -> Result<()> {
+/// Action tasks (id, priority, waiting?) that are not yet actioned on `hub`, inside the
+/// caller's write transaction: ACTIONS rows of weight 0.5 with fresh claim ranks (see
+/// `claim_rank`), in the claim queue if their task is waiting, and the hub's restart
+/// patterns start applying to them.
+pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64, bool)]) -> Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
-    let ranks = fresh_ranks(conn, backend, hub, tasks, 0.5).await?;
-    let rows: Vec<serde_json::Value> =
-        tasks.iter().zip(ranks).map(|(&(id, priority), rank)| serde_json::json!([hub, id, 0.5, priority, rank])).collect();
+    let priorities: Vec<i64> = tasks.iter().map(|t| t.1).collect();
+    let ranks = fresh_ranks(conn, backend, hub, &priorities, 0.5).await?;
+    let rows: Vec<serde_json::Value> = tasks
+        .iter()
+        .zip(ranks)
+        .map(|(&(id, priority, waiting), rank)| serde_json::json!([hub, id, 0.5, priority, rank, i64::from(waiting)]))
+        .collect();
     let sql = dialect(
         backend,
         &json_insert(
             backend,
-            "task_action (network_id, task_id, weight, priority, claim_rank)",
-            &[Col::Int, Col::Int, Col::Real, Col::Int, Col::Real],
+            "task_action (network_id, task_id, weight, priority, claim_rank, queued)",
+            &[Col::Int, Col::Int, Col::Real, Col::Int, Col::Real, Col::Int],
             "ON CONFLICT DO NOTHING",
         ),
     );
     sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
     let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
-    // rows of tasks that are not waiting stay out of the claim queue (see `claim_rank`)
-    let sql = dialect(
-        backend,
-        &format!(
-            "UPDATE task_action SET queued = 0 WHERE network_id = $1 AND task_id IN \
-             (SELECT id FROM task WHERE id IN ({}) AND status <> 'waiting')",
-            json_id_list(backend, 2)
-        ),
-    );
-    sqlx::query(&sql).bind(hub).bind(json_ids(&ids)).execute(&mut *conn).await?;
     let patterns = sqlx::query("SELECT 1 FROM restart_pattern WHERE network_id = $1 LIMIT 1").bind(hub).fetch_optional(&mut *conn).await?;
     if patterns.is_some() {
         let sql = dialect(
@@ -433,7 +430,8 @@ impl Store {
                 })
                 .collect();
             let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
-            let new: Vec<(i64, i64)> = eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| (t.id, t.priority)).collect();
+            let new: Vec<(i64, i64, bool)> =
+                eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| (t.id, t.priority, t.status == TaskStatus::Waiting)).collect();
             action_on_hub(&mut tx, self.backend, hub, &new).await?;
             added += new.len() as u64;
             let actioned: std::collections::HashSet<i64> = eligible.iter().map(|t| t.id).collect();
