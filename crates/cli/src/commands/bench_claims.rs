@@ -216,29 +216,8 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     let raw_scope: Scope = "bench-claims-raw".parse()?;
     network_with_tasks(&store, "claims-raw", &raw_scope, 50, b.tasks).await?;
     store.refresh_statistics().await?;
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for i in 0..b.services {
-        let store = store.clone();
-        let id = ComputeServiceId::mint(&format!("raw{i}"))?;
-        store.register_compute_service(&id, None).await?;
-        let scopes = vec![raw_scope.clone()];
-        handles.push(tokio::spawn(async move {
-            let mut n = 0usize;
-            loop {
-                match store.claim_tasks(&scopes, &[], &id, 1, None, 600, 3).await? {
-                    alchemiscale_store::compute::ClaimOutcome::Claimed(v) if v[0].is_some() => n += 1,
-                    _ => break,
-                }
-            }
-            anyhow::Ok(n)
-        }));
-    }
-    let mut raw_claims = 0;
-    for h in handles {
-        raw_claims += h.await??;
-    }
-    let raw_claims_per_s = raw_claims as f64 / start.elapsed().as_secs_f64();
+    let (raw, raw_s) = super::bench_curve::bare_claims(&store, std::slice::from_ref(&raw_scope), b.services, "raw", usize::MAX).await?;
+    let raw_claims_per_s = raw.len() as f64 / raw_s;
 
     // the bare push: object write + state-store record for the tasks just claimed, same
     // concurrency, no HTTP (what the server does after decoding an upload)

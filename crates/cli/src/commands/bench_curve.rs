@@ -191,6 +191,48 @@ pub(crate) async fn claim_over_http(
     Ok((all, start.elapsed().as_secs_f64()))
 }
 
+/// `services` services (registered before the clock starts, named `<prefix><i>`) claim
+/// one task per call through the store itself — no HTTP — in `scopes` until `limit`
+/// claims are made or nothing is left; returns the claimed tasks and the seconds taken.
+pub(crate) async fn bare_claims(
+    store: &Store,
+    scopes: &[Scope],
+    services: usize,
+    prefix: &str,
+    limit: usize,
+) -> anyhow::Result<(Vec<ScopedKey>, f64)> {
+    let mut ids = Vec::with_capacity(services);
+    for i in 0..services {
+        let id = ComputeServiceId::mint(&format!("{prefix}{i}"))?;
+        store.register_compute_service(&id, None).await?;
+        ids.push(id);
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for id in ids {
+        let (store, scopes, done) = (store.clone(), scopes.to_vec(), done.clone());
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while done.load(Ordering::Relaxed) < limit {
+                match store.claim_tasks(&scopes, &[], &id, 1, None, 600, 3).await? {
+                    alchemiscale_store::compute::ClaimOutcome::Claimed(v) if v[0].is_some() => {
+                        mine.extend(v.into_iter().flatten());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            anyhow::Ok(mine)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    Ok((all, start.elapsed().as_secs_f64()))
+}
+
 /// One network with `tasks` actioned tasks, through the user API; returns the network.
 async fn set_up(user: &Client, tasks: usize, action_chunk: usize) -> anyhow::Result<ScopedKey> {
     let transformations = (tasks / 100).clamp(10, 2000);
@@ -253,35 +295,9 @@ async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
 
     // the bare store claim transaction, same store, same concurrency
     let store = Store::connect(&servers.location, &b.store.options()).await?;
-    let scopes = vec![Scope::all()];
-    let done = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for i in 0..b.services {
-        let (store, scopes, done) = (store.clone(), scopes.clone(), done.clone());
-        let id = ComputeServiceId::mint(&format!("bare{i}"))?;
-        store.register_compute_service(&id, None).await?;
-        handles.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            while done.load(Ordering::Relaxed) < k {
-                match store.claim_tasks(&scopes, &[], &id, 1, None, 600, 3).await? {
-                    alchemiscale_store::compute::ClaimOutcome::Claimed(v) if v[0].is_some() => {
-                        mine.extend(v.into_iter().flatten());
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => break,
-                }
-            }
-            anyhow::Ok(mine)
-        }));
-    }
-    let mut bare_n = 0;
-    for h in handles {
-        let mine = h.await??;
-        bare_n += mine.len();
-        claimed.extend(mine);
-    }
-    let bare = bare_n as f64 / start.elapsed().as_secs_f64();
+    let (mine, secs) = bare_claims(&store, &[Scope::all()], b.services, "bare", k).await?;
+    let bare = mine.len() as f64 / secs;
+    claimed.extend(mine);
     store.close().await;
 
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
