@@ -75,7 +75,7 @@ use sqlx::AnyConnection;
 
 use crate::compute::{can_claim_row, cutoff, service_rows};
 use crate::db::{
-    bind, dialect, fetch_json_rows, get_i64, get_str, json_array, json_id_list, json_ids, json_rows_select, json_text_list, Arg,
+    bind, dialect, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg,
 };
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
@@ -396,17 +396,6 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64
     }
     let transitions: Vec<(i64, TaskStatus)> = inserted.iter().map(|&id| (id, TaskStatus::Waiting)).collect();
     apply_status(conn, backend, &transitions, TaskStatus::Running).await?;
-    // the claim log outlives the claim: results are accepted from any service that
-    // claimed the task (`Store::check_result_submitter`)
-    let ids: Vec<i64> = inserted.iter().copied().collect();
-    let ids = json_ids(&ids);
-    let log = format!(
-        "INSERT INTO task_claim_log (task_id, service_identifier, claimed) \
-         SELECT c.task_id, s.identifier, c.claimed FROM task_claim c JOIN compute_service s ON s.id = c.service_id \
-         WHERE c.task_id IN ({}) ON CONFLICT DO NOTHING",
-        json_id_list(backend, 1)
-    );
-    sqlx::query(&log).bind(ids).execute(&mut *conn).await?;
     Ok(inserted)
 }
 

@@ -144,7 +144,7 @@ async fn release_services(conn: &mut AnyConnection, backend: Backend, services: 
         }
     }
     apply_status(conn, backend, &running, TaskStatus::Waiting).await?;
-    execute_in_chunks(conn, backend, "DELETE FROM task_claim WHERE service_id IN ({})", &[], &ids).await?;
+    crate::tasks::end_claims(conn, backend, "service_id", &ids).await?;
     execute_in_chunks(conn, backend, "DELETE FROM compute_service_failure WHERE service_id IN ({})", &[], &ids).await?;
     execute_in_chunks(conn, backend, "DELETE FROM compute_service WHERE id IN ({})", &[], &ids).await?;
     Ok(())

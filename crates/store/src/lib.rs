@@ -12,6 +12,8 @@
 //! and writers queue in-process instead of polling SQLite's busy handler.
 
 mod admin;
+pub mod census;
+mod checkpoint;
 pub mod claim_plan;
 mod claim_rank;
 pub mod claims;
@@ -89,6 +91,8 @@ pub struct Store {
     location: String,
     /// Bulk changes since the planner statistics were last refreshed (see `statistics`).
     freshness: std::sync::Arc<statistics::Freshness>,
+    /// SQLite: write transactions begun, for the background checkpoints (see `checkpoint`).
+    commits: Option<std::sync::Arc<checkpoint::Commits>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -116,7 +120,8 @@ impl Store {
                     return Err(StoreError::Invalid(format!("invalid SQLite synchronous setting '{sync}'")));
                 }
                 let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;"
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; {}",
+                    checkpoint::pragmas()
                 );
                 let make = |n: u32| {
                     let pragmas = pragmas.clone();
@@ -135,7 +140,16 @@ impl Store {
                 let write = make(1).connect_with(connect.clone()).await.map_err(StoreError::from)?;
                 write.acquire().await.map_err(StoreError::from)?;
                 let read = make(options.max_connections.max(1)).connect_with(connect).await.map_err(StoreError::from)?;
-                Ok(Store { backend: Backend::Sqlite, read, write, location: path.display().to_string(), freshness: Default::default() })
+                let commits = std::sync::Arc::new(checkpoint::Commits::default());
+                checkpoint::spawn(read.clone(), &commits);
+                Ok(Store {
+                    backend: Backend::Sqlite,
+                    read,
+                    write,
+                    location: path.display().to_string(),
+                    freshness: Default::default(),
+                    commits: Some(commits),
+                })
             }
             StoreLocation::Postgres { url } => {
                 let pool = AnyPoolOptions::new()
@@ -153,6 +167,7 @@ impl Store {
                     write: pool,
                     location: location.redacted(),
                     freshness: Default::default(),
+                    commits: None,
                 })
             }
         }
@@ -190,6 +205,9 @@ impl Store {
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         match self.backend {
             Backend::Sqlite => {
+                if let Some(c) = &self.commits {
+                    c.note();
+                }
                 let pool = self.write.clone();
                 tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
                     .await

@@ -272,7 +272,8 @@ impl Store {
 
     /// Refuse a result for `task` from a compute service that never claimed it. Results
     /// from a service whose claim has since ended (completion elsewhere, registration
-    /// expiry) are accepted: the claim log remembers every claim.
+    /// expiry) are accepted: the claim log remembers every claim that ended, `task_claim`
+    /// holds the live ones.
     pub async fn check_result_submitter(&self, task: &ScopedKey, service: &str) -> Result<()> {
         if task.qualname() != "Task" {
             return Err(StoreError::NotFound);
@@ -281,6 +282,8 @@ impl Store {
         let row = crate::db::bind_sk(
             sqlx::query(
                 "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM task_claim_log l WHERE l.task_id = t.id AND l.service_identifier = $5) \
+                 OR EXISTS (SELECT 1 FROM task_claim c JOIN compute_service s ON s.id = c.service_id \
+                            WHERE c.task_id = t.id AND s.identifier = $5) \
                  THEN 1 ELSE 0 END AS BIGINT) FROM task t WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4",
             ),
             task,

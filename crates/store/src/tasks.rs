@@ -132,7 +132,7 @@ pub(crate) async fn apply_status(
     let args = id_args(&ids);
     execute_in_chunks(conn, backend, "UPDATE task SET status = $1 WHERE id IN ({})", &[Arg::from(to.as_str())], &args).await?;
     if effects.drop_claim {
-        execute_in_chunks(conn, backend, "DELETE FROM task_claim WHERE task_id IN ({})", &[], &args).await?;
+        end_claims(conn, backend, "task_id", &args).await?;
     }
     if effects.drop_actions {
         execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE task_id IN ({})", &[], &args).await?;
@@ -149,6 +149,28 @@ pub(crate) async fn apply_status(
         redraw(conn, backend, &ids, None, Entry::Returning).await?;
     }
     Ok(allowed)
+}
+
+/// Delete the claims whose `column` (`task_id` or `service_id`) is one of `ids`, first
+/// copying them into the claim log, which outlives them: results are accepted from any
+/// service that ever claimed the task ([`Store::check_result_submitter`] reads the log and
+/// the live claims). Logged when it ends rather than when it starts, a claim costs the
+/// claim transaction no write beyond its own row.
+pub(crate) async fn end_claims(conn: &mut AnyConnection, backend: Backend, column: &str, ids: &[Arg]) -> Result<()> {
+    execute_in_chunks(
+        conn,
+        backend,
+        &format!(
+            "INSERT INTO task_claim_log (task_id, service_identifier, claimed) \
+             SELECT c.task_id, s.identifier, c.claimed FROM task_claim c JOIN compute_service s ON s.id = c.service_id \
+             WHERE c.{column} IN ({{}}) ON CONFLICT DO NOTHING"
+        ),
+        &[],
+        ids,
+    )
+    .await?;
+    execute_in_chunks(conn, backend, &format!("DELETE FROM task_claim WHERE {column} IN ({{}})"), &[], ids).await?;
+    Ok(())
 }
 
 /// Network row id for a network ScopedKey (None if missing or not a network).

@@ -231,6 +231,10 @@ store_test!(claims_are_logged_for_result_submission, |store| async move {
     assert!(again.contains(&first));
     store.check_result_submitter(&first, &b.to_string()).await.unwrap();
     store.check_result_submitter(&first, &a.to_string()).await.unwrap();
+    // … and a claim that ends by a status change (here: errored) is remembered too
+    store.set_task_status(&[Some(first.clone())], TaskStatus::Error, true).await.unwrap();
+    store.check_result_submitter(&first, &b.to_string()).await.unwrap();
+    assert!(matches!(store.check_result_submitter(&second, &a.to_string()).await, Err(StoreError::Conflict(_))));
 });
 
 store_test!(claim_from_a_specific_hub, |store| async move {

@@ -7,7 +7,9 @@
 //! created per transformation and actioned in chunks; no ANALYZE, no store access before the
 //! clock — then measures, with `--services` concurrent services claiming one task per
 //! request: C11 (`POST /claim`), C10 (`POST /taskhubs/{sk}/claim`) and, in the same run,
-//! the store's bare claim transaction (this process, same store, no HTTP). Memory is the
+//! the store's bare claim transaction (this process, same store, no HTTP). Between the
+//! setup and the clock the kernel is made to write out the dirty pages the setup left
+//! (`sync`), at every size alike. Memory is the
 //! server processes' anonymous resident memory after the claims and `--idle-seconds` of
 //! idleness, and their peak resident memory.
 
@@ -270,6 +272,14 @@ async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
     let t = Instant::now();
     set_up(&servers.user, size, b.action_chunk).await.context("setting up through the user API")?;
     let setup_s = t.elapsed().as_secs_f64();
+    // the setup leaves up to hundreds of MB of the store's file dirty in the kernel's page
+    // cache; written back in the middle of a measurement they would weigh on whichever
+    // size happened to be measured then, so they are written out before every clock
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: sync(2) takes no arguments and cannot fail
+        unsafe { libc::sync() }
+    })
+    .await?;
     let k = b.curve_claims.min(size / 4).max(b.services);
 
     let compute = servers.compute().await?;
