@@ -108,7 +108,8 @@ fn main() -> std::process::ExitCode {
     };
     if !matches!(cli.command, Command::Serve(_) | Command::Api(_) | Command::Compute(_) | Command::Strategist(_)) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let data_dir = cli.data.data_dir.clone();

@@ -109,6 +109,10 @@ fn database_commands(cli: &Cli, dir: &Path) {
     cli.ok(&["database", "reset", "--yes"]);
     let err = cli.fails(&["database", "check"], 1);
     assert!(err.contains("database init"), "{err}");
+    // loading into a store with no schema creates it
+    cli.ok(&["database", "load", d]);
+    assert_eq!(cli.ok(&["identity", "list"]), "['bill']\n");
+    cli.ok(&["database", "reset", "--yes"]);
     cli.ok(&["database", "init"]);
     assert_eq!(cli.ok(&["identity", "list"]), "[]\n");
     cli.ok(&["database", "load", d]);

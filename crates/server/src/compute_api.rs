@@ -181,6 +181,7 @@ async fn claim_taskhub_tasks(State(state): State<AppState>, caller: Caller, Path
     let id = service_id(&b.compute_service_id, StatusCode::BAD_REQUEST)?;
     let count = b.count.max(0) as usize;
     let claimed = state.store().claim_taskhub_tasks(&hub, &id, count, b.protocols.as_deref()).await?;
+    state.metrics().claimed("taskhub", claimed.iter().flatten().count());
     Ok(opt_strings(claimed))
 }
 
@@ -213,7 +214,10 @@ async fn claim_tasks(State(state): State<AppState>, caller: Caller, body: Body) 
         state.store().claim_tasks(&spaces, &exclude, &id, count, b.protocols.as_deref(), s.forgive_time_seconds, s.max_failures).await?;
     Ok(Json(match outcome {
         ClaimOutcome::Denied => serde_json::Value::Null,
-        ClaimOutcome::Claimed(keys) => opt_strings(keys).0,
+        ClaimOutcome::Claimed(keys) => {
+            state.metrics().claimed("claim", keys.iter().flatten().count());
+            opt_strings(keys).0
+        }
     }))
 }
 

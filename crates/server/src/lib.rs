@@ -10,6 +10,7 @@ pub mod auth;
 pub mod compute_api;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod results;
 pub mod service;
 pub mod user_api;
@@ -90,6 +91,9 @@ pub struct ApiSettings {
     pub manager_expire_seconds: i64,
     /// Compute API: ERROR-status manager registrations older than this are removed.
     pub manager_expire_seconds_error: i64,
+    /// Serve `/metrics` on the API's own port (off when the server has a metrics address
+    /// of its own, see [`metrics::metrics_app`]).
+    pub metrics_on_api: bool,
 }
 
 impl Default for ApiSettings {
@@ -105,6 +109,7 @@ impl Default for ApiSettings {
             max_failures: 3,
             manager_expire_seconds: 3600,
             manager_expire_seconds_error: 86400,
+            metrics_on_api: true,
         }
     }
 }
@@ -126,6 +131,7 @@ struct Inner {
     settings: ApiSettings,
     keys: TokenKeys,
     identities: auth::IdentityCache,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Everything a handler can reach; cheap to clone.
@@ -134,9 +140,22 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     pub fn new(api: ApiKind, store: Store, objects: Option<Objects>, settings: ApiSettings) -> AppState {
+        AppState::with_metrics(api, store, objects, settings, metrics::Metrics::new())
+    }
+    /// A state whose metrics are shared with other APIs of the same process.
+    pub fn with_metrics(
+        api: ApiKind,
+        store: Store,
+        objects: Option<Objects>,
+        settings: ApiSettings,
+        metrics: Arc<metrics::Metrics>,
+    ) -> AppState {
         let keys = TokenKeys::new(&settings.jwt_secret, settings.jwt_algorithm, Duration::from_secs(settings.jwt_expire_seconds), api);
         let identities = auth::IdentityCache::new(Duration::from_secs(settings.identity_cache_seconds));
-        AppState(Arc::new(Inner { api, store, objects, settings, keys, identities }))
+        AppState(Arc::new(Inner { api, store, objects, settings, keys, identities, metrics }))
+    }
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.0.metrics
     }
     pub fn api(&self) -> ApiKind {
         self.0.api
@@ -226,7 +245,16 @@ pub fn user_app(state: AppState) -> Router {
     openapi.info.title = "alchemiscale-rs user API".into();
     openapi.info.description =
         Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See README.md for deliberate differences.".into());
-    finish_router(with_docs(router, openapi).with_state(state))
+    finish_router(instrument(with_docs(router, openapi), &state).with_state(state))
+}
+
+/// `/metrics` (unless the server serves it elsewhere) and request timing for every route.
+fn instrument(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let router = match state.settings().metrics_on_api {
+        true => router.route("/metrics", axum::routing::get(metrics::metrics_page)),
+        false => router,
+    };
+    router.route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
 }
 
 /// The compute API as a ready router.
@@ -235,7 +263,7 @@ pub fn compute_app(state: AppState) -> Router {
     openapi.info.title = "alchemiscale-rs compute API".into();
     openapi.info.description =
         Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleComputeClient and SynchronousComputeService.".into());
-    finish_router(with_docs(router, openapi).with_state(state))
+    finish_router(instrument(with_docs(router, openapi), &state).with_state(state))
 }
 
 /// `GET /check` of both APIs: `null`, or 503 naming what cannot be reached.

@@ -229,7 +229,10 @@ pub async fn ingest(state: &AppState, task: &ScopedKey, upload: Upload<Tee>) -> 
         creator: Some(creator),
         tracebacks: summary.tracebacks(),
     };
-    Ok(state.store().record_result(task, &recorded).await?)
+    let ok = recorded.ok;
+    let pdrr = state.store().record_result(task, &recorded).await?;
+    state.metrics().pushed(ok);
+    Ok(pdrr)
 }
 
 /// The stored blob behind a result reference, integrity-checked.

@@ -136,10 +136,15 @@ impl Store {
 
     /// Load a dump written by [`Store::dump_file`]. The file is verified completely
     /// (checksum, format, schema version) before anything is written; then everything is
-    /// inserted in one transaction. A store that holds data is refused unless `force`,
-    /// which first deletes every row.
+    /// inserted in one transaction. A store with no schema yet (new, or reset) is
+    /// initialised first; a store that holds data is refused unless `force`, which first
+    /// deletes every row.
     pub async fn load_file(&self, path: &Path, force: bool) -> Result<DumpStats> {
         let stats = verify_dump(path)?;
+        // a store that does not exist yet is created (the dump is known good by now)
+        if self.schema_status().await? == crate::SchemaStatus::Uninitialized {
+            self.init().await?;
+        }
         self.require_current_schema().await?;
         if !force && !self.is_empty().await? {
             return Err(StoreError::Dump("the store is not empty; refusing to load (use --force to replace its contents)".into()));

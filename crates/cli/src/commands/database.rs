@@ -48,7 +48,8 @@ pub enum DatabaseCommand {
         store: StoreArgs,
     },
     /// Load a dump written by `database dump`. The file is verified first (checksum,
-    /// format, schema version); a store holding data is refused unless --force.
+    /// format, schema version); a store that does not exist yet is created; a store
+    /// holding data is refused unless --force.
     Load {
         file: PathBuf,
         /// Replace the contents of a non-empty store.

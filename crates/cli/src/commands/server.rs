@@ -37,6 +37,36 @@ pub struct HttpArgs {
     /// Seconds an identity's disabled/removed state may be cached by a running server.
     #[arg(long, env = "ALCHEMISCALE_IDENTITY_CACHE_SECONDS", default_value_t = 5, help_heading = "HTTP")]
     pub identity_cache_seconds: u64,
+    /// Serve the Prometheus metrics (`/metrics`) on this address (e.g. 127.0.0.1:9184)
+    /// instead of on the API ports, which then have no `/metrics`; `off` serves them
+    /// nowhere. The page names scopes and counts their tasks.
+    #[arg(long, env = "ALCHEMISCALE_METRICS_LISTEN", value_name = "ADDR|off", help_heading = "HTTP")]
+    pub metrics_listen: Option<String>,
+}
+
+impl HttpArgs {
+    /// A metrics listener of its own, if one is asked for (`None` also for `off`).
+    async fn metrics_listener(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        match self.metrics_listen.as_deref() {
+            None | Some("off") => Ok(None),
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+                tracing::info!(address = %l.local_addr()?, "metrics listening");
+                Ok(Some(l))
+            }
+        }
+    }
+}
+
+/// Serve `/metrics` of `state`'s process on its own listener until `stop` resolves.
+fn spawn_metrics(listener: Option<tokio::net::TcpListener>, state: AppState, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Some(l) = listener {
+        tokio::spawn(async move {
+            if let Err(e) = alchemiscale_server::serve(l, alchemiscale_server::metrics::metrics_app(state), stop).await {
+                tracing::error!("metrics listener failed: {e}");
+            }
+        });
+    }
 }
 
 /// Compute-API behaviour (cli.md §4.2, api.md §7).
@@ -73,6 +103,7 @@ impl JwtArgs {
             max_failures: compute.max_failures,
             manager_expire_seconds: compute.manager_expire_seconds,
             manager_expire_seconds_error: compute.manager_expire_seconds_error,
+            metrics_on_api: http.metrics_listen.is_none(),
         })
     }
 }
@@ -102,28 +133,40 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
 pub fn init_logging(level: &str, json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(level.to_ascii_lowercase()).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // colour only for a person at a terminal: logs collected from a pipe or a file
+    // (systemd, docker, nohup) get no escape codes
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled, so a signal that arrives while the server is still
+/// starting is not lost (nor left to kill the process by default).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+    async move {
+        #[cfg(unix)]
+        {
+            async fn recv(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            let (int, term) = handlers;
+            tokio::select! { _ = recv(int) => {}, _ = recv(term) => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    }
 }
 
 /// What `alchemiscale api` and `alchemiscale compute api` share (cli.md §3.4).
@@ -254,12 +297,14 @@ fn spawn_memory_trimmer() {
 
 async fn run_api(host: &str, port: u16, loglevel: &str, cmd: ApiCommon, data_dir: &Path, api: ApiKind) -> anyhow::Result<()> {
     init_logging(loglevel, cmd.log_json);
+    let shutdown = shutdown_signal();
     spawn_memory_trimmer();
     let bind = apply_extra_settings(&cmd, host, port)?;
     let store = cmd.store.connect_ready(data_dir).await?;
     let objects = cmd.objects.open(data_dir)?;
     let settings = cmd.jwt.settings(jwt_secret_or_random(&cmd.jwt.jwt_secret), &cmd.http, &cmd.compute)?;
     let state = AppState::new(api, store.clone(), Some(objects.clone()), settings);
+    spawn_metrics(cmd.http.metrics_listener().await?, state.clone(), std::future::pending());
     let app = match api {
         ApiKind::User => alchemiscale_server::user_app(state),
         ApiKind::Compute => {
@@ -269,7 +314,7 @@ async fn run_api(host: &str, port: u16, loglevel: &str, cmd: ApiCommon, data_dir
     };
     let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
     tracing::info!(address = %listener.local_addr()?, api = api.title(), store = store.location(), objects = objects.description(), "listening");
-    alchemiscale_server::serve(listener, app, shutdown_signal()).await?;
+    alchemiscale_server::serve(listener, app, shutdown).await?;
     store.close().await;
     Ok(())
 }
@@ -355,6 +400,7 @@ async fn bootstrap_identities(store: &Store, data_dir: &Path, urls: (&str, &str)
 
 pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()> {
     init_logging(&cmd.loglevel, cmd.log_json);
+    let shutdown = shutdown_signal();
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store = cmd.store.connect(data_dir).await?;
     store.init().await?;
@@ -415,8 +461,12 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
         }
     };
 
-    let user_app = alchemiscale_server::user_app(AppState::new(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone()));
-    let compute_state = AppState::new(ApiKind::Compute, store.clone(), Some(objects.clone()), settings);
+    // one set of metrics for the process, on both APIs
+    let metrics = alchemiscale_server::metrics::Metrics::new();
+    let user_state = AppState::with_metrics(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone(), metrics.clone());
+    spawn_metrics(cmd.http.metrics_listener().await?, user_state.clone(), std::future::pending());
+    let user_app = alchemiscale_server::user_app(user_state);
+    let compute_state = AppState::with_metrics(ApiKind::Compute, store.clone(), Some(objects.clone()), settings, metrics);
     alchemiscale_server::spawn_reaper(compute_state.clone());
     let compute_app = alchemiscale_server::compute_app(compute_state);
     spawn_memory_trimmer();
@@ -431,7 +481,7 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
         let _ = stop_compute.recv().await;
     });
     let signal = async move {
-        shutdown_signal().await;
+        shutdown.await;
         let _ = stop_tx.send(());
     };
     let (u, c, _) = tokio::join!(user, compute, signal);
