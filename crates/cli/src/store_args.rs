@@ -93,32 +93,46 @@ pub struct ObjectArgs {
     /// Key prefix inside the bucket (upstream deployments use `objectstore`).
     #[arg(long, env = "AWS_S3_PREFIX", default_value = "", help_heading = "Object store")]
     pub s3_prefix: String,
-    #[arg(long, env = "AWS_DEFAULT_REGION", help_heading = "Object store")]
+    #[command(flatten)]
+    pub s3: S3AccessArgs,
+}
+
+/// How to reach S3 (region, credentials, endpoint): for results and for backups.
+#[derive(Debug, Clone, Default, Args)]
+pub struct S3AccessArgs {
+    #[arg(long, env = "AWS_DEFAULT_REGION", help_heading = "S3 access")]
     pub default_region: Option<String>,
     /// Unset: ambient credentials (instance role, …).
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", help_heading = "Object store")]
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", help_heading = "S3 access")]
     pub access_key_id: Option<String>,
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, help_heading = "Object store")]
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, help_heading = "S3 access")]
     pub secret_access_key: Option<String>,
-    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true, help_heading = "Object store")]
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true, help_heading = "S3 access")]
     pub session_token: Option<String>,
     /// A custom S3 endpoint (MinIO, moto, …).
-    #[arg(long, env = "AWS_ENDPOINT_URL", help_heading = "Object store")]
+    #[arg(long, env = "AWS_ENDPOINT_URL", help_heading = "S3 access")]
     pub s3_endpoint: Option<String>,
+}
+
+impl S3AccessArgs {
+    /// An S3 configuration for `bucket` and `prefix` with these access settings.
+    pub fn config(&self, bucket: &str, prefix: &str) -> alchemiscale_objects::S3Config {
+        alchemiscale_objects::S3Config {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            region: self.default_region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            endpoint: self.s3_endpoint.clone(),
+        }
+    }
 }
 
 impl ObjectArgs {
     pub fn config(&self, data_dir: &std::path::Path) -> alchemiscale_objects::ObjectStoreConfig {
         match self.s3_bucket.as_deref().filter(|b| !b.is_empty()) {
-            Some(bucket) => alchemiscale_objects::ObjectStoreConfig::S3(alchemiscale_objects::S3Config {
-                bucket: bucket.to_string(),
-                prefix: self.s3_prefix.clone(),
-                region: self.default_region.clone(),
-                access_key_id: self.access_key_id.clone(),
-                secret_access_key: self.secret_access_key.clone(),
-                session_token: self.session_token.clone(),
-                endpoint: self.s3_endpoint.clone(),
-            }),
+            Some(bucket) => alchemiscale_objects::ObjectStoreConfig::S3(self.s3.config(bucket, &self.s3_prefix)),
             None => alchemiscale_objects::ObjectStoreConfig::Local {
                 root: self.objects_dir.clone().unwrap_or_else(|| data_dir.join("objects")),
             },

@@ -128,6 +128,29 @@ fn database_commands(cli: &Cli, dir: &Path) {
     cli.fails(&["database", "verify-dump", bad.to_str().unwrap()], 1);
     assert_eq!(cli.ok(&["identity", "list"]), "['bill']\n");
     cli.fails(&["database", "load", dir.join("missing.dump").to_str().unwrap()], 1);
+    backup_commands(cli, dir);
+}
+
+/// `database backup` / `backups` / `restore`, and `check` finding a missing result object.
+fn backup_commands(cli: &Cli, dir: &Path) {
+    let to = dir.join("backups");
+    let t = to.to_str().unwrap();
+    for _ in 0..3 {
+        let out = cli.ok(&["database", "backup", "--to", t, "--keep", "2"]);
+        assert!(out.contains("verified by loading it into a scratch store"), "{out}");
+    }
+    let listed = cli.ok(&["database", "backups", "--from", t]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.lines().all(|l| l.starts_with("alchemiscale-backup-") && l.ends_with(".dump.zst")), "{listed}");
+    cli.ok(&["identity", "add", "-t", "user", "-i", "carol", "-k", "k"]);
+    let err = cli.fails(&["database", "restore", "--from", t], 1);
+    assert!(err.contains("not empty"), "{err}");
+    cli.ok(&["database", "restore", "--from", t, "--force"]);
+    assert_eq!(cli.ok(&["identity", "list"]), "['bill']\n", "the newest backup came back");
+    let err = cli.fails(&["database", "backup", "--to", "gs://bucket/x"], 2);
+    assert!(err.contains("not supported"), "{err}");
+    let err = cli.fails(&["database", "restore", "--from", t, "--name", "other.dump"], 1);
+    assert!(err.contains("not a backup name"), "{err}");
 }
 
 #[test]

@@ -255,6 +255,12 @@ impl Objects {
         Ok(self.list_meta(rel).await?.into_iter().map(|m| m.location.as_ref()[strip..].to_string()).collect())
     }
 
+    /// Relative paths and sizes of the objects under `rel`.
+    pub async fn list_sizes(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        Ok(self.list_meta(rel).await?.into_iter().map(|m| (m.location.as_ref()[strip..].to_string(), m.size)).collect())
+    }
+
     /// Remove staging objects last written more than `older_than` ago: what a server that
     /// stopped mid-upload (a crash, a power cut) left behind. Uploads in progress write
     /// continually, so a day-old staging object belongs to none. (An S3 multipart upload

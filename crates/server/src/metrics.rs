@@ -70,9 +70,10 @@ impl Metrics {
             requests: register(&r, requests),
             claimed: register(
                 &r,
-                IntCounterVec::new(opts("alchemiscale_claimed_tasks_total", "Tasks handed out to compute services, by claim route"), &[
-                    "route",
-                ])
+                IntCounterVec::new(
+                    opts("alchemiscale_claimed_tasks_total", "Tasks handed out to compute services, by claim route"),
+                    &["route"],
+                )
                 .expect("valid counter"),
             ),
             pushed: register(
@@ -80,10 +81,14 @@ impl Metrics {
                 IntCounterVec::new(opts("alchemiscale_result_pushes_total", "ProtocolDAGResults recorded, by outcome"), &["outcome"])
                     .expect("valid counter"),
             ),
-            store_up: register(&r, IntGauge::with_opts(opts("alchemiscale_store_up", "1 if the state store answered this scrape")).unwrap()),
+            store_up: register(
+                &r,
+                IntGauge::with_opts(opts("alchemiscale_store_up", "1 if the state store answered this scrape")).unwrap(),
+            ),
             tasks: register(
                 &r,
-                IntGaugeVec::new(opts("alchemiscale_tasks", "Tasks by scope and status"), &["org", "campaign", "project", "status"]).unwrap(),
+                IntGaugeVec::new(opts("alchemiscale_tasks", "Tasks by scope and status"), &["org", "campaign", "project", "status"])
+                    .unwrap(),
             ),
             services: register(&r, IntGauge::with_opts(opts("alchemiscale_compute_services", "Registered compute services")).unwrap()),
             claims_held: register(
@@ -135,8 +140,17 @@ impl Metrics {
 
     fn set_census(&self, c: &Census) {
         self.tasks.reset();
+        let part = |p: Option<&str>| p.unwrap_or("*").to_string();
+        // every status of a scope that holds tasks has a series (0 when none), so a
+        // status emptied by claims reads 0 instead of vanishing
+        for (scope, _, _) in &c.tasks {
+            for status in alchemiscale_model::TaskStatus::ALL {
+                self.tasks
+                    .with_label_values(&[part(scope.org()), part(scope.campaign()), part(scope.project()), status.as_str().to_string()])
+                    .set(0);
+            }
+        }
         for (scope, status, n) in &c.tasks {
-            let part = |p: Option<&str>| p.unwrap_or("*").to_string();
             self.tasks.with_label_values(&[part(scope.org()), part(scope.campaign()), part(scope.project()), status.clone()]).set(*n);
         }
         self.services.set(c.compute_services);
@@ -210,8 +224,5 @@ pub async fn track(State(state): State<AppState>, path: Option<MatchedPath>, req
 
 /// A router serving only `/metrics`, for a listener of its own.
 pub fn metrics_app(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(metrics_page))
-        .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(state)
+    axum::Router::new().route("/metrics", axum::routing::get(metrics_page)).fallback(|| async { StatusCode::NOT_FOUND }).with_state(state)
 }

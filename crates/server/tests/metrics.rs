@@ -73,6 +73,7 @@ async fn metrics_count_the_store_and_the_traffic(backend: Backend) {
     assert_eq!(m.get(&tasks_key("waiting")), Some(&2.0), "{text}");
     assert_eq!(m.get(&tasks_key("running")), Some(&2.0), "{text}");
     assert_eq!(m.get(&tasks_key("complete")), Some(&1.0), "{text}");
+    assert_eq!(m.get(&tasks_key("error")), Some(&0.0), "an empty status reads 0, not absent: {text}");
     assert_eq!(m["alchemiscale_claimed_tasks_total{route=\"claim\"}"], 3.0);
     assert_eq!(m["alchemiscale_claimed_tasks_total{route=\"taskhub\"}"], 0.0);
     assert_eq!(m["alchemiscale_result_pushes_total{outcome=\"ok\"}"], 1.0);
@@ -80,10 +81,10 @@ async fn metrics_count_the_store_and_the_traffic(backend: Backend) {
     assert_eq!(m["alchemiscale_claimed_tasks"], 2.0);
     assert_eq!(m["alchemiscale_store_up"], 1.0);
     assert!(m["alchemiscale_store_connections{state=\"open\"}"] >= 1.0);
-    let claims_timed =
-        "alchemiscale_http_request_duration_seconds_count{api=\"compute\",method=\"POST\",route=\"/claim\",status=\"200\"}";
+    let claims_timed = "alchemiscale_http_request_duration_seconds_count{api=\"compute\",method=\"POST\",route=\"/claim\",status=\"200\"}";
     assert_eq!(m.get(claims_timed), Some(&1.0), "{text}");
-    let pushes_timed = "alchemiscale_http_request_duration_seconds_count{api=\"compute\",method=\"POST\",route=\"/tasks/{sk}/results\",status=\"200\"}";
+    let pushes_timed =
+        "alchemiscale_http_request_duration_seconds_count{api=\"compute\",method=\"POST\",route=\"/tasks/{sk}/results\",status=\"200\"}";
     assert_eq!(m.get(pushes_timed), Some(&1.0), "{text}");
 
     // the user API's page counts the same store; its traffic is its own

@@ -491,6 +491,18 @@ impl Store {
         Ok(())
     }
 
+    /// Result references with an object location, in id order after `after_id`, at most
+    /// `limit`: (id, result key, location, recorded size). `database check` pages through
+    /// them to find references whose objects are missing.
+    pub async fn result_objects(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, String, Option<i64>)>> {
+        let rows = sqlx::query("SELECT id, gufe_key, location, size FROM pdrr WHERE id > $1 AND location IS NOT NULL ORDER BY id LIMIT $2")
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+    }
+
     /// Row counts per table (for `database check` output and tests).
     pub async fn table_counts(&self) -> Result<Vec<(&'static str, i64)>> {
         let mut out = Vec::new();

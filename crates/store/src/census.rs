@@ -43,9 +43,8 @@ impl Store {
                 .map_err(|e| StoreError::Invalid(format!("stored task scope: {e}")))?;
             census.tasks.push((scope, get_str(&r, 3)?, get_i64(&r, 4)?));
         }
-        let r = sqlx::query("SELECT (SELECT COUNT(*) FROM compute_service), (SELECT COUNT(*) FROM task_claim)")
-            .fetch_one(&mut *conn)
-            .await?;
+        let r =
+            sqlx::query("SELECT (SELECT COUNT(*) FROM compute_service), (SELECT COUNT(*) FROM task_claim)").fetch_one(&mut *conn).await?;
         (census.compute_services, census.claimed_tasks) = (get_i64(&r, 0)?, get_i64(&r, 1)?);
         for r in sqlx::query("SELECT name, status, saturation FROM compute_manager ORDER BY name").fetch_all(&mut *conn).await? {
             let saturation: Option<f64> = sqlx::Row::try_get(&r, 2)?;

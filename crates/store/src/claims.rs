@@ -74,9 +74,7 @@ use rand::{Rng, SeedableRng};
 use sqlx::AnyConnection;
 
 use crate::compute::{can_claim_row, cutoff, service_rows};
-use crate::db::{
-    bind, dialect, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg,
-};
+use crate::db::{bind, dialect, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg};
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
 use crate::tasks::{apply_status, task_sk};

@@ -102,10 +102,10 @@ fn object_flags(o: &ObjectArgs) -> Vec<String> {
     };
     add("--s3-bucket", &o.s3_bucket);
     add("--s3-prefix", &Some(o.s3_prefix.clone()));
-    add("--default-region", &o.default_region);
-    add("--access-key-id", &o.access_key_id);
-    add("--secret-access-key", &o.secret_access_key);
-    add("--s3-endpoint", &o.s3_endpoint);
+    add("--default-region", &o.s3.default_region);
+    add("--access-key-id", &o.s3.access_key_id);
+    add("--secret-access-key", &o.s3.secret_access_key);
+    add("--s3-endpoint", &o.s3.s3_endpoint);
     v
 }
 

@@ -60,6 +60,42 @@ pub enum DatabaseCommand {
     },
     /// Check a dump file's integrity without touching any store.
     VerifyDump { file: PathBuf },
+    /// Take an online backup: a consistent dump, verified by loading it into a scratch
+    /// store, written to a directory or s3://bucket/prefix as
+    /// alchemiscale-backup-<UTC time>.dump.zst; then only the newest --keep are kept. A
+    /// failed backup leaves earlier ones untouched.
+    Backup {
+        #[command(flatten)]
+        target: super::backup::BackupTargetArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the backups at a target, oldest first.
+    Backups {
+        /// A directory or s3://bucket/prefix.
+        #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", value_parser = |s: &str| s.parse::<alchemiscale_backup::Target>().map_err(|e| e.to_string()))]
+        from: alchemiscale_backup::Target,
+        #[command(flatten)]
+        s3: crate::store_args::S3AccessArgs,
+    },
+    /// Restore a backup (the newest at the target unless --name) into the store: it is
+    /// fetched and verified before anything is written; a store holding data is refused
+    /// unless --force.
+    Restore {
+        /// A directory or s3://bucket/prefix.
+        #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", value_parser = |s: &str| s.parse::<alchemiscale_backup::Target>().map_err(|e| e.to_string()))]
+        from: alchemiscale_backup::Target,
+        /// The backup's name (as `database backups` lists it).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the contents of a non-empty store.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        s3: crate::store_args::S3AccessArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 fn confirm(prompt: &str) -> anyhow::Result<bool> {
@@ -92,6 +128,10 @@ pub async fn run(cmd: DatabaseCommand, data_dir: &std::path::Path) -> anyhow::Re
             if !skip_objects {
                 let objects = objects.open(data_dir)?;
                 objects.check().await.map_err(|e| anyhow::anyhow!("object store {}: {e}", objects.description()))?;
+                let missing = alchemiscale_backup::missing_result_objects(&store, &objects).await?;
+                if !missing.is_empty() {
+                    bail!("{} result references without their object in {}:\n{}", missing.len(), objects.description(), missing.join("\n"));
+                }
             }
             println!("No inconsistencies found in database.");
         }
@@ -118,6 +158,15 @@ pub async fn run(cmd: DatabaseCommand, data_dir: &std::path::Path) -> anyhow::Re
             let store = store.connect(data_dir).await?;
             let stats = store.load_file(&file, force).await?;
             println!("loaded {} rows into {} tables from {}", stats.rows, stats.tables, file.display());
+        }
+        DatabaseCommand::Backup { target, store } => {
+            let store = store.connect(data_dir).await?;
+            super::backup::backup(&store, &target).await?;
+        }
+        DatabaseCommand::Backups { from, s3 } => super::backup::list(&from, &s3).await?,
+        DatabaseCommand::Restore { from, name, force, s3, store } => {
+            let store = store.connect(data_dir).await?;
+            super::backup::restore(&store, &from, name.as_deref(), force, &s3).await?;
         }
         DatabaseCommand::VerifyDump { file } => {
             let stats = verify_dump(&file)?;

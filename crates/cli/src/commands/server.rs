@@ -197,6 +197,8 @@ pub struct ApiCommon {
     pub store: StoreArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
+    #[command(flatten)]
+    pub backup: super::backup::BackupScheduleArgs,
 }
 
 /// Options of `alchemiscale api` (cli.md §4.1).
@@ -303,6 +305,7 @@ async fn run_api(host: &str, port: u16, loglevel: &str, cmd: ApiCommon, data_dir
     let store = cmd.store.connect_ready(data_dir).await?;
     let objects = cmd.objects.open(data_dir)?;
     let settings = cmd.jwt.settings(jwt_secret_or_random(&cmd.jwt.jwt_secret), &cmd.http, &cmd.compute)?;
+    cmd.backup.spawn(&store, &cmd.objects.s3)?;
     let state = AppState::new(api, store.clone(), Some(objects.clone()), settings);
     spawn_metrics(cmd.http.metrics_listener().await?, state.clone(), std::future::pending());
     let app = match api {
@@ -358,6 +361,8 @@ pub struct ServeCommand {
     pub store: StoreArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
+    #[command(flatten)]
+    pub backup: super::backup::BackupScheduleArgs,
 }
 
 /// What `serve` prints so a new user can connect at once.
@@ -470,6 +475,7 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
     alchemiscale_server::spawn_reaper(compute_state.clone());
     let compute_app = alchemiscale_server::compute_app(compute_state);
     spawn_memory_trimmer();
+    cmd.backup.spawn(&store, &cmd.objects.s3)?;
     tracing::info!(user_api = %user_url, compute_api = %compute_url, store = store.location(), objects = objects.description(), "serving");
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut stop_user = stop_tx.subscribe();

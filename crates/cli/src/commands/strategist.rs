@@ -49,11 +49,11 @@ pub fn object_args(args: &ObjectArgs, settings: &Settings) -> ObjectArgs {
         }
     };
     fill(&mut a.s3_bucket, "AWS_S3_BUCKET");
-    fill(&mut a.default_region, "AWS_DEFAULT_REGION");
-    fill(&mut a.access_key_id, "AWS_ACCESS_KEY_ID");
-    fill(&mut a.secret_access_key, "AWS_SECRET_ACCESS_KEY");
-    fill(&mut a.session_token, "AWS_SESSION_TOKEN");
-    fill(&mut a.s3_endpoint, "AWS_ENDPOINT_URL");
+    fill(&mut a.s3.default_region, "AWS_DEFAULT_REGION");
+    fill(&mut a.s3.access_key_id, "AWS_ACCESS_KEY_ID");
+    fill(&mut a.s3.secret_access_key, "AWS_SECRET_ACCESS_KEY");
+    fill(&mut a.s3.session_token, "AWS_SESSION_TOKEN");
+    fill(&mut a.s3.s3_endpoint, "AWS_ENDPOINT_URL");
     if a.s3_prefix.is_empty() {
         if let Some(p) = settings.s3("AWS_S3_PREFIX") {
             a.s3_prefix = p;
