@@ -12,10 +12,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{free_port, Killed, BIN};
 use serde_yaml_ng::Value;
 
 type Env = BTreeMap<String, String>;
@@ -28,19 +28,6 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(deploy().join(rel)).unwrap_or_else(|e| panic!("deploy/{rel}: {e}"))
 }
 
-/// A child process killed and reaped (by its PID) when dropped, even on panic.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `alchemiscale ARGS --help` must succeed and describe a runnable (leaf) command. Returns
 /// the command ("alchemiscale database backup") and the variables its help documents.
 fn parse_check(args: &[String], origin: &str) -> (String, BTreeSet<String>) {
@@ -51,7 +38,10 @@ fn parse_check(args: &[String], origin: &str) -> (String, BTreeSet<String>) {
     assert!(!help.contains("\nCommands:\n"), "{origin}: `alchemiscale {line}` names no command to run");
     let usage = help.lines().find_map(|l| l.strip_prefix("Usage: ")).expect("a Usage line");
     let path = usage.split(' ').take_while(|w| !w.starts_with(['[', '<', '-'])).collect::<Vec<_>>().join(" ");
-    let vars = help.split("[env:").skip(1).map(|s| s.trim_start().chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect());
+    let vars = help
+        .split("[env:")
+        .skip(1)
+        .map(|s| s.trim_start().chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect());
     (path, vars.collect())
 }
 
@@ -211,7 +201,8 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 
 /// Dockerfile instructions (continuations joined, comments dropped): (KEYWORD, rest).
 fn dockerfile() -> Vec<(String, String)> {
-    let joined = read("Dockerfile").lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n").replace("\\\n", " ");
+    let joined =
+        read("Dockerfile").lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n").replace("\\\n", " ");
     let split = joined.lines().filter_map(|l| l.trim().split_once(' ').map(|(k, r)| (k.to_uppercase(), r.trim().to_string())));
     split.collect()
 }
@@ -235,7 +226,15 @@ fn dockerfile_builds_one_binary_and_runs_the_embedded_server() {
     assert_eq!(copies, [&format!("--from={builder} /usr/local/bin/alchemiscale /usr/local/bin/alchemiscale")], "only the binary");
     let installs: Vec<&String> = last.iter().filter(|(k, v)| k == "RUN" && v.contains("apt-get install")).map(|(_, v)| v).collect();
     assert!(installs.iter().any(|v| v.contains(" ca-certificates")), "ca-certificates in the final stage");
-    assert!(installs.iter().all(|v| v.split("apt-get install").nth(1).unwrap().split("&&").next().unwrap().split_whitespace().all(|w| w.starts_with('-') || w == "ca-certificates")));
+    assert!(installs.iter().all(|v| v
+        .split("apt-get install")
+        .nth(1)
+        .unwrap()
+        .split("&&")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .all(|w| w.starts_with('-') || w == "ca-certificates")));
     let user = last.iter().rev().find(|(k, _)| k == "USER").map(|(_, v)| v.as_str()).expect("a USER");
     assert!(user != "root" && user != "0", "runs as root");
     assert_eq!(json_args(&instr, "ENTRYPOINT"), ["alchemiscale"]);
@@ -307,7 +306,10 @@ fn compose_runs_commands_the_binary_accepts() {
         let env = service_env(svc);
         for (k, v) in service_env(&raw["services"][name.as_str()]) {
             let secret = ["PASSWORD", "SECRET"].iter().any(|s| k.contains(s));
-            let op = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')).map(|r| r.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+            let op = v
+                .strip_prefix("${")
+                .and_then(|r| r.strip_suffix('}'))
+                .map(|r| r.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_'));
             let required = op.is_some_and(|op| op.is_empty() || op.trim_start_matches(':').starts_with('?'));
             assert!(!secret || required, "{name}: {k} must come from deploy/.env, without a default: {v}");
         }
@@ -479,7 +481,8 @@ fn readme_commands_are_accepted() {
     let mut n = 0;
     for block in readme.split("```").skip(1).step_by(2) {
         for cmd in shell_commands(block, &|v| Some(format!("${v}"))) {
-            let at = cmd.windows(2).position(|w| (w[0] == "alchemiscale" || w[0].ends_with("/alchemiscale")) && top.contains(&w[1].as_str()));
+            let at =
+                cmd.windows(2).position(|w| (w[0] == "alchemiscale" || w[0].ends_with("/alchemiscale")) && top.contains(&w[1].as_str()));
             if let Some(i) = at {
                 parse_check(&cmd[i + 1..], "deploy/README.md");
                 n += 1;
@@ -503,7 +506,9 @@ async fn nginx_example_proxies_tls_to_the_apis() {
         assert!(live.contains(&want), "nginx/alchemiscale.conf lacks `{want}`");
     }
     assert!(live.iter().any(|l| l.starts_with("proxy_next_upstream_tries ")) && !conf.contains(" non_idempotent"));
-    assert!(upstream_servers(&conf).len() >= 2 && live.iter().filter(|l| l.starts_with("server ") && l.contains("max_fails=")).count() >= 2);
+    assert!(
+        upstream_servers(&conf).len() >= 2 && live.iter().filter(|l| l.starts_with("server ") && l.contains("max_fails=")).count() >= 2
+    );
     let tls_servers = live.iter().filter(|l| l.starts_with("listen ") && l.contains(" ssl")).count();
     assert_eq!(live.iter().filter(|l| **l == "location ^~ /metrics {").count(), tls_servers, "/metrics denied on every TLS server");
 
@@ -567,7 +572,8 @@ async fn nginx_example_proxies_tls_to_the_apis() {
     }
     assert_eq!(rewritten, 3 + 3 * tls_servers, "listen lines, certificates and upstream servers to rewrite");
     std::fs::write(format!("{t}/alchemiscale.conf"), copy).unwrap();
-    let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].iter().map(|p| format!("{p}_temp_path {t}/{p}_temp;\n")).collect();
+    let temp: String =
+        ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].iter().map(|p| format!("{p}_temp_path {t}/{p}_temp;\n")).collect();
     let main = format!(
         "daemon off;\npid {t}/nginx.pid;\nerror_log {t}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\naccess_log off;\n{temp}include {t}/alchemiscale.conf;\n}}\n"
     );
@@ -578,7 +584,11 @@ async fn nginx_example_proxies_tls_to_the_apis() {
     let _nginx = Killed(Command::new(&nginx).args(args).stderr(Stdio::null()).spawn().unwrap());
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "nginx did not listen:\n{}", std::fs::read_to_string(format!("{t}/error.log")).unwrap_or_default());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nginx did not listen:\n{}",
+            std::fs::read_to_string(format!("{t}/error.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

@@ -17,26 +17,12 @@ use alchemiscale_client::Client;
 use alchemiscale_model::pdr::zstd_compress;
 use alchemiscale_model::synthetic::{network_chain_json, result_chain_json};
 use alchemiscale_model::{ComputeServiceId, Scope};
-use common::BIN;
+use common::{free_port, Killed, BIN};
 
 const N: usize = 7; // tasks created and actioned
 const BY_CLAIM: usize = 2; // claimed over C11 (`/claim`)
 const BY_HUB: usize = 1; // claimed over C10 (`/taskhubs/{sk}/claim`)
 const K: usize = BY_CLAIM + BY_HUB; // claimed in all; one of them then completes
-
-/// A child process killed (SIGKILL, by its PID) and reaped when dropped, even on panic.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn prometheus_binary() -> Option<PathBuf> {
     match std::env::var_os("ALCHEMISCALE_TEST_PROMETHEUS").filter(|v| !v.is_empty()) {
