@@ -25,6 +25,8 @@ pub struct ClaimPlan {
     /// filters removed — how much of the queue the claim read. None on SQLite (its plan
     /// has no counts; read the plan instead).
     pub action_rows_read: Option<u64>,
+    /// PostgreSQL: the same for the plan's scans of `task` (tasks looked at).
+    pub task_rows_read: Option<u64>,
 }
 
 impl Store {
@@ -43,14 +45,31 @@ impl Store {
                     .fetch_all(&mut *tx)
                     .await?;
                 let lines = rows.iter().map(|r| r.try_get::<String, _>(3)).collect::<std::result::Result<Vec<_>, _>>()?;
-                ClaimPlan { text: lines.join("\n"), action_rows_read: None }
+                ClaimPlan { text: lines.join("\n"), action_rows_read: None, task_rows_read: None }
             }
             Backend::Postgres => {
+                // the custom plan (for these values), as a claim's first executions get it
                 let sql = dialect(self.backend, &format!("EXPLAIN (ANALYZE) {select}"));
                 let rows = sqlx::query(&sql).bind(hub_id).bind(count as i64).fetch_all(&mut *tx).await?;
-                let lines = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<Vec<_>, _>>()?;
-                let text = lines.join("\n");
-                ClaimPlan { action_rows_read: Some(rows_read(&text, "task_action")), text }
+                let custom = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<Vec<_>, _>>()?.join("\n");
+                // the generic plan, which PostgreSQL may switch a prepared claim statement
+                // to after five executions, planned without knowing the hub
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let name = format!("claim_plan_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                let prepare = format!("PREPARE {name} (BIGINT, BIGINT) AS {}", dialect(self.backend, &select));
+                sqlx::query(&prepare).persistent(false).execute(&mut *tx).await?;
+                sqlx::query("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)").fetch_one(&mut *tx).await?;
+                let explain = format!("EXPLAIN (ANALYZE) EXECUTE {name} ({hub_id}, {count})");
+                let rows = sqlx::query(&explain).persistent(false).fetch_all(&mut *tx).await;
+                // a prepared statement outlives the transaction: always deallocate it
+                sqlx::query(&format!("DEALLOCATE {name}")).persistent(false).execute(&mut *tx).await?;
+                let generic = rows?.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<Vec<_>, _>>()?.join("\n");
+                let read = |relation: &str| rows_read(&custom, relation).max(rows_read(&generic, relation));
+                ClaimPlan {
+                    action_rows_read: Some(read("task_action")),
+                    task_rows_read: Some(read("task")),
+                    text: format!("custom plan:\n{custom}\n\ngeneric plan:\n{generic}"),
+                }
             }
         };
         tx.rollback().await?;

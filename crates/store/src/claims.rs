@@ -726,15 +726,24 @@ impl Store {
 /// Plans of claim statements that do not depend on planner statistics (PostgreSQL): a
 /// freshly loaded store has none (autovacuum analyses later), and without them the
 /// planner believes a hub holds a handful of rows and reads all of them through a bitmap
-/// scan and a sort — a claim then costs the whole hub. With bitmap scans and explicit
-/// sorts ruled out for the claim transaction, the only reasonable plan left is the one
-/// that reads the queue's index in claim order and stops at the limit. `SET LOCAL`: the
-/// settings end with the transaction.
+/// scan and a sort — a claim then costs the whole hub. Statistics taken at the wrong
+/// moment mislead it the other way: analysed while every task was claimed, then the
+/// claims given back (services deregistered en masse), the planner believes no task can
+/// pass the "not claimed" test, and joins the queue to a materialised anti-join of every
+/// task with every claim (measured by `bench scaleout`: 80–130 ms per claim instead of
+/// 0.3 ms). With bitmap scans, explicit sorts, merge and hash joins and materialisation
+/// ruled out for the claim transaction, the only reasonable plan left reads the queue's
+/// index in claim order, looks each task and its claim up by key, and stops at the
+/// limit. `SET LOCAL`: the settings end with the transaction.
 pub(crate) async fn claim_plans(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
     if backend == Backend::Postgres {
-        sqlx::query("SELECT CAST(set_config('enable_bitmapscan', 'off', true) || set_config('enable_sort', 'off', true) AS TEXT)")
-            .fetch_one(&mut *conn)
-            .await?;
+        sqlx::query(
+            "SELECT CAST(set_config('enable_bitmapscan', 'off', true) || set_config('enable_sort', 'off', true) \
+             || set_config('enable_mergejoin', 'off', true) || set_config('enable_hashjoin', 'off', true) \
+             || set_config('enable_material', 'off', true) AS TEXT)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
     }
     Ok(())
 }

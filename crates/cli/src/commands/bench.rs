@@ -58,6 +58,15 @@ pub enum BenchCommand {
     /// time its services take to leave once the work is done. Last line: a JSON object
     /// with managed_s, upfront_s, ramp_vs_upfront, scale_down_s ….
     Managers(super::bench_managers::ManagersBench),
+    /// Several `api` and `compute api` processes (--instances, default 3 each) on one
+    /// PostgreSQL store (--url) and one object store (--s3-bucket …, else a shared
+    /// directory), behind nginx configured from deploy/nginx/alchemiscale.conf: the claim
+    /// rate through nginx over one compute-API instance against all of them in the same
+    /// run, with the CPU each process group used; then --services of our compute services
+    /// drain --tasks tasks (with --kill-one, one instance of each API is SIGKILLed midway),
+    /// and every task is checked complete with one readable result. Last line: a JSON
+    /// object with claims_per_s_1, claims_per_s_3, double_claims, lost_results, tasks ….
+    Scaleout(super::bench_scaleout::ScaleoutBench),
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +139,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Objects(b) => super::bench_objects::run(b).await,
         BenchCommand::Strategist(b) => super::bench_strategist::run(b).await,
         BenchCommand::Managers(b) => super::bench_managers::run(b).await,
+        BenchCommand::Scaleout(b) => super::bench_scaleout::run(b).await,
     }
 }
 

@@ -235,24 +235,32 @@ pub(crate) async fn bare_claims(
     Ok((all, start.elapsed().as_secs_f64()))
 }
 
-/// One network with `tasks` actioned tasks, through the user API; returns the network.
-async fn set_up(user: &Client, tasks: usize, action_chunk: usize) -> anyhow::Result<ScopedKey> {
+/// One network in `scope` with `tasks` actioned tasks, through the user API as a user would
+/// (tasks created per transformation, actioned in chunks of `action_chunk`); returns the
+/// network and each transformation with its tasks.
+pub(crate) async fn set_up(
+    user: &Client,
+    scope: &Scope,
+    tasks: usize,
+    action_chunk: usize,
+) -> anyhow::Result<(ScopedKey, Vec<(ScopedKey, Vec<ScopedKey>)>)> {
     let transformations = (tasks / 100).clamp(10, 2000);
-    let scope: Scope = "curve-campaign-project".parse()?;
     let network =
-        user.create_network(&network_chain_json(transformations.min(200).max(2), transformations, "curve"), &scope, "active").await?;
+        user.create_network(&network_chain_json(transformations.clamp(2, 200), transformations, "curve"), scope, "active").await?;
     let tfs = parse_keys(&user.get(&format!("/networks/{network}/transformations")).await?)?;
     ensure!(tfs.len() == transformations, "the network has {} transformations", tfs.len());
-    let mut created = Vec::with_capacity(tasks);
-    for (i, tf) in tfs.iter().enumerate() {
+    let mut created = Vec::with_capacity(tfs.len());
+    for (i, tf) in tfs.into_iter().enumerate() {
         let n = tasks / transformations + usize::from(i < tasks % transformations);
-        created.extend(user.create_tasks(tf, n as i64, None).await?);
+        let tasks = user.create_tasks(&tf, n as i64, None).await?;
+        created.push((tf, tasks));
     }
-    for chunk in created.chunks(action_chunk.max(1)) {
+    let all: Vec<ScopedKey> = created.iter().flat_map(|(_, t)| t.iter().cloned()).collect();
+    for chunk in all.chunks(action_chunk.max(1)) {
         let actioned = user.action_tasks(&network, chunk, None).await?;
         ensure!(actioned.iter().all(Option::is_some), "some tasks were not actioned");
     }
-    Ok(network)
+    Ok((network, created))
 }
 
 /// Figures of one size.
@@ -270,7 +278,7 @@ struct Point {
 async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
     let servers = Servers::start(b).await?;
     let t = Instant::now();
-    set_up(&servers.user, size, b.action_chunk).await.context("setting up through the user API")?;
+    set_up(&servers.user, &"curve-campaign-project".parse()?, size, b.action_chunk).await.context("setting up through the user API")?;
     let setup_s = t.elapsed().as_secs_f64();
     // the setup leaves up to hundreds of MB of the store's file dirty in the kernel's page
     // cache; written back in the middle of a measurement they would weigh on whichever

@@ -92,7 +92,7 @@ impl Drop for ServeProcess {
     }
 }
 
-fn object_flags(o: &ObjectArgs) -> Vec<String> {
+pub(crate) fn object_flags(o: &ObjectArgs) -> Vec<String> {
     let mut v = Vec::new();
     let mut add = |flag: &str, value: &Option<String>| {
         if let Some(x) = value.as_deref().filter(|s| !s.is_empty()) {

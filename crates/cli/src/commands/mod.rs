@@ -5,6 +5,8 @@ pub mod bench_claims;
 pub mod bench_curve;
 pub mod bench_managers;
 pub mod bench_objects;
+pub mod bench_scaleout;
+pub mod bench_scaleout_cluster;
 pub mod bench_strategist;
 pub mod compute;
 pub mod database;
