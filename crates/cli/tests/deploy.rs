@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Killed, BIN};
+use common::{free_port, Killed, Stopped, BIN};
 use serde_yaml_ng::Value;
 
 type Env = BTreeMap<String, String>;
@@ -581,7 +581,7 @@ async fn nginx_example_proxies_tls_to_the_apis() {
     let args = ["-p", &t, "-c", &format!("{t}/nginx.conf"), "-e", &format!("{t}/error.log")];
     let test = Command::new(&nginx).arg("-t").args(args).output().expect("ALCHEMISCALE_TEST_NGINX runs");
     assert!(test.status.success(), "nginx -t:\n{}", String::from_utf8_lossy(&test.stderr));
-    let _nginx = Killed(Command::new(&nginx).args(args).stderr(Stdio::null()).spawn().unwrap());
+    let _nginx = Stopped(Command::new(&nginx).args(args).stderr(Stdio::null()).spawn().unwrap());
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
         assert!(

@@ -7,6 +7,7 @@
 //! [`AppState`] carries the store, the settings and the token keys of one API.
 
 pub mod auth;
+pub mod background;
 pub mod compute_api;
 pub mod error;
 pub mod extract;
@@ -34,6 +35,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Caller, TokenKeys};
+pub use background::spawn_reaper;
 pub use error::{ApiError, ApiResult};
 
 /// Which of the two APIs a server is.
@@ -244,7 +246,7 @@ pub fn user_app(state: AppState) -> Router {
     let (router, mut openapi) = user_api::router().split_for_parts();
     openapi.info.title = "alchemiscale-rs user API".into();
     openapi.info.description =
-        Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See README.md for deliberate differences.".into());
+        Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See docs/compatibility.md in the repository for deliberate differences.".into());
     finish_router(instrument(with_docs(router, openapi), &state).with_state(state))
 }
 
@@ -290,40 +292,4 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
-}
-
-/// How often, and past what age, staging objects of interrupted uploads are removed.
-const STAGING_SWEEP_EVERY: Duration = Duration::from_secs(3600);
-const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-
-/// Expire stale compute-service registrations in the background (their running tasks go
-/// back to waiting), every tenth of the expiry window (at least every second, at most every
-/// minute). Upstream expires only when some service heartbeats (model.md §14 Q17). Also
-/// removes, hourly, staging objects older than a day (uploads cut short by a crash).
-pub fn spawn_reaper(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let expire = state.settings().registration_expire_seconds.max(1);
-        let period = Duration::from_millis(((expire as u64) * 100).clamp(1000, 60_000));
-        let mut tick = tokio::time::interval(period);
-        let mut last_sweep: Option<std::time::Instant> = None;
-        loop {
-            tick.tick().await;
-            // staging objects of uploads a stopped server left behind (hourly)
-            if last_sweep.is_none_or(|t| t.elapsed() >= STAGING_SWEEP_EVERY) {
-                last_sweep = Some(std::time::Instant::now());
-                if let Ok(objects) = state.objects() {
-                    match objects.remove_stale_staging(STAGING_MAX_AGE).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::warn!(removed = n, "removed staging objects left by interrupted uploads"),
-                        Err(e) => tracing::warn!(error = %e, "could not sweep the object store's staging place"),
-                    }
-                }
-            }
-            match state.store().expire_compute_services(expire).await {
-                Ok(ids) if !ids.is_empty() => tracing::warn!(expired = ?ids, "compute service registrations expired"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "expiring compute service registrations failed"),
-            }
-        }
-    })
 }

@@ -6,7 +6,7 @@
 //! identities migrated from an upstream deployment keep working. Both verifications are
 //! constant-time in the key.
 //!
-//! Deliberate changes from upstream (each listed in README.md):
+//! Deliberate changes from upstream (each listed in docs/compatibility.md):
 //! * re-adding an identity keeps nothing by default but the caller is told it existed,
 //!   and may keep its scopes (`keep_scopes`);
 //! * granting or revoking scopes of an identity that does not exist is an error;

@@ -152,9 +152,16 @@ impl Store {
                 })
             }
             StoreLocation::Postgres { url } => {
+                // A restart of the server terminates every session: a connection idle in
+                // the pool is pinged before it is handed out (test_before_acquire) and
+                // replaced when dead; while the server is down the pool keeps retrying the
+                // connection (refused, or 57P03 while it starts) until acquire_timeout, then
+                // requests answer 503. Errors of statements cut off are `Unavailable` too
+                // (see `error::sqlx_unavailable`). Tested in server/tests/pg_restart.rs.
                 let pool = AnyPoolOptions::new()
                     .max_connections(options.max_connections.max(2))
                     .acquire_timeout(options.acquire_timeout)
+                    .test_before_acquire(true)
                     // JIT compilation pays off only for long analytical queries; for ours
                     // it costs more than the query whenever statistics make a cheap plan
                     // look expensive (measured: a 0.4 ms hub query took 400 ms, all JIT)

@@ -19,7 +19,7 @@ use crate::store_args::{ObjectArgs, StoreArgs};
 /// Run the strategist service.
 #[derive(Debug, Args)]
 pub struct StrategistCommand {
-    /// YAML settings file (upstream's keys; see README). Without one, upstream's defaults.
+    /// YAML settings file (upstream's keys; see docs/strategies.md). Without one, upstream's defaults.
     #[arg(short = 'c', long = "config-file")]
     pub config_file: Option<PathBuf>,
     /// Run one cycle, then exit.

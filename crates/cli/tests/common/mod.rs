@@ -68,6 +68,26 @@ impl Drop for Killed {
     }
 }
 
+/// A child process stopped with SIGTERM (SIGKILL after 10 s) and reaped when dropped,
+/// even on panic: for servers such as nginx whose master must stop its own workers (a
+/// SIGKILLed nginx master leaves its workers running).
+pub struct Stopped(pub Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        sigterm(&self.0);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
