@@ -492,6 +492,34 @@ fn readme_commands_are_accepted() {
     assert!(n >= 3, "deploy/README.md shows {n} alchemiscale commands");
 }
 
+/// Every `alchemiscale …` command in the `sh` blocks of the runbook and the other docs
+/// is one the binary's parser accepts (synopses with `[…]`/`<…>` placeholders and `text`
+/// blocks are not checked).
+#[test]
+fn docs_commands_are_accepted() {
+    let top = ["serve", "api", "compute", "identity", "database", "strategist", "bench"];
+    let mut n = 0;
+    for doc in ["operations.md", "configuration.md", "compute.md", "strategies.md", "benchmarks.md", "compatibility.md"] {
+        let path = deploy().join("../docs").join(doc);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("docs/{doc}: {e}"));
+        for block in text.split("```").skip(1).step_by(2) {
+            let Some(body) = block.strip_prefix("sh\n").or_else(|| block.strip_prefix("bash\n")) else { continue };
+            for cmd in shell_commands(body, &|v| Some(format!("${v}"))) {
+                let at = cmd
+                    .windows(2)
+                    .position(|w| (w[0] == "alchemiscale" || w[0].ends_with("/alchemiscale")) && top.contains(&w[1].as_str()));
+                // synopses (`[-n NAME]`, `<FILE>`) describe a command rather than run one
+                let synopsis = cmd.iter().any(|w| w.starts_with(['[', '<']) || w.ends_with([']', '>']) || w == "…" || w == "...");
+                if let (Some(i), false) = (at, synopsis) {
+                    parse_check(&cmd[i + 1..], &format!("docs/{doc}"));
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert!(n >= 20, "the docs show only {n} alchemiscale commands in sh blocks");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_example_proxies_tls_to_the_apis() {
     let conf = read("nginx/alchemiscale.conf");
