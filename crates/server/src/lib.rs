@@ -243,11 +243,22 @@ fn with_docs(router: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Rou
 
 /// The user-facing API as a ready router.
 pub fn user_app(state: AppState) -> Router {
+    user_app_with(state, None)
+}
+
+/// The user-facing API with more routes beside it (the web console at `/ui`), sharing
+/// its 404s, compression, logs, metrics and panic guard.
+pub fn user_app_with(state: AppState, extra: Option<Router<AppState>>) -> Router {
     let (router, mut openapi) = user_api::router().split_for_parts();
     openapi.info.title = "alchemiscale-rs user API".into();
     openapi.info.description =
         Some("Wire-compatible with the alchemiscale 0.8 AlchemiscaleClient. See docs/compatibility.md in the repository for deliberate differences.".into());
-    finish_router(instrument(with_docs(router, openapi), &state).with_state(state))
+    let router = with_docs(router, openapi);
+    let router = match extra {
+        Some(extra) => router.merge(extra),
+        None => router,
+    };
+    finish_router(instrument(router, &state).with_state(state))
 }
 
 /// `/metrics` (unless the server serves it elsewhere) and request timing for every route.

@@ -36,6 +36,8 @@ pub struct TestServer {
     handle: Option<tokio::task::JoinHandle<()>>,
 }
 
+type Extra = Box<dyn FnOnce(&AppState) -> axum::Router<AppState>>;
+
 pub const SECRET: &str = "test-secret-0123456789";
 
 pub fn settings() -> ApiSettings {
@@ -61,6 +63,15 @@ impl TestServer {
         Some(Self::serve(ts, to, api, settings).await)
     }
 
+    /// The user API with more routes beside it (e.g. the web console), built from its state.
+    pub async fn user_with(backend: Backend, extra: impl FnOnce(&AppState) -> axum::Router<AppState> + 'static) -> Option<TestServer> {
+        let ts = match backend {
+            Backend::Sqlite => testing::sqlite().await,
+            Backend::Postgres => testing::postgres().await?,
+        };
+        Some(Self::serve_with(ts, alchemiscale_objects::testing::local(), ApiKind::User, settings(), Some(Box::new(extra))).await)
+    }
+
     /// A second API server over the same stores (e.g. the compute API beside the user API).
     pub async fn sibling(&self, api: ApiKind) -> TestServer {
         let ts = TestStore { store: self.store.clone(), location: self._store.location.clone(), dir: None };
@@ -69,11 +80,18 @@ impl TestServer {
     }
 
     async fn serve(ts: TestStore, to: TestObjects, api: ApiKind, settings: ApiSettings) -> TestServer {
+        Self::serve_with(ts, to, api, settings, None).await
+    }
+
+    async fn serve_with(ts: TestStore, to: TestObjects, api: ApiKind, settings: ApiSettings, extra: Option<Extra>) -> TestServer {
         let store = ts.store.clone();
         let objects = to.objects.clone();
         let state = AppState::new(api, store.clone(), Some(objects.clone()), settings.clone());
         let app = match api {
-            ApiKind::User => crate::user_app(state),
+            ApiKind::User => {
+                let extra = extra.map(|make| make(&state));
+                crate::user_app_with(state, extra)
+            }
             ApiKind::Compute => crate::compute_app(state),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -269,6 +269,19 @@ pub(crate) const TABLES: &[TableSpec] = &[
         order_by: "name",
         identity_id: false,
     },
+    TableSpec {
+        name: "console_session",
+        columns: &[
+            ("id_sha256", T, false),
+            ("kind", T, false),
+            ("identifier", T, false),
+            ("csrf", T, false),
+            ("created", I, false),
+            ("expires", I, false),
+        ],
+        order_by: "id_sha256",
+        identity_id: false,
+    },
 ];
 
 /// Unique indexes the uniqueness rules of model.md §3.14 rest on (checked by `check`).

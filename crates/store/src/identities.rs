@@ -136,6 +136,13 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_key("not-a-real-key").expect("hash"))
 }
 
+/// The warning both the CLI and the console give when `add` replaced an existing
+/// identity's key.
+pub fn replaced_identity_warning(kind: IdentityKind, identifier: &str, keep_scopes: bool) -> String {
+    let what = if keep_scopes { "its scopes were kept" } else { "its scopes were removed (use --keep-scopes to keep them)" };
+    format!("{kind} identity '{identifier}' already existed; its key was replaced and {what}")
+}
+
 impl Store {
     /// Create an identity, or replace the key of an existing one. Returns true if it
     /// already existed. Its scopes are reset to none unless `keep_scopes`.
@@ -158,6 +165,8 @@ impl Store {
                 if !keep_scopes {
                     sqlx::query("DELETE FROM identity_scope WHERE identity_id = $1").bind(id).execute(&mut *tx).await?;
                 }
+                // a new key ends the console sessions opened with the old one
+                crate::sessions::end_identity_sessions(&mut tx, kind, identifier).await?;
                 true
             }
             None => {
@@ -186,6 +195,7 @@ impl Store {
         let id = get_i64(&row, 0)?;
         sqlx::query("DELETE FROM identity_scope WHERE identity_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM identity WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        crate::sessions::end_identity_sessions(&mut tx, kind, identifier).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -13,6 +13,7 @@
 
 mod admin;
 pub mod census;
+pub mod console;
 mod checkpoint;
 pub mod claim_plan;
 mod claim_rank;
@@ -29,6 +30,7 @@ pub mod queries;
 pub mod restart;
 pub mod results;
 pub mod scratch;
+pub mod sessions;
 mod statistics;
 pub mod strategist;
 pub mod strategy;

@@ -1,7 +1,7 @@
 //! `alchemiscale identity …` (cli.md §4.9).
 
 use alchemiscale_model::Scope;
-use alchemiscale_store::identities::{hash_key, IdentityKind};
+use alchemiscale_store::identities::{hash_key, replaced_identity_warning, IdentityKind};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -109,8 +109,7 @@ pub async fn run(cmd: IdentityCommand, data_dir: &std::path::Path) -> anyhow::Re
             let store = store.connect_ready(data_dir).await?;
             let existed = store.add_identity(who.kind.kind, &who.identifier, &hashed, keep_scopes).await?;
             if existed {
-                let what = if keep_scopes { "its scopes were kept" } else { "its scopes were removed (use --keep-scopes to keep them)" };
-                eprintln!("warning: {} identity '{}' already existed; its key was replaced and {what}", who.kind.kind, who.identifier);
+                eprintln!("warning: {}", replaced_identity_warning(who.kind.kind, &who.identifier, keep_scopes));
             }
         }
         IdentityCommand::List { kind, store } => {

@@ -201,6 +201,41 @@ pub struct ApiCommon {
     pub backup: super::backup::BackupScheduleArgs,
 }
 
+/// The web console's options (`api` and `serve`).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Web console")]
+pub struct ConsoleArgs {
+    /// Do not serve the web console at /ui.
+    #[arg(long, env = "ALCHEMISCALE_NO_CONSOLE")]
+    pub no_console: bool,
+    /// How long a console session lasts after signing in.
+    #[arg(long, env = "ALCHEMISCALE_CONSOLE_SESSION", default_value = "8h", value_parser = humantime::parse_duration)]
+    pub console_session: std::time::Duration,
+    /// Always mark the session cookie Secure (it is anyway when the proxy says the request
+    /// came over TLS with X-Forwarded-Proto: https).
+    #[arg(long, env = "ALCHEMISCALE_CONSOLE_SECURE_COOKIES")]
+    pub console_secure_cookies: bool,
+    /// Failed sign-ins allowed per identifier and per client address within 5 minutes.
+    #[arg(long, env = "ALCHEMISCALE_CONSOLE_LOGIN_FAILURES", default_value_t = 5)]
+    pub console_login_failures: usize,
+}
+
+impl ConsoleArgs {
+    /// The console's routes for a user API, unless turned off.
+    pub fn router(&self, state: &AppState) -> Option<axum::Router<AppState>> {
+        if self.no_console {
+            return None;
+        }
+        let settings = alchemiscale_console::ConsoleSettings {
+            session_ttl: self.console_session,
+            secure_cookies: self.console_secure_cookies,
+            login_failures: self.console_login_failures.max(1),
+            ..Default::default()
+        };
+        Some(alchemiscale_console::router(alchemiscale_console::ConsoleState::new(state.clone(), settings)))
+    }
+}
+
 /// Options of `alchemiscale api` (cli.md §4.1).
 #[derive(Debug, Args)]
 pub struct ApiCommand {
@@ -215,6 +250,8 @@ pub struct ApiCommand {
     pub loglevel: String,
     #[command(flatten)]
     pub common: ApiCommon,
+    #[command(flatten)]
+    pub console: ConsoleArgs,
 }
 
 /// Options of `alchemiscale compute api` (cli.md §4.2).
@@ -270,11 +307,11 @@ fn jwt_secret_or_random(given: &Option<String>) -> String {
 }
 
 pub async fn run_user_api(cmd: ApiCommand, data_dir: &Path) -> anyhow::Result<()> {
-    run_api(&cmd.host, cmd.port, &cmd.loglevel, cmd.common, data_dir, ApiKind::User).await
+    run_api(&cmd.host, cmd.port, &cmd.loglevel, cmd.common, data_dir, ApiKind::User, Some(cmd.console)).await
 }
 
 pub async fn run_compute_api(cmd: ComputeApiCommand, data_dir: &Path) -> anyhow::Result<()> {
-    run_api(&cmd.host, cmd.port, &cmd.loglevel, cmd.common, data_dir, ApiKind::Compute).await
+    run_api(&cmd.host, cmd.port, &cmd.loglevel, cmd.common, data_dir, ApiKind::Compute, None).await
 }
 
 /// Run one API.
@@ -297,7 +334,15 @@ fn spawn_memory_trimmer() {
     });
 }
 
-async fn run_api(host: &str, port: u16, loglevel: &str, cmd: ApiCommon, data_dir: &Path, api: ApiKind) -> anyhow::Result<()> {
+async fn run_api(
+    host: &str,
+    port: u16,
+    loglevel: &str,
+    cmd: ApiCommon,
+    data_dir: &Path,
+    api: ApiKind,
+    console: Option<ConsoleArgs>,
+) -> anyhow::Result<()> {
     init_logging(loglevel, cmd.log_json);
     let shutdown = shutdown_signal();
     spawn_memory_trimmer();
@@ -309,7 +354,10 @@ async fn run_api(host: &str, port: u16, loglevel: &str, cmd: ApiCommon, data_dir
     let state = AppState::new(api, store.clone(), Some(objects.clone()), settings);
     spawn_metrics(cmd.http.metrics_listener().await?, state.clone(), std::future::pending());
     let app = match api {
-        ApiKind::User => alchemiscale_server::user_app(state),
+        ApiKind::User => {
+            let console = console.and_then(|c| c.router(&state));
+            alchemiscale_server::user_app_with(state, console)
+        }
         ApiKind::Compute => {
             alchemiscale_server::spawn_reaper(state.clone());
             alchemiscale_server::compute_app(state)
@@ -363,6 +411,8 @@ pub struct ServeCommand {
     pub objects: ObjectArgs,
     #[command(flatten)]
     pub backup: super::backup::BackupScheduleArgs,
+    #[command(flatten)]
+    pub console: ConsoleArgs,
 }
 
 /// What `serve` prints so a new user can connect at once.
@@ -377,7 +427,7 @@ fn connect_instructions(
 ) -> String {
     format!(
         "alchemiscale-rs is serving\n\
-         \n  user API:    {user_url}\n  compute API: {compute_url}\n\
+         \n  user API:    {user_url}\n  compute API: {compute_url}\n  web console: {user_url}/ui (sign in with the user identity and key)\n\
          \n  user identity:    {user}\n  user key:         {user_key}\n  compute identity: {compute}\n  compute key:      {compute_key}\n  scope granted:    {scope}\n\
          \nConnect the Python client (alchemiscale 0.8):\n\
          \n    from alchemiscale import AlchemiscaleClient, Scope\n    client = AlchemiscaleClient(\"{user_url}\", \"{user}\", \"{user_key}\")\n    client.get_info()\n"
@@ -441,7 +491,7 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
     match bootstrap_identities(&store, data_dir, (&user_url, &compute_url), &cmd.default_scope).await? {
         Some(text) => println!("{text}\n(also written to {}, readable only by you)", data_dir.join("credentials.txt").display()),
         None => println!(
-            "alchemiscale-rs is serving\n\n  user API:    {user_url}\n  compute API: {compute_url}\n  state store: {}\n\nIdentities already exist; credentials created on first start are in {}.",
+            "alchemiscale-rs is serving\n\n  user API:    {user_url}\n  compute API: {compute_url}\n  web console: {user_url}/ui\n  state store: {}\n\nIdentities already exist; credentials created on first start are in {}.",
             store.location(),
             data_dir.join("credentials.txt").display()
         ),
@@ -470,7 +520,8 @@ pub async fn run_serve(cmd: ServeCommand, data_dir: &Path) -> anyhow::Result<()>
     let metrics = alchemiscale_server::metrics::Metrics::new();
     let user_state = AppState::with_metrics(ApiKind::User, store.clone(), Some(objects.clone()), settings.clone(), metrics.clone());
     spawn_metrics(cmd.http.metrics_listener().await?, user_state.clone(), std::future::pending());
-    let user_app = alchemiscale_server::user_app(user_state);
+    let console = cmd.console.router(&user_state);
+    let user_app = alchemiscale_server::user_app_with(user_state, console);
     let compute_state = AppState::with_metrics(ApiKind::Compute, store.clone(), Some(objects.clone()), settings, metrics);
     alchemiscale_server::spawn_reaper(compute_state.clone());
     let compute_app = alchemiscale_server::compute_app(compute_state);

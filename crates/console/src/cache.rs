@@ -1,0 +1,103 @@
+//! The overview's figures (task counts per scope, activity, compute services), counted at
+//! most every `figures_max_age` per set of visible scopes.
+//!
+//! Counting the tasks of every scope reads one index entry per task: tens of milliseconds
+//! at a million tasks. The overview shows the last count at once and, when it is older than
+//! the limit, counts again in the background for the next visitor (stale while
+//! revalidating); only the very first visit of a set of scopes waits for a count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alchemiscale_model::Scope;
+use alchemiscale_store::console::{Activity, ScopeFigures};
+use alchemiscale_store::{Result, Store};
+
+/// Hours of activity the overview charts.
+pub const ACTIVITY_HOURS: usize = 24;
+
+#[derive(Debug)]
+pub struct Figures {
+    pub scopes: Vec<ScopeFigures>,
+    pub activity: Activity,
+    pub services: i64,
+    /// When they were counted (µs since the epoch).
+    pub counted_at: i64,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Entry {
+    figures: Option<Arc<Figures>>,
+    refreshing: bool,
+}
+
+#[derive(Clone)]
+pub struct FiguresCache {
+    max_age: Duration,
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+async fn count(store: &Store, filter: Option<&[Scope]>) -> Result<Figures> {
+    let scopes = filter.map(<[Scope]>::to_vec).unwrap_or_else(|| vec![Scope::all()]);
+    let now = alchemiscale_store::now_micros();
+    Ok(Figures {
+        scopes: store.console_scope_figures(&scopes).await?,
+        activity: store.console_activity(filter, ACTIVITY_HOURS, now).await?,
+        services: store.console_services_alive().await?,
+        counted_at: now,
+        at: Instant::now(),
+    })
+}
+
+impl FiguresCache {
+    pub fn new(max_age: Duration) -> FiguresCache {
+        FiguresCache { max_age, entries: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// The figures for a scope filter (None: everything).
+    pub async fn get(&self, store: &Store, filter: Option<Vec<Scope>>) -> Result<Arc<Figures>> {
+        let key = match &filter {
+            None => "*".to_string(),
+            Some(scopes) => scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+        };
+        let stale = {
+            let mut entries = self.entries.lock().expect("figures lock");
+            if entries.len() > 1000 {
+                entries.clear();
+            }
+            let entry = entries.entry(key.clone()).or_default();
+            match &entry.figures {
+                Some(f) if f.at.elapsed() < self.max_age => return Ok(f.clone()),
+                Some(f) if !entry.refreshing => {
+                    entry.refreshing = true;
+                    Some(f.clone())
+                }
+                Some(f) => return Ok(f.clone()),
+                None => None,
+            }
+        };
+        match stale {
+            Some(figures) => {
+                let (this, store) = (self.clone(), store.clone());
+                tokio::spawn(async move {
+                    let counted = count(&store, filter.as_deref()).await;
+                    let mut entries = this.entries.lock().expect("figures lock");
+                    let entry = entries.entry(key).or_default();
+                    entry.refreshing = false;
+                    match counted {
+                        Ok(f) => entry.figures = Some(Arc::new(f)),
+                        Err(e) => tracing::warn!(error = %e, "console: counting the overview's figures failed"),
+                    }
+                });
+                Ok(figures)
+            }
+            None => {
+                let figures = Arc::new(count(store, filter.as_deref()).await?);
+                self.entries.lock().expect("figures lock").entry(key).or_default().figures = Some(figures.clone());
+                Ok(figures)
+            }
+        }
+    }
+}

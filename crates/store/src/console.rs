@@ -1,0 +1,480 @@
+//! What the web console reads: one call per page, each a handful of statements whose cost
+//! follows what the page shows (a network's transformations and tasks, one task's history,
+//! the last hours of activity), never the size of the whole store — except the per-scope
+//! task counts of the overview, one aggregate over the `task_scope` index that the console
+//! caches (see `crates/console/src/cache.rs`).
+
+use std::collections::BTreeMap;
+
+use alchemiscale_model::{Scope, ScopedKey};
+use sqlx::any::AnyRow;
+
+use crate::db::{bind, dialect, get_f64, get_i64, get_opt_i64, get_opt_str, get_str, Arg};
+use crate::error::{Result, StoreError};
+use crate::queries::{scope_condition, StatusCounts};
+use crate::strategy::StrategyState;
+use crate::tasks::network_row_id;
+use crate::Store;
+
+const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// Task and network counts of one concrete scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeFigures {
+    pub scope: Scope,
+    /// Networks by state.
+    pub networks: BTreeMap<String, i64>,
+    /// Tasks by status.
+    pub tasks: StatusCounts,
+}
+
+/// Claims and results per hour over the last hours, oldest bucket first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    /// Start of the first bucket, µs since the epoch (a whole hour).
+    pub start: i64,
+    pub claims: Vec<i64>,
+    pub results_ok: Vec<i64>,
+    pub results_failed: Vec<i64>,
+}
+
+/// A network as the overview lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkSummary {
+    pub key: ScopedKey,
+    pub name: Option<String>,
+    pub state: String,
+    pub weight: f64,
+    pub transformations: i64,
+    /// Successful results over its transformations.
+    pub ok_results: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemNode {
+    pub id: i64,
+    pub key: ScopedKey,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformationEdge {
+    pub id: i64,
+    pub key: ScopedKey,
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    /// Chemical-system ids it connects, in attribute order (one for a NonTransformation).
+    pub systems: Vec<i64>,
+    pub ok_results: i64,
+    /// Its tasks by status.
+    pub tasks: StatusCounts,
+    /// Its tasks actioned on this network.
+    pub actioned: i64,
+}
+
+/// Everything the network page shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkDetail {
+    pub id: i64,
+    pub key: ScopedKey,
+    pub name: Option<String>,
+    pub state: String,
+    pub weight: f64,
+    pub systems: Vec<SystemNode>,
+    pub transformations: Vec<TransformationEdge>,
+    pub restart_patterns: Vec<(String, i64)>,
+    /// The strategy's class name and state, if one is set.
+    pub strategy: Option<(String, StrategyState)>,
+}
+
+/// A task of a transformation, as the transformation page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSummary {
+    pub key: ScopedKey,
+    pub status: String,
+    pub priority: i64,
+    pub created: i64,
+    /// Networks on which it is actioned.
+    pub actioned_on: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultDetail {
+    pub key: ScopedKey,
+    pub ok: bool,
+    pub created: Option<String>,
+    pub creator: Option<String>,
+    pub size: Option<i64>,
+    pub tracebacks: Vec<String>,
+}
+
+/// Everything the task page shows. The status history is read from what the store keeps
+/// anyway: creation, every claim (the claim log) and every result, in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskDetail {
+    pub key: ScopedKey,
+    pub status: String,
+    pub priority: i64,
+    pub created: i64,
+    pub creator: Option<String>,
+    pub transformation: (ScopedKey, Option<String>),
+    pub extends: Option<ScopedKey>,
+    /// (network, name, ACTIONS weight).
+    pub actioned_on: Vec<(ScopedKey, Option<String>, f64)>,
+    /// (service, µs), oldest first.
+    pub claims: Vec<(String, i64)>,
+    pub claimed_by: Option<String>,
+    pub results: Vec<ResultDetail>,
+}
+
+fn sk(r: &AnyRow, first: usize) -> Result<ScopedKey> {
+    let parts = (get_str(r, first)?, get_str(r, first + 1)?, get_str(r, first + 2)?, get_str(r, first + 3)?);
+    format!("{}-{}-{}-{}", parts.0, parts.1, parts.2, parts.3).parse().map_err(|_| StoreError::Invalid(format!("corrupt key {} in store", parts.0)))
+}
+
+fn scope_of(r: &AnyRow, first: usize) -> Result<Scope> {
+    Scope::new(Some(&get_str(r, first)?), Some(&get_str(r, first + 1)?), Some(&get_str(r, first + 2)?))
+        .map_err(|e| StoreError::Invalid(format!("stored scope: {e}")))
+}
+
+/// The hour (`YYYY-MM-DDTHH`) of an isoformat time, as results are bucketed.
+fn hour_of(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default().format("%Y-%m-%dT%H").to_string()
+}
+
+impl Store {
+    async fn rows(&self, sql: &str, args: &[Arg]) -> Result<Vec<AnyRow>> {
+        let sql = dialect(self.backend, sql);
+        Ok(bind(sqlx::query(&sql), args).fetch_all(self.reader()).await?)
+    }
+
+    /// Task counts by status and network counts by state of every concrete scope inside
+    /// `scopes` (disjoint scopes, as minimised).
+    pub async fn console_scope_figures(&self, scopes: &[Scope]) -> Result<Vec<ScopeFigures>> {
+        let mut out: BTreeMap<String, ScopeFigures> = BTreeMap::new();
+        for scope in scopes {
+            let mut args = Vec::new();
+            let cond = scope_condition("t", scope, &mut args);
+            let sql = format!("SELECT t.org, t.campaign, t.project, t.status, COUNT(*) FROM task t WHERE {cond} GROUP BY t.org, t.campaign, t.project, t.status");
+            for r in self.rows(&sql, &args).await? {
+                let s = scope_of(&r, 0)?;
+                let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures { scope: s, networks: BTreeMap::new(), tasks: StatusCounts::new() });
+                entry.tasks.insert(get_str(&r, 3)?, get_i64(&r, 4)?);
+            }
+            let mut args = Vec::new();
+            let cond = scope_condition("o", scope, &mut args);
+            let sql = format!(
+                "SELECT o.org, o.campaign, o.project, n.state, COUNT(*) FROM network n JOIN gufe_object o ON o.id = n.id \
+                 WHERE {cond} GROUP BY o.org, o.campaign, o.project, n.state"
+            );
+            for r in self.rows(&sql, &args).await? {
+                let s = scope_of(&r, 0)?;
+                let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures { scope: s, networks: BTreeMap::new(), tasks: StatusCounts::new() });
+                entry.networks.insert(get_str(&r, 3)?, get_i64(&r, 4)?);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Networks inside `scopes` (at most `limit`, by scope then name).
+    pub async fn console_networks(&self, scopes: &[Scope], limit: i64) -> Result<Vec<NetworkSummary>> {
+        let mut out = Vec::new();
+        for scope in scopes {
+            let mut args = Vec::new();
+            let cond = scope_condition("o", scope, &mut args);
+            args.push(Arg::I64(limit));
+            let sql = format!(
+                "SELECT o.gufe_key, o.org, o.campaign, o.project, o.name, n.state, n.weight, \
+                 (SELECT COUNT(*) FROM network_transformation x WHERE x.network_id = n.id), \
+                 (SELECT CAST(COALESCE(SUM(tf.ok_results), 0) AS BIGINT) FROM network_transformation x JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = n.id) \
+                 FROM network n JOIN gufe_object o ON o.id = n.id WHERE {cond} ORDER BY o.org, o.campaign, o.project, o.name, o.gufe_key LIMIT ${}",
+                args.len()
+            );
+            for r in self.rows(&sql, &args).await? {
+                out.push(NetworkSummary {
+                    key: sk(&r, 0)?,
+                    name: get_opt_str(&r, 4)?,
+                    state: get_str(&r, 5)?,
+                    weight: get_f64(&r, 6)?,
+                    transformations: get_i64(&r, 7)?,
+                    ok_results: get_i64(&r, 8)?,
+                });
+            }
+        }
+        out.truncate(limit.max(0) as usize);
+        Ok(out)
+    }
+
+    /// Claims and results per hour over the `hours` hours up to `now` (µs), for tasks and
+    /// results inside `scopes` (None: everything, as an admin sees it).
+    pub async fn console_activity(&self, scopes: Option<&[Scope]>, hours: usize, now: i64) -> Result<Activity> {
+        let start = (now.div_euclid(HOUR_MICROS) - hours as i64 + 1) * HOUR_MICROS;
+        let mut activity = Activity { start, claims: vec![0; hours], results_ok: vec![0; hours], results_failed: vec![0; hours] };
+        let all = [Scope::all()];
+        for scope in scopes.unwrap_or(&all) {
+            let mut args = vec![Arg::I64(start), Arg::I64(HOUR_MICROS)];
+            let claims = match scopes {
+                None => "SELECT (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l WHERE l.claimed >= $1 GROUP BY (l.claimed - $1) / $2".to_string(),
+                Some(_) => {
+                    let cond = scope_condition("t", scope, &mut args);
+                    format!(
+                        "SELECT (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l JOIN task t ON t.id = l.task_id \
+                         WHERE l.claimed >= $1 AND {cond} GROUP BY (l.claimed - $1) / $2"
+                    )
+                }
+            };
+            for r in self.rows(&claims, &args).await? {
+                if let Some(n) = usize::try_from(get_i64(&r, 0)?).ok().and_then(|i| activity.claims.get_mut(i)) {
+                    *n += get_i64(&r, 1)?;
+                }
+            }
+            let mut args = vec![Arg::from(hour_of(start).as_str())];
+            let cond = scope_condition("p", scope, &mut args);
+            let sql = format!(
+                "SELECT SUBSTR(p.datetime_created, 1, 13), p.ok, COUNT(*) FROM pdrr p WHERE p.datetime_created >= $1 AND {cond} \
+                 GROUP BY SUBSTR(p.datetime_created, 1, 13), p.ok"
+            );
+            let hours_index: BTreeMap<String, usize> = (0..hours).map(|i| (hour_of(start + i as i64 * HOUR_MICROS), i)).collect();
+            for r in self.rows(&sql, &args).await? {
+                let Some(&i) = hours_index.get(&get_str(&r, 0)?) else { continue };
+                let n = get_i64(&r, 2)?;
+                match get_i64(&r, 1)? {
+                    1 => activity.results_ok[i] += n,
+                    _ => activity.results_failed[i] += n,
+                }
+            }
+        }
+        Ok(activity)
+    }
+
+    /// Compute services registered now (a registration lives while it heartbeats).
+    pub async fn console_services_alive(&self) -> Result<i64> {
+        get_i64(&self.rows("SELECT COUNT(*) FROM compute_service", &[]).await?[0], 0)
+    }
+
+    /// Claims per compute service since `since` (µs).
+    pub async fn console_claims_by_service(&self, since: i64) -> Result<BTreeMap<String, i64>> {
+        let rows = self
+            .rows("SELECT service_identifier, COUNT(*) FROM task_claim_log WHERE claimed >= $1 GROUP BY service_identifier", &[Arg::I64(since)])
+            .await?;
+        rows.iter().map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?))).collect()
+    }
+
+    /// The network page's data; None if there is no such network.
+    pub async fn console_network(&self, network: &ScopedKey) -> Result<Option<NetworkDetail>> {
+        let mut conn = self.reader().acquire().await?;
+        let Some(id) = network_row_id(&mut conn, network).await? else { return Ok(None) };
+        drop(conn);
+        let head = self.rows("SELECT o.name, n.state, n.weight FROM network n JOIN gufe_object o ON o.id = n.id WHERE n.id = $1", &[Arg::I64(id)]).await?;
+        let Some(head) = head.first() else { return Ok(None) };
+        let systems = self
+            .rows(
+                "SELECT ns.system_id, o.gufe_key, o.org, o.campaign, o.project, o.name FROM network_system ns \
+                 JOIN gufe_object o ON o.id = ns.system_id WHERE ns.network_id = $1 ORDER BY ns.system_id",
+                &[Arg::I64(id)],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok(SystemNode { id: get_i64(r, 0)?, key: sk(r, 1)?, name: get_opt_str(r, 5)? }))
+            .collect::<Result<Vec<_>>>()?;
+        let mut transformations = Vec::new();
+        let mut index = BTreeMap::new();
+        for r in self
+            .rows(
+                "SELECT x.transformation_id, o.gufe_key, o.org, o.campaign, o.project, o.name, tf.protocol, tf.ok_results \
+                 FROM network_transformation x JOIN gufe_object o ON o.id = x.transformation_id \
+                 JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = $1 ORDER BY x.transformation_id",
+                &[Arg::I64(id)],
+            )
+            .await?
+        {
+            index.insert(get_i64(&r, 0)?, transformations.len());
+            transformations.push(TransformationEdge {
+                id: get_i64(&r, 0)?,
+                key: sk(&r, 1)?,
+                name: get_opt_str(&r, 5)?,
+                protocol: get_opt_str(&r, 6)?,
+                systems: Vec::new(),
+                ok_results: get_i64(&r, 7)?,
+                tasks: StatusCounts::new(),
+                actioned: 0,
+            });
+        }
+        let edge = |tf: i64| index.get(&tf).copied();
+        for r in self
+            .rows(
+                "SELECT ts.transformation_id, ts.system_id FROM network_transformation x \
+                 JOIN transformation_system ts ON ts.transformation_id = x.transformation_id WHERE x.network_id = $1 \
+                 ORDER BY ts.transformation_id, ts.attribute",
+                &[Arg::I64(id)],
+            )
+            .await?
+        {
+            if let Some(i) = edge(get_i64(&r, 0)?) {
+                transformations[i].systems.push(get_i64(&r, 1)?);
+            }
+        }
+        for r in self
+            .rows(
+                "SELECT t.transformation_id, t.status, COUNT(*) FROM network_transformation x \
+                 JOIN task t ON t.transformation_id = x.transformation_id WHERE x.network_id = $1 GROUP BY t.transformation_id, t.status",
+                &[Arg::I64(id)],
+            )
+            .await?
+        {
+            if let Some(i) = edge(get_i64(&r, 0)?) {
+                transformations[i].tasks.insert(get_str(&r, 1)?, get_i64(&r, 2)?);
+            }
+        }
+        for r in self
+            .rows(
+                "SELECT t.transformation_id, COUNT(*) FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1 GROUP BY t.transformation_id",
+                &[Arg::I64(id)],
+            )
+            .await?
+        {
+            if let Some(i) = edge(get_i64(&r, 0)?) {
+                transformations[i].actioned = get_i64(&r, 1)?;
+            }
+        }
+        let restart_patterns = self.get_restart_patterns(std::slice::from_ref(network)).await?.pop().unwrap_or_default();
+        let strategy = match self.get_strategy_state(network).await? {
+            None => None,
+            Some(state) => {
+                let class = self
+                    .rows(
+                        "SELECT o.qualname FROM network_strategy s JOIN gufe_object o ON o.id = s.strategy_id WHERE s.network_id = $1",
+                        &[Arg::I64(id)],
+                    )
+                    .await?
+                    .first()
+                    .map(|r| get_str(r, 0))
+                    .transpose()?
+                    .unwrap_or_default();
+                Some((class, state))
+            }
+        };
+        Ok(Some(NetworkDetail {
+            id,
+            key: network.clone(),
+            name: get_opt_str(head, 0)?,
+            state: get_str(head, 1)?,
+            weight: get_f64(head, 2)?,
+            systems,
+            transformations,
+            restart_patterns,
+            strategy,
+        }))
+    }
+
+    /// A transformation's tasks (newest first, at most `limit`).
+    pub async fn console_transformation_tasks(&self, transformation: &ScopedKey, limit: i64) -> Result<Option<(Option<String>, Vec<TaskSummary>)>> {
+        let head = crate::db::bind_sk(
+            sqlx::query(&dialect(
+                self.backend,
+                "SELECT o.id, o.name FROM gufe_object o JOIN transformation tf ON tf.id = o.id \
+                 WHERE o.gufe_key = $1 AND o.org = $2 AND o.campaign = $3 AND o.project = $4",
+            )),
+            transformation,
+        )
+        .fetch_optional(self.reader())
+        .await?;
+        let Some(head) = head else { return Ok(None) };
+        let rows = self
+            .rows(
+                "SELECT t.gufe_key, t.org, t.campaign, t.project, t.status, t.priority, t.datetime_created, \
+                 (SELECT COUNT(*) FROM task_action a WHERE a.task_id = t.id) \
+                 FROM task t WHERE t.transformation_id = $1 ORDER BY t.datetime_created DESC, t.id DESC LIMIT $2",
+                &[Arg::I64(get_i64(&head, 0)?), Arg::I64(limit)],
+            )
+            .await?;
+        let tasks = rows
+            .iter()
+            .map(|r| {
+                Ok(TaskSummary { key: sk(r, 0)?, status: get_str(r, 4)?, priority: get_i64(r, 5)?, created: get_i64(r, 6)?, actioned_on: get_i64(r, 7)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((get_opt_str(&head, 1)?, tasks)))
+    }
+
+    /// The task page's data; None if there is no such task.
+    pub async fn console_task(&self, task: &ScopedKey) -> Result<Option<TaskDetail>> {
+        if task.qualname() != "Task" {
+            return Ok(None);
+        }
+        let head = crate::db::bind_sk(
+            sqlx::query(&dialect(
+                self.backend,
+                "SELECT t.id, t.status, t.priority, t.datetime_created, t.creator, o.gufe_key, o.org, o.campaign, o.project, o.name, \
+                 e.gufe_key, e.org, e.campaign, e.project, \
+                 (SELECT cs.identifier FROM task_claim c JOIN compute_service cs ON cs.id = c.service_id WHERE c.task_id = t.id) \
+                 FROM task t JOIN gufe_object o ON o.id = t.transformation_id LEFT JOIN task e ON e.id = t.extends_id \
+                 WHERE t.gufe_key = $1 AND t.org = $2 AND t.campaign = $3 AND t.project = $4",
+            )),
+            task,
+        )
+        .fetch_optional(self.reader())
+        .await?;
+        let Some(h) = head else { return Ok(None) };
+        let id = get_i64(&h, 0)?;
+        let extends = match get_opt_str(&h, 10)? {
+            Some(_) => Some(sk(&h, 10)?),
+            None => None,
+        };
+        let actioned_on = self
+            .rows(
+                "SELECT o.gufe_key, o.org, o.campaign, o.project, o.name, a.weight FROM task_action a JOIN gufe_object o ON o.id = a.network_id \
+                 WHERE a.task_id = $1 ORDER BY o.name, o.gufe_key",
+                &[Arg::I64(id)],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((sk(r, 0)?, get_opt_str(r, 4)?, get_f64(r, 5)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let claims = self
+            .rows("SELECT service_identifier, claimed FROM task_claim_log WHERE task_id = $1 ORDER BY claimed", &[Arg::I64(id)])
+            .await?
+            .iter()
+            .map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut results = Vec::new();
+        for r in self
+            .rows(
+                "SELECT p.gufe_key, p.org, p.campaign, p.project, p.ok, p.datetime_created, p.creator, p.size, tb.body \
+                 FROM task_result tr JOIN pdrr p ON p.id = tr.pdrr_id LEFT JOIN pdrr_tracebacks pt ON pt.pdrr_id = p.id \
+                 LEFT JOIN tracebacks tb ON tb.id = pt.tracebacks_id WHERE tr.task_id = $1 ORDER BY p.datetime_created, p.id",
+                &[Arg::I64(id)],
+            )
+            .await?
+        {
+            let tracebacks = get_opt_str(&r, 8)?
+                .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v.get("tracebacks").and_then(|t| t.as_array()).cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            results.push(ResultDetail {
+                key: sk(&r, 0)?,
+                ok: get_i64(&r, 4)? == 1,
+                created: get_opt_str(&r, 5)?,
+                creator: get_opt_str(&r, 6)?,
+                size: get_opt_i64(&r, 7)?,
+                tracebacks,
+            });
+        }
+        Ok(Some(TaskDetail {
+            key: task.clone(),
+            status: get_str(&h, 1)?,
+            priority: get_i64(&h, 2)?,
+            created: get_i64(&h, 3)?,
+            creator: get_opt_str(&h, 4)?,
+            transformation: (sk(&h, 5)?, get_opt_str(&h, 9)?),
+            extends,
+            actioned_on,
+            claims,
+            claimed_by: get_opt_str(&h, 14)?,
+            results,
+        }))
+    }
+}
