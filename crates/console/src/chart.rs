@@ -13,7 +13,7 @@ fn rgb(hex: &str) -> RGBColor {
 /// Claims, successful and failed results per hour, oldest hour on the left.
 pub fn activity_svg(activity: &Activity) -> Result<String, String> {
     let hours = activity.claims.len().max(1) as i32;
-    let top = activity.claims.iter().chain(&activity.results_ok).chain(&activity.results_failed).copied().max().unwrap_or(0).max(1) as f64;
+    let top = activity.claims.iter().chain(&activity.results_ok).chain(&activity.results_failed).copied().max().unwrap_or(0).max(4) as f64;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (860, 260)).into_drawing_area();
@@ -29,6 +29,7 @@ pub fn activity_svg(activity: &Activity) -> Result<String, String> {
             .x_desc("hours ago")
             .y_desc("per hour")
             .x_label_formatter(&|h| format!("{}", -h))
+            .y_labels(5)
             .y_label_formatter(&|v| format!("{v:.0}"))
             .light_line_style(RGBColor(238, 238, 238))
             .draw()

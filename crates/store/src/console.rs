@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use alchemiscale_model::{Scope, ScopedKey};
 use sqlx::any::AnyRow;
 
-use crate::db::{bind, dialect, get_f64, get_i64, get_opt_i64, get_opt_str, get_str, Arg};
+use crate::db::{bind, dialect, fetch_json_rows, get_f64, get_i64, get_opt_i64, get_opt_str, get_str, json_rows_select, Arg};
 use crate::error::{Result, StoreError};
 use crate::queries::{scope_condition, StatusCounts};
 use crate::strategy::StrategyState;
@@ -260,6 +260,16 @@ impl Store {
         rows.iter().map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?))).collect()
     }
 
+    /// Rows of `inner` (whose columns are named `c0`, `c1`, …) aggregated into one JSON
+    /// value in the database and decoded here: thousands of rows cost one row's trip
+    /// through the driver.
+    async fn json_rows<T: serde::de::DeserializeOwned>(&self, columns: usize, inner: &str, args: &[Arg]) -> Result<Vec<T>> {
+        let cols = (0..columns).map(|i| format!("q.c{i}")).collect::<Vec<_>>().join(", ");
+        let sql = dialect(self.backend, &format!("{} FROM ({inner}) q", json_rows_select(self.backend, &cols)));
+        let mut conn = self.reader().acquire().await?;
+        fetch_json_rows(&mut conn, &sql, args).await
+    }
+
     /// The network page's data; None if there is no such network.
     pub async fn console_network(&self, network: &ScopedKey) -> Result<Option<NetworkDetail>> {
         let mut conn = self.reader().acquire().await?;
@@ -267,74 +277,87 @@ impl Store {
         drop(conn);
         let head = self.rows("SELECT o.name, n.state, n.weight FROM network n JOIN gufe_object o ON o.id = n.id WHERE n.id = $1", &[Arg::I64(id)]).await?;
         let Some(head) = head.first() else { return Ok(None) };
-        let systems = self
-            .rows(
-                "SELECT ns.system_id, o.gufe_key, o.org, o.campaign, o.project, o.name FROM network_system ns \
-                 JOIN gufe_object o ON o.id = ns.system_id WHERE ns.network_id = $1 ORDER BY ns.system_id",
-                &[Arg::I64(id)],
+        let parse = |parts: [&str; 4]| -> Result<ScopedKey> {
+            format!("{}-{}-{}-{}", parts[0], parts[1], parts[2], parts[3]).parse().map_err(|_| StoreError::Invalid(format!("corrupt key {} in store", parts[0])))
+        };
+        let args = [Arg::I64(id)];
+        let rows: Vec<(i64, String, String, String, String, Option<String>)> = self
+            .json_rows(
+                6,
+                "SELECT ns.system_id AS c0, o.gufe_key AS c1, o.org AS c2, o.campaign AS c3, o.project AS c4, o.name AS c5 \
+                 FROM network_system ns JOIN gufe_object o ON o.id = ns.system_id WHERE ns.network_id = $1",
+                &args,
             )
-            .await?
-            .iter()
-            .map(|r| Ok(SystemNode { id: get_i64(r, 0)?, key: sk(r, 1)?, name: get_opt_str(r, 5)? }))
+            .await?;
+        let mut systems = rows
+            .into_iter()
+            .map(|(id, k, o, c, p, name)| Ok(SystemNode { id, key: parse([&k, &o, &c, &p])?, name }))
             .collect::<Result<Vec<_>>>()?;
-        let mut transformations = Vec::new();
-        let mut index = BTreeMap::new();
-        for r in self
-            .rows(
-                "SELECT x.transformation_id, o.gufe_key, o.org, o.campaign, o.project, o.name, tf.protocol, tf.ok_results \
-                 FROM network_transformation x JOIN gufe_object o ON o.id = x.transformation_id \
-                 JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = $1 ORDER BY x.transformation_id",
-                &[Arg::I64(id)],
+        systems.sort_by_key(|s| s.id);
+        let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>, i64)> = self
+            .json_rows(
+                8,
+                "SELECT x.transformation_id AS c0, o.gufe_key AS c1, o.org AS c2, o.campaign AS c3, o.project AS c4, o.name AS c5, \
+                 tf.protocol AS c6, tf.ok_results AS c7 FROM network_transformation x JOIN gufe_object o ON o.id = x.transformation_id \
+                 JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = $1",
+                &args,
             )
-            .await?
-        {
-            index.insert(get_i64(&r, 0)?, transformations.len());
-            transformations.push(TransformationEdge {
-                id: get_i64(&r, 0)?,
-                key: sk(&r, 1)?,
-                name: get_opt_str(&r, 5)?,
-                protocol: get_opt_str(&r, 6)?,
-                systems: Vec::new(),
-                ok_results: get_i64(&r, 7)?,
-                tasks: StatusCounts::new(),
-                actioned: 0,
-            });
-        }
-        let edge = |tf: i64| index.get(&tf).copied();
-        for r in self
-            .rows(
-                "SELECT ts.transformation_id, ts.system_id FROM network_transformation x \
-                 JOIN transformation_system ts ON ts.transformation_id = x.transformation_id WHERE x.network_id = $1 \
-                 ORDER BY ts.transformation_id, ts.attribute",
-                &[Arg::I64(id)],
+            .await?;
+        let mut transformations = rows
+            .into_iter()
+            .map(|(id, k, o, c, p, name, protocol, ok_results)| {
+                Ok(TransformationEdge {
+                    id,
+                    key: parse([&k, &o, &c, &p])?,
+                    name,
+                    protocol,
+                    systems: Vec::new(),
+                    ok_results,
+                    tasks: StatusCounts::new(),
+                    actioned: 0,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        transformations.sort_by_key(|t| t.id);
+        let index: BTreeMap<i64, usize> = transformations.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let mut ends: Vec<(i64, String, i64)> = self
+            .json_rows(
+                3,
+                "SELECT ts.transformation_id AS c0, ts.attribute AS c1, ts.system_id AS c2 FROM network_transformation x \
+                 JOIN transformation_system ts ON ts.transformation_id = x.transformation_id WHERE x.network_id = $1",
+                &args,
             )
-            .await?
-        {
-            if let Some(i) = edge(get_i64(&r, 0)?) {
-                transformations[i].systems.push(get_i64(&r, 1)?);
+            .await?;
+        ends.sort();
+        for (tf, _, system) in ends {
+            if let Some(&i) = index.get(&tf) {
+                transformations[i].systems.push(system);
             }
         }
-        for r in self
-            .rows(
-                "SELECT t.transformation_id, t.status, COUNT(*) FROM network_transformation x \
+        let counts: Vec<(i64, String, i64)> = self
+            .json_rows(
+                3,
+                "SELECT t.transformation_id AS c0, t.status AS c1, COUNT(*) AS c2 FROM network_transformation x \
                  JOIN task t ON t.transformation_id = x.transformation_id WHERE x.network_id = $1 GROUP BY t.transformation_id, t.status",
-                &[Arg::I64(id)],
+                &args,
             )
-            .await?
-        {
-            if let Some(i) = edge(get_i64(&r, 0)?) {
-                transformations[i].tasks.insert(get_str(&r, 1)?, get_i64(&r, 2)?);
+            .await?;
+        for (tf, status, n) in counts {
+            if let Some(&i) = index.get(&tf) {
+                transformations[i].tasks.insert(status, n);
             }
         }
-        for r in self
-            .rows(
-                "SELECT t.transformation_id, COUNT(*) FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1 GROUP BY t.transformation_id",
-                &[Arg::I64(id)],
+        let actioned: Vec<(i64, i64)> = self
+            .json_rows(
+                2,
+                "SELECT t.transformation_id AS c0, COUNT(*) AS c1 FROM task_action a JOIN task t ON t.id = a.task_id \
+                 WHERE a.network_id = $1 GROUP BY t.transformation_id",
+                &args,
             )
-            .await?
-        {
-            if let Some(i) = edge(get_i64(&r, 0)?) {
-                transformations[i].actioned = get_i64(&r, 1)?;
+            .await?;
+        for (tf, n) in actioned {
+            if let Some(&i) = index.get(&tf) {
+                transformations[i].actioned = n;
             }
         }
         let restart_patterns = self.get_restart_patterns(std::slice::from_ref(network)).await?.pop().unwrap_or_default();

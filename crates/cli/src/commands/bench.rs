@@ -67,6 +67,14 @@ pub enum BenchCommand {
     /// and every task is checked complete with one readable result. Last line: a JSON
     /// object with claims_per_s_1, claims_per_s_3, double_claims, lost_results, tasks ….
     Scaleout(super::bench_scaleout::ScaleoutBench),
+    /// The web console with a million tasks in the store (--tasks): the overview and the
+    /// page of a 2,000-transformation network (--transformations) fetched over HTTP with
+    /// a session, first render and median of --repeats more, against the user API's
+    /// listing of the same network's transformations measured in the same run. Fresh
+    /// servers on a temporary SQLite store (or a scratch PostgreSQL schema with --url),
+    /// set up through the APIs. Last line: a JSON object with overview_ms, network_ms,
+    /// tasks, backend ….
+    Console(super::bench_console::ConsoleBench),
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +148,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Strategist(b) => super::bench_strategist::run(b).await,
         BenchCommand::Managers(b) => super::bench_managers::run(b).await,
         BenchCommand::Scaleout(b) => super::bench_scaleout::run(b).await,
+        BenchCommand::Console(b) => super::bench_console::run(b).await,
     }
 }
 

@@ -31,14 +31,14 @@ use serde_json::json;
 use super::bench::BenchStore;
 use super::bench_claims::ClaimsBench;
 
-const KEY: &str = "curve-key";
+pub(crate) const KEY: &str = "curve-key";
 const JWT: &str = "curve-jwt-secret";
 
 /// The servers under test: their processes and logged-in clients.
-struct Servers {
+pub(crate) struct Servers {
     children: Vec<Child>,
-    user: Client,
-    compute_url: String,
+    pub(crate) user: Client,
+    pub(crate) compute_url: String,
     /// The store they serve, for the bare claims.
     location: StoreLocation,
     _bench: Option<BenchStore>,
@@ -79,12 +79,14 @@ fn spawn(args: &[String], data_dir: &Path) -> anyhow::Result<Child> {
 }
 
 impl Servers {
-    async fn start(b: &ClaimsBench) -> anyhow::Result<Servers> {
+    /// `serve` on a temporary SQLite store, or with `--url postgres://…` `api` and
+    /// `compute api` on a scratch schema; a user and a compute identity with every scope.
+    pub(crate) async fn start(args: &crate::store_args::StoreArgs) -> anyhow::Result<Servers> {
         let dir = tempfile::tempdir()?;
         let (user_port, compute_port) = (free_port()?, free_port()?);
-        let (location, bench, children) = if b.store.url.is_some() {
+        let (location, bench, children) = if args.url.is_some() {
             // a scratch schema, identities added as `identity add` would, two processes
-            let bench = BenchStore::open(&b.store).await?;
+            let bench = BenchStore::open(args).await?;
             add_identities(&bench.store).await?;
             let Some(url) = bench.postgres_url() else { bail!("--url must name a PostgreSQL database") };
             let api = spawn(&["api".into(), "--url".into(), url.clone(), "--port".into(), user_port.to_string()], dir.path())?;
@@ -96,7 +98,7 @@ impl Servers {
         } else {
             // the embedded default: one `serve` process over the data directory's SQLite
             let location = StoreLocation::Sqlite { path: dir.path().join("state.db") };
-            let store = Store::connect(&location, &b.store.options()).await?;
+            let store = Store::connect(&location, &args.options()).await?;
             store.init().await?;
             add_identities(&store).await?;
             store.close().await;
@@ -125,13 +127,13 @@ impl Servers {
         bail!("the servers under test did not start")
     }
 
-    async fn compute(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn compute(&self) -> anyhow::Result<Client> {
         let c = Client::new(&self.compute_url, "curve-compute", KEY)?;
         c.login().await?;
         Ok(c)
     }
 
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
 
@@ -276,7 +278,7 @@ struct Point {
 }
 
 async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
-    let servers = Servers::start(b).await?;
+    let servers = Servers::start(&b.store).await?;
     let t = Instant::now();
     set_up(&servers.user, &"curve-campaign-project".parse()?, size, b.action_chunk).await.context("setting up through the user API")?;
     let setup_s = t.elapsed().as_secs_f64();

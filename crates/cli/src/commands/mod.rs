@@ -2,6 +2,7 @@ pub mod backup;
 pub mod bench;
 pub mod bench_api;
 pub mod bench_claims;
+pub mod bench_console;
 pub mod bench_curve;
 pub mod bench_managers;
 pub mod bench_objects;
