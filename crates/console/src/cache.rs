@@ -1,8 +1,9 @@
-//! The overview's figures (task counts per scope, activity, compute services), counted at
-//! most every `figures_max_age` per set of visible scopes.
+//! The overview's figures (task counts per scope, the networks, activity, compute
+//! services), counted at most every `figures_max_age` per set of visible scopes.
 //!
-//! Counting the tasks of every scope reads one index entry per task: tens of milliseconds
-//! at a million tasks. The overview shows the last count at once and, when it is older than
+//! Counting the tasks of every scope reads one index entry per task, and listing the
+//! networks with their results reads every transformation: hundreds of milliseconds at a
+//! million tasks. The overview shows the last count at once and, when it is older than
 //! the limit, counts again in the background for the next visitor (stale while
 //! revalidating); only the very first visit of a set of scopes waits for a count.
 
@@ -11,15 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alchemiscale_model::Scope;
-use alchemiscale_store::console::{Activity, ScopeFigures};
+use alchemiscale_store::console::{Activity, NetworkSummary, ScopeFigures};
 use alchemiscale_store::{Result, Store};
 
 /// Hours of activity the overview charts.
 pub const ACTIVITY_HOURS: usize = 24;
 
+/// Networks listed on the overview.
+pub const NETWORKS_LISTED: i64 = 500;
+
 #[derive(Debug)]
 pub struct Figures {
     pub scopes: Vec<ScopeFigures>,
+    /// At most [`NETWORKS_LISTED`].
+    pub networks: Vec<NetworkSummary>,
     pub activity: Activity,
     pub services: i64,
     /// When they were counted (µs since the epoch).
@@ -44,6 +50,7 @@ async fn count(store: &Store, filter: Option<&[Scope]>) -> Result<Figures> {
     let now = alchemiscale_store::now_micros();
     Ok(Figures {
         scopes: store.console_scope_figures(&scopes).await?,
+        networks: store.console_networks(&scopes, NETWORKS_LISTED).await?,
         activity: store.console_activity(filter, ACTIVITY_HOURS, now).await?,
         services: store.console_services_alive().await?,
         counted_at: now,

@@ -68,8 +68,33 @@ pub struct TransformationEdge {
     pub ok_results: i64,
     /// Its tasks by status.
     pub tasks: StatusCounts,
-    /// Its tasks actioned on this network.
-    pub actioned: i64,
+}
+
+/// What never changes once a network is submitted: its systems and transformations (the
+/// console caches it with the drawing's layout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkStructure {
+    pub id: i64,
+    pub key: ScopedKey,
+    pub name: Option<String>,
+    pub systems: Vec<SystemNode>,
+    /// Sorted by id; `tasks` empty and `ok_results` 0 here.
+    pub transformations: Vec<TransformationEdge>,
+}
+
+/// What changes: state, weight, results and task counts per transformation, restart
+/// patterns, the strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkLive {
+    pub state: String,
+    pub weight: f64,
+    /// (transformation id, successful results), for those with any.
+    pub ok_results: Vec<(i64, i64)>,
+    /// (transformation id, status, tasks).
+    pub tasks: Vec<(i64, String, i64)>,
+    pub restart_patterns: Vec<(String, i64)>,
+    /// The strategy's class name and state, if one is set.
+    pub strategy: Option<(String, StrategyState)>,
 }
 
 /// Everything the network page shows.
@@ -85,6 +110,41 @@ pub struct NetworkDetail {
     pub restart_patterns: Vec<(String, i64)>,
     /// The strategy's class name and state, if one is set.
     pub strategy: Option<(String, StrategyState)>,
+}
+
+impl NetworkDetail {
+    /// A network's structure with its live figures filled in.
+    pub fn assemble(structure: &NetworkStructure, live: NetworkLive) -> NetworkDetail {
+        let mut transformations = structure.transformations.clone();
+        let index = |id: i64| transformations.binary_search_by_key(&id, |t| t.id).ok();
+        let mut places = Vec::with_capacity(live.tasks.len() + live.ok_results.len());
+        for (tf, status, n) in live.tasks {
+            places.push((index(tf), Some(status), n));
+        }
+        for (tf, n) in live.ok_results {
+            places.push((index(tf), None, n));
+        }
+        for (i, status, n) in places {
+            let Some(i) = i else { continue };
+            match status {
+                Some(status) => {
+                    transformations[i].tasks.insert(status, n);
+                }
+                None => transformations[i].ok_results = n,
+            }
+        }
+        NetworkDetail {
+            id: structure.id,
+            key: structure.key.clone(),
+            name: structure.name.clone(),
+            state: live.state,
+            weight: live.weight,
+            systems: structure.systems.clone(),
+            transformations,
+            restart_patterns: live.restart_patterns,
+            strategy: live.strategy,
+        }
+    }
 }
 
 /// A task of a transformation, as the transformation page lists it.
@@ -176,31 +236,28 @@ impl Store {
         Ok(out.into_values().collect())
     }
 
-    /// Networks inside `scopes` (at most `limit`, by scope then name).
+    /// Networks inside `scopes` (at most `limit`, by scope then name), with their numbers
+    /// of transformations and successful results (one pass over the transformations of
+    /// every network in the scopes).
     pub async fn console_networks(&self, scopes: &[Scope], limit: i64) -> Result<Vec<NetworkSummary>> {
         let mut out = Vec::new();
         for scope in scopes {
             let mut args = Vec::new();
             let cond = scope_condition("o", scope, &mut args);
-            args.push(Arg::I64(limit));
-            let sql = format!(
-                "SELECT o.gufe_key, o.org, o.campaign, o.project, o.name, n.state, n.weight, \
-                 (SELECT COUNT(*) FROM network_transformation x WHERE x.network_id = n.id), \
-                 (SELECT CAST(COALESCE(SUM(tf.ok_results), 0) AS BIGINT) FROM network_transformation x JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = n.id) \
-                 FROM network n JOIN gufe_object o ON o.id = n.id WHERE {cond} ORDER BY o.org, o.campaign, o.project, o.name, o.gufe_key LIMIT ${}",
-                args.len()
+            let inner = format!(
+                "SELECT o.gufe_key AS c0, o.org AS c1, o.campaign AS c2, o.project AS c3, o.name AS c4, n.state AS c5, n.weight AS c6, \
+                 COALESCE(s.tfs, 0) AS c7, COALESCE(s.ok, 0) AS c8 FROM network n JOIN gufe_object o ON o.id = n.id \
+                 LEFT JOIN (SELECT x.network_id AS network_id, COUNT(*) AS tfs, CAST(SUM(tf.ok_results) AS BIGINT) AS ok \
+                 FROM network_transformation x JOIN transformation tf ON tf.id = x.transformation_id GROUP BY x.network_id) s ON s.network_id = n.id \
+                 WHERE {cond} ORDER BY o.org, o.campaign, o.project, o.name, o.gufe_key LIMIT {limit}"
             );
-            for r in self.rows(&sql, &args).await? {
-                out.push(NetworkSummary {
-                    key: sk(&r, 0)?,
-                    name: get_opt_str(&r, 4)?,
-                    state: get_str(&r, 5)?,
-                    weight: get_f64(&r, 6)?,
-                    transformations: get_i64(&r, 7)?,
-                    ok_results: get_i64(&r, 8)?,
-                });
+            let rows: Vec<(String, String, String, String, Option<String>, String, f64, i64, i64)> = self.json_rows(9, &inner, &args).await?;
+            for (k, o, c, p, name, state, weight, transformations, ok_results) in rows {
+                let key = format!("{k}-{o}-{c}-{p}").parse().map_err(|_| StoreError::Invalid(format!("corrupt key {k} in store")))?;
+                out.push(NetworkSummary { key, name, state, weight, transformations, ok_results });
             }
         }
+        out.sort_by(|a, b| (a.key.scope().to_string(), &a.name).cmp(&(b.key.scope().to_string(), &b.name)));
         out.truncate(limit.max(0) as usize);
         Ok(out)
     }
@@ -270,12 +327,12 @@ impl Store {
         fetch_json_rows(&mut conn, &sql, args).await
     }
 
-    /// The network page's data; None if there is no such network.
-    pub async fn console_network(&self, network: &ScopedKey) -> Result<Option<NetworkDetail>> {
+    /// A network's systems and transformations; None if there is no such network.
+    pub async fn console_network_structure(&self, network: &ScopedKey) -> Result<Option<NetworkStructure>> {
         let mut conn = self.reader().acquire().await?;
         let Some(id) = network_row_id(&mut conn, network).await? else { return Ok(None) };
         drop(conn);
-        let head = self.rows("SELECT o.name, n.state, n.weight FROM network n JOIN gufe_object o ON o.id = n.id WHERE n.id = $1", &[Arg::I64(id)]).await?;
+        let head = self.rows("SELECT o.name FROM gufe_object o WHERE o.id = $1", &[Arg::I64(id)]).await?;
         let Some(head) = head.first() else { return Ok(None) };
         let parse = |parts: [&str; 4]| -> Result<ScopedKey> {
             format!("{}-{}-{}-{}", parts[0], parts[1], parts[2], parts[3]).parse().map_err(|_| StoreError::Invalid(format!("corrupt key {} in store", parts[0])))
@@ -294,32 +351,30 @@ impl Store {
             .map(|(id, k, o, c, p, name)| Ok(SystemNode { id, key: parse([&k, &o, &c, &p])?, name }))
             .collect::<Result<Vec<_>>>()?;
         systems.sort_by_key(|s| s.id);
-        let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>, i64)> = self
+        let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>)> = self
             .json_rows(
-                8,
+                7,
                 "SELECT x.transformation_id AS c0, o.gufe_key AS c1, o.org AS c2, o.campaign AS c3, o.project AS c4, o.name AS c5, \
-                 tf.protocol AS c6, tf.ok_results AS c7 FROM network_transformation x JOIN gufe_object o ON o.id = x.transformation_id \
+                 tf.protocol AS c6 FROM network_transformation x JOIN gufe_object o ON o.id = x.transformation_id \
                  JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = $1",
                 &args,
             )
             .await?;
         let mut transformations = rows
             .into_iter()
-            .map(|(id, k, o, c, p, name, protocol, ok_results)| {
+            .map(|(id, k, o, c, p, name, protocol)| {
                 Ok(TransformationEdge {
                     id,
                     key: parse([&k, &o, &c, &p])?,
                     name,
                     protocol,
                     systems: Vec::new(),
-                    ok_results,
+                    ok_results: 0,
                     tasks: StatusCounts::new(),
-                    actioned: 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         transformations.sort_by_key(|t| t.id);
-        let index: BTreeMap<i64, usize> = transformations.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
         let mut ends: Vec<(i64, String, i64)> = self
             .json_rows(
                 3,
@@ -330,11 +385,27 @@ impl Store {
             .await?;
         ends.sort();
         for (tf, _, system) in ends {
-            if let Some(&i) = index.get(&tf) {
+            if let Ok(i) = transformations.binary_search_by_key(&tf, |t| t.id) {
                 transformations[i].systems.push(system);
             }
         }
-        let counts: Vec<(i64, String, i64)> = self
+        Ok(Some(NetworkStructure { id, key: network.clone(), name: get_opt_str(head, 0)?, systems, transformations }))
+    }
+
+    /// The live figures of network `id` (`network` is its key); None if it is gone.
+    pub async fn console_network_live(&self, network: &ScopedKey, id: i64) -> Result<Option<NetworkLive>> {
+        let head = self.rows("SELECT n.state, n.weight FROM network n WHERE n.id = $1", &[Arg::I64(id)]).await?;
+        let Some(head) = head.first() else { return Ok(None) };
+        let args = [Arg::I64(id)];
+        let ok_results: Vec<(i64, i64)> = self
+            .json_rows(
+                2,
+                "SELECT x.transformation_id AS c0, tf.ok_results AS c1 FROM network_transformation x \
+                 JOIN transformation tf ON tf.id = x.transformation_id WHERE x.network_id = $1 AND tf.ok_results > 0",
+                &args,
+            )
+            .await?;
+        let tasks: Vec<(i64, String, i64)> = self
             .json_rows(
                 3,
                 "SELECT t.transformation_id AS c0, t.status AS c1, COUNT(*) AS c2 FROM network_transformation x \
@@ -342,24 +413,6 @@ impl Store {
                 &args,
             )
             .await?;
-        for (tf, status, n) in counts {
-            if let Some(&i) = index.get(&tf) {
-                transformations[i].tasks.insert(status, n);
-            }
-        }
-        let actioned: Vec<(i64, i64)> = self
-            .json_rows(
-                2,
-                "SELECT t.transformation_id AS c0, COUNT(*) AS c1 FROM task_action a JOIN task t ON t.id = a.task_id \
-                 WHERE a.network_id = $1 GROUP BY t.transformation_id",
-                &args,
-            )
-            .await?;
-        for (tf, n) in actioned {
-            if let Some(&i) = index.get(&tf) {
-                transformations[i].actioned = n;
-            }
-        }
         let restart_patterns = self.get_restart_patterns(std::slice::from_ref(network)).await?.pop().unwrap_or_default();
         let strategy = match self.get_strategy_state(network).await? {
             None => None,
@@ -377,17 +430,15 @@ impl Store {
                 Some((class, state))
             }
         };
-        Ok(Some(NetworkDetail {
-            id,
-            key: network.clone(),
-            name: get_opt_str(head, 0)?,
-            state: get_str(head, 1)?,
-            weight: get_f64(head, 2)?,
-            systems,
-            transformations,
-            restart_patterns,
-            strategy,
-        }))
+        Ok(Some(NetworkLive { state: get_str(head, 0)?, weight: get_f64(head, 1)?, ok_results, tasks, restart_patterns, strategy }))
+    }
+
+    /// The network page's data in one call (structure and live figures); None if there is
+    /// no such network.
+    pub async fn console_network(&self, network: &ScopedKey) -> Result<Option<NetworkDetail>> {
+        let Some(structure) = self.console_network_structure(network).await? else { return Ok(None) };
+        let live = self.console_network_live(network, structure.id).await?;
+        Ok(live.map(|live| NetworkDetail::assemble(&structure, live)))
     }
 
     /// A transformation's tasks (newest first, at most `limit`).

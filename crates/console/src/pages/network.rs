@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use alchemiscale_model::NetworkState;
+use alchemiscale_store::console::NetworkDetail;
 use axum::extract::{Path, Query, State};
 use maud::{html, Markup};
 
@@ -31,8 +32,10 @@ fn rank(state: &str) -> u8 {
 
 pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, query: &HashMap<String, String>) -> ConsoleResult<Markup> {
     let key = path_key(session, raw, &["AlchemicalNetwork"], "network")?;
-    let network = state.store().console_network(&key).await?.ok_or_else(|| ConsoleError::NotFound(format!("No network {key}.")))?;
-    let positions = state.layouts().get(&network).await;
+    let missing = || ConsoleError::NotFound(format!("No network {key}."));
+    let (structure, positions) = state.layouts().get(state.store(), &key).await?.ok_or_else(missing)?;
+    let live = state.store().console_network_live(&key, structure.id).await?.ok_or_else(missing)?;
+    let network = NetworkDetail::assemble(&structure, live);
     let mut rows: Vec<_> = network.transformations.iter().collect();
     rows.sort_by(|a, b| rank(edge_state(&a.tasks)).cmp(&rank(edge_state(&b.tasks))).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
     let pages = rows.len().div_ceil(PER_PAGE).max(1);
@@ -44,7 +47,6 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
             *totals.entry(s.clone()).or_insert(0) += n;
         }
     }
-    let actioned: i64 = network.transformations.iter().map(|t| t.actioned).sum();
     let title = network.name.clone().unwrap_or_else(|| "(unnamed network)".into());
     let here = format!("/ui/networks/{key}");
     let body = html! {
@@ -59,7 +61,7 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
             dt { "Weight" } dd { (format!("{:.3}", network.weight)) }
             dt { "Chemical systems" } dd { (network.systems.len()) }
             dt { "Transformations" } dd { (network.transformations.len()) }
-            dt { "Tasks" } dd { (status_counts(&totals)) " (" (actioned) " actioned on this network)" }
+            dt { "Tasks" } dd { (status_counts(&totals)) }
         }
         section.noprint aria-label="Network actions" {
             h2 { "Actions" }
@@ -128,7 +130,7 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
         table {
             thead { tr {
                 th scope="col" { "Transformation" } th scope="col" { "Protocol" } th scope="col" { "Tasks" }
-                th scope="col" { "Progress" } th.num scope="col" { "Actioned" } th.num scope="col" { "Results" }
+                th scope="col" { "Progress" } th.num scope="col" { "Results" }
             } }
             tbody {
                 @for t in shown {
@@ -137,7 +139,6 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
                         td { (t.protocol.as_deref().unwrap_or("")) }
                         td { (status_counts(&t.tasks)) }
                         td { (status_bar(&t.tasks)) }
-                        td.num { (t.actioned) }
                         td.num { (t.ok_results) }
                     }
                 }

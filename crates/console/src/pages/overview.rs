@@ -5,18 +5,15 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use maud::{html, Markup};
 
-use crate::cache::ACTIVITY_HOURS;
+use crate::cache::{ACTIVITY_HOURS, NETWORKS_LISTED};
 use crate::error::ConsoleResult;
 use crate::layout::{self, key_link, shell, status_bar, status_counts};
 use crate::session::Session;
 use crate::ConsoleState;
 
-/// Networks listed on the overview (the rest are reached through their scope's list).
-pub const NETWORKS_LISTED: i64 = 500;
-
 pub async fn page_markup(state: &ConsoleState, session: &Session) -> ConsoleResult<Markup> {
     let figures = state.figures().get(state.store(), session.scope_filter()).await?;
-    let networks = state.store().console_networks(&session.visible_scopes(), NETWORKS_LISTED).await?;
+    let networks = &figures.networks;
     let mut tasks: BTreeMap<String, i64> = BTreeMap::new();
     let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
     for s in &figures.scopes {
@@ -75,7 +72,7 @@ pub async fn page_markup(state: &ConsoleState, session: &Session) -> ConsoleResu
                     th.num scope="col" { "Weight" } th.num scope="col" { "Transformations" } th.num scope="col" { "Results" }
                 } }
                 tbody {
-                    @for n in &networks {
+                    @for n in networks {
                         tr {
                             td { (key_link(&n.key, Some(n.name.as_deref().unwrap_or("(unnamed)")))) }
                             td { code { (n.key.scope()) } }
