@@ -209,7 +209,7 @@ async fn console_in_a_real_browser() {
     let _ = compute_server.client(IdentityKind::Compute, "worker", &["org1-*-*"]).await;
     s.store.add_identity(IdentityKind::Admin, "root", &hash_key("key-of-root").unwrap(), false).await.unwrap();
     let scope: Scope = "org1-campaign-project".parse().unwrap();
-    let network = alice.create_network(&network_chain_json(4, 5, "browser"), &scope, "active").await.unwrap();
+    let network = alice.create_network(&network_chain_json(7, 12, "browser"), &scope, "active").await.unwrap();
     let tfs = parse_keys(&alice.get(&format!("/networks/{network}/transformations")).await.unwrap()).unwrap();
 
     // chromedriver on a free loopback port, stopped by PID at the end
@@ -334,6 +334,8 @@ async fn run(b: &Session, s: &TestServer, compute_server: &TestServer, network: 
     assert!(!b.browser.find_all(Locator::Css("svg.network line[data-state=complete]")).await.unwrap().is_empty(), "a completed edge");
     let badges = b.check_page("network-after").await;
     assert!(badges > 0);
+    b.goto("/ui").await;
+    b.check_page("overview-after").await;
 
     // sign out; an admin adds an identity, which then works through the API
     b.click("form.signout button").await;

@@ -1,8 +1,9 @@
-// alchemiscale console: ask before a form marked data-confirm acts. Everything works
+// alchemiscale console: ask before a form (or its button) marked data-confirm acts. Everything works
 // without this script (the server checks every form); it only adds the question.
 document.addEventListener("submit", function (event) {
   var form = event.target;
-  var question = form.getAttribute("data-confirm");
+  var button = event.submitter;
+  var question = (button && button.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
   if (question && !window.confirm(question)) {
     event.preventDefault();
   }

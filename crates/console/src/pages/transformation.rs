@@ -82,9 +82,11 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
                     }
                 }
                 @if let Some(net) = &network {
-                    button type="submit" { "Action selected on this network" }
+                    button type="submit" data-confirm="Action the selected tasks on this network?" { "Action selected on this network" }
                     " "
-                    button.danger type="submit" formaction={ "/ui/networks/" (net) "/tasks/cancel" } { "Cancel selected on this network" }
+                    button.danger type="submit" formaction={ "/ui/networks/" (net) "/tasks/cancel" } data-confirm="Cancel the selected tasks on this network?" {
+                        "Cancel selected on this network"
+                    }
                 }
             }
             @if tasks.len() as i64 >= TASKS_LISTED { p.hint { "Showing the newest " (TASKS_LISTED) " tasks." } }
