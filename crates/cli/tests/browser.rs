@@ -3,8 +3,8 @@
 //! from the console and watch a compute service (`alchemiscale compute synchronous`, a
 //! process) complete them, add an identity as an admin and use it through the API, and
 //! check each page's accessibility basics (one h1, labelled controls, named buttons and
-//! figures, readable status colours). A screenshot of every page is written to
-//! `target/console-screenshots/`.
+//! figures, readable status colours) and that it loaded nothing from elsewhere. A
+//! screenshot of every page is written to `target/console-screenshots/`.
 //!
 //! Chromium and chromedriver are `$ALCHEMISCALE_TEST_CHROMIUM` and
 //! `$ALCHEMISCALE_TEST_CHROMEDRIVER` (set by `.ci/run`), else `/usr/bin/chromium` and
@@ -46,7 +46,8 @@ fn screenshots_dir() -> PathBuf {
     dir
 }
 
-/// Accessibility basics of the page in the browser: problems found, as text.
+/// Accessibility basics of the page in the browser, and that it loaded nothing from
+/// elsewhere: problems found, as text.
 const A11Y: &str = r#"
 const problems = [];
 if (!document.documentElement.lang) problems.push("the page has no language");
@@ -74,6 +75,11 @@ for (const b of document.querySelectorAll(".badge")) {
   const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
   if (ratio < 4.5) problems.push("contrast " + ratio.toFixed(2) + " of " + b.className + ": " + b.textContent);
 }
+// everything the page loaded came from the server itself, and its stylesheet applied
+for (const r of performance.getEntriesByType("resource")) {
+  if (!r.name.startsWith(location.origin)) problems.push("loaded from elsewhere: " + r.name);
+}
+if (getComputedStyle(document.body).margin !== "0px") problems.push("the console's stylesheet did not apply");
 return {problems: problems, badges: badges};
 "#;
 

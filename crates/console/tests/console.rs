@@ -322,3 +322,38 @@ async fn failures_show_their_tracebacks_as_text(backend: Backend) {
     compute_server.stop().await;
 }
 alchemiscale_server::backend_test!(failures_show_their_tracebacks_as_text, super::failures_show_their_tracebacks_as_text);
+
+async fn an_errored_strategy_is_shown_and_woken(backend: Backend) {
+    use alchemiscale_model::chain::KeyedChain;
+    use alchemiscale_model::status::StrategyStatus;
+    use alchemiscale_store::strategy::StrategyState;
+    let Some(s) = server(backend, ConsoleSettings::default()).await else { return };
+    add_identity(&s, IdentityKind::User, "alice", &["org1-*-*"]).await;
+    let net = network(&s, "org1-c-p", "strat", 3, 3).await;
+    let chain = r#"[["ConnectivityStrategy-abc", {"settings": {"__class__": "ConnectivityStrategySettings", "__module__": "stratocaster.strategies.connectivity", ":is_custom:": true, "decay_rate": 0.5}, "__qualname__": "ConnectivityStrategy", "__module__": "stratocaster.strategies.connectivity", ":version:": 1}]]"#;
+    let chain = KeyedChain::from_value(alchemiscale_model::json::parse(chain).unwrap()).unwrap();
+    s.store.set_network_strategy(&net, Some(&chain), StrategyState::default()).await.unwrap();
+    let errored = StrategyState {
+        status: StrategyStatus::Error,
+        exception: Some(("ValueError".into(), MARKUP.into())),
+        traceback: Some(format!("Traceback (most recent call last):\n{MARKUP}")),
+        ..Default::default()
+    };
+    s.store.replace_strategy_state(&net, errored).await.unwrap();
+
+    let b = browser();
+    assert_eq!(login(&s, &b, "alice", "key-of-alice").await.status(), StatusCode::SEE_OTHER);
+    let (status, page) = get(&s, &b, &format!("/ui/networks/{net}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("ConnectivityStrategy") && page.contains("Wake strategy"));
+    assert!(page.contains("ValueError: &lt;script&gt;") && !page.contains(MARKUP), "the exception and traceback are text");
+    let r = post(&s, &b, &format!("/ui/networks/{net}/strategy/wake"), &[("csrf", "forged")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(s.store.get_strategy_status(&net).await.unwrap(), Some(StrategyStatus::Error));
+    let r = post(&s, &b, &format!("/ui/networks/{net}/strategy/wake"), &[("csrf", &csrf_of(&page))]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(s.store.get_strategy_status(&net).await.unwrap(), Some(StrategyStatus::Awake));
+    let (_, page) = get(&s, &b, &location(&r)).await;
+    assert!(page.contains("Strategy woken") && !page.contains("Wake strategy"));
+}
+alchemiscale_server::backend_test!(an_errored_strategy_is_shown_and_woken, super::an_errored_strategy_is_shown_and_woken);

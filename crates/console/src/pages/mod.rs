@@ -7,7 +7,10 @@ pub mod overview;
 pub mod task;
 pub mod transformation;
 
+use std::collections::HashMap;
+
 use alchemiscale_model::ScopedKey;
+use maud::{html, Markup};
 
 use crate::error::{ConsoleError, ConsoleResult};
 use crate::session::Session;
@@ -22,9 +25,16 @@ pub fn path_key(session: &Session, raw: &str, qualnames: &[&str], what: &str) ->
     Ok(key)
 }
 
-/// A notice shown after an action redirected back (`?notice=…`): fixed texts only, so a
-/// link cannot put words in the console's mouth.
-pub fn notice_text(code: Option<&str>, n: Option<&str>) -> Option<String> {
+/// The notice shown after an action redirected back (`?notice=…&n=…`), if any.
+pub fn notice(query: &HashMap<String, String>) -> Markup {
+    match notice_text(query.get("notice").map(String::as_str), query.get("n").map(String::as_str)) {
+        Some(text) => html! { p.notice.ok role="status" { (text) } },
+        None => html! {},
+    }
+}
+
+/// A notice's text: fixed texts only, so a link cannot put words in the console's mouth.
+fn notice_text(code: Option<&str>, n: Option<&str>) -> Option<String> {
     let n: i64 = n.and_then(|n| n.parse().ok()).unwrap_or(0);
     Some(match code? {
         "created" => format!("Created {n} task(s)."),

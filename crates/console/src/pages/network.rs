@@ -11,7 +11,7 @@ use maud::{html, Markup};
 use crate::error::{ConsoleError, ConsoleResult};
 use crate::graph::{edge_state, network_svg};
 use crate::layout::{csrf, key_link, shell, status_bar, status_counts, STATUS_COLOURS};
-use crate::pages::{notice_text, path_key};
+use crate::pages::{notice, path_key};
 use crate::session::Session;
 use crate::ConsoleState;
 
@@ -30,7 +30,13 @@ fn rank(state: &str) -> u8 {
     }
 }
 
-pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, query: &HashMap<String, String>) -> ConsoleResult<Markup> {
+pub async fn page(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ConsoleResult<Markup> {
+    let (state, session, raw, query) = (&state, &session, raw.as_str(), &query);
     let key = path_key(session, raw, &["AlchemicalNetwork"], "network")?;
     let missing = || ConsoleError::NotFound(format!("No network {key}."));
     let (structure, positions) = state.layouts().get(state.store(), &key).await?.ok_or_else(missing)?;
@@ -51,9 +57,7 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
     let here = format!("/ui/networks/{key}");
     let body = html! {
         h1 { "Network " (title) }
-        @if let Some(n) = notice_text(query.get("notice").map(String::as_str), query.get("n").map(String::as_str)) {
-            p.notice.ok role="status" { (n) }
-        }
+        (notice(query))
         dl.facts {
             dt { "Key" } dd { code { (key) } }
             dt { "Scope" } dd { code { (key.scope()) } }
@@ -153,13 +157,4 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
         p { (key_link(&key, Some("Permalink"))) }
     };
     Ok(shell(session, &format!("Network {title}"), body))
-}
-
-pub async fn page(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> ConsoleResult<Markup> {
-    page_markup(&state, &session, &raw, &query).await
 }

@@ -11,7 +11,8 @@ use crate::layout::{self, key_link, shell, status_bar, status_counts};
 use crate::session::Session;
 use crate::ConsoleState;
 
-pub async fn page_markup(state: &ConsoleState, session: &Session) -> ConsoleResult<Markup> {
+pub async fn page(State(state): State<ConsoleState>, session: Session) -> ConsoleResult<Markup> {
+    let (state, session) = (&state, &session);
     let figures = state.figures().get(state.store(), session.scope_filter()).await?;
     let networks = &figures.networks;
     let mut tasks: BTreeMap<String, i64> = BTreeMap::new();
@@ -88,8 +89,4 @@ pub async fn page_markup(state: &ConsoleState, session: &Session) -> ConsoleResu
         }
     };
     Ok(shell(session, "Overview", body))
-}
-
-pub async fn page(State(state): State<ConsoleState>, session: Session) -> ConsoleResult<Markup> {
-    page_markup(&state, &session).await
 }

@@ -9,14 +9,20 @@ use maud::{html, Markup};
 
 use crate::error::{ConsoleError, ConsoleResult};
 use crate::layout::{csrf, key_link, shell, status_badge, time};
-use crate::pages::{notice_text, path_key};
+use crate::pages::{notice, path_key};
 use crate::session::Session;
 use crate::ConsoleState;
 
 /// Tasks listed (newest first).
 pub const TASKS_LISTED: i64 = 500;
 
-pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, query: &HashMap<String, String>) -> ConsoleResult<Markup> {
+pub async fn page(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ConsoleResult<Markup> {
+    let (state, session, raw, query) = (&state, &session, raw.as_str(), &query);
     let key = path_key(session, raw, &["Transformation", "NonTransformation"], "transformation")?;
     let (name, tasks) =
         state.store().console_transformation_tasks(&key, TASKS_LISTED).await?.ok_or_else(|| ConsoleError::NotFound(format!("No transformation {key}.")))?;
@@ -35,9 +41,7 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
     };
     let body = html! {
         h1 { "Transformation " (title) }
-        @if let Some(n) = notice_text(query.get("notice").map(String::as_str), query.get("n").map(String::as_str)) {
-            p.notice.ok role="status" { (n) }
-        }
+        (notice(query))
         dl.facts {
             dt { "Key" } dd { code { (key) } }
             dt { "In networks" } dd { @for n in &networks { (key_link(n, None)) " " } }
@@ -93,13 +97,4 @@ pub async fn page_markup(state: &ConsoleState, session: &Session, raw: &str, que
         }
     };
     Ok(shell(session, &format!("Transformation {title}"), body))
-}
-
-pub async fn page(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> ConsoleResult<Markup> {
-    page_markup(&state, &session, &raw, &query).await
 }
