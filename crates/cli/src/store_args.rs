@@ -80,7 +80,7 @@ pub struct DataDirArgs {
     pub data_dir: PathBuf,
 }
 
-/// Where results live (cli.md §3.2): a local directory by default, S3 when a bucket is
+/// Where results live: a local directory by default, S3 when a bucket is
 /// given.
 #[derive(Debug, Clone, Args)]
 pub struct ObjectArgs {

@@ -83,14 +83,15 @@ if (getComputedStyle(document.body).margin !== "0px") problems.push("the console
 return {problems: problems, badges: badges};
 "#;
 
-/// Every process whose command line names this browser profile directory (Chromium and
-/// its helpers), killed by PID when dropped: chromedriver does not always take the browser
-/// down with it when a test fails midway.
+/// Every process whose command line names this browser profile directory (Chromium, its
+/// helpers, and its crash handler, which outlives it under PID 1), killed by PID when
+/// dropped: chromedriver does not always take the browser down with it when a test fails
+/// midway.
 struct BrowserProcesses(PathBuf);
 
 impl Drop for BrowserProcesses {
     fn drop(&mut self) {
-        let needle = format!("--user-data-dir={}", self.0.display());
+        let needle = self.0.display().to_string();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();

@@ -1,6 +1,6 @@
-//! Typed methods of the compute API (api.md §6), as upstream's `AlchemiscaleComputeClient`
+//! Typed methods of the compute API, as upstream's `AlchemiscaleComputeClient`
 //! calls them, plus the two extension routes our compute service uses, and the client
-//! retry policy of cli.md §5.1 / api.md §4.2.
+//! retry policy.
 //!
 //! * C6–C8 — [`Client::register`], [`Client::deregister`], [`Client::heartbeat`];
 //! * C9–C11 — [`Client::query_taskhubs`], [`Client::claim_taskhub_tasks`],
@@ -214,7 +214,7 @@ impl Client {
     }
 }
 
-/// Upstream's client retry policy (cli.md §5.1, api.md §4.2): connection errors and HTTP
+/// Upstream's client retry policy: connection errors and HTTP
 /// 404/502/503/504 are retried; before retry `n` (1, 2, …) sleep
 /// `min(max + base·U₁, baseⁿ + base·U₂)` seconds with U₁, U₂ uniform in [0, 1).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,4 +1,4 @@
-//! The compute-manager routes of the compute API (api.md C15–C19), as upstream's
+//! The compute-manager routes of the compute API (routes C15–C19), as upstream's
 //! `AlchemiscaleComputeManagerClient` calls them.
 
 use alchemiscale_model::manager::ManagerInstruction;

@@ -3,8 +3,8 @@
 //! 0.8's compute API, and better behaved than upstream's `SynchronousComputeService`
 //! (see [`service`] for the differences).
 //!
-//! * [`settings`] — the YAML settings file (cli.md §5.1) plus our additions;
-//! * [`service`] — the service loop (model.md §6.4): register, heartbeat, claim,
+//! * [`settings`] — the YAML settings file plus our additions;
+//! * [`service`] — the service loop: register, heartbeat, claim,
 //!   execute, push, deregister; stop handling;
 //! * [`executor`] — child processes with time limits, process-group kills, and the
 //!   choice between the native and the python executor;

@@ -1,4 +1,4 @@
-//! Log output of a compute service (cli.md §4.3): every line carries a UTC timestamp,
+//! Log output of a compute service: every line carries a UTC timestamp,
 //! the service id and the level, as upstream's
 //! `[%(asctime)s] [%(compute_service_id)s] [%(levelname)s] %(message)s`, e.g.
 //!

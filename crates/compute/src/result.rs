@@ -11,13 +11,13 @@
 //! ProtocolUnitFailure stands for its own unit: it is listed as the DAG result's only
 //! unit and only result, with its `source_key` its own key. gufe rebuilds both shapes.
 //!
-//! The keyed chain has gufe's shapes (model.md §2.7): ProtocolUnits and
+//! The keyed chain has gufe's shapes: ProtocolUnits and
 //! ProtocolUnitResults / ProtocolUnitFailures keyed `<Class>-<uuid4 hex>` with the key
 //! repeated in `_key`, times in gufe's datetime codec, dependencies between results as
 //! `{":gufe-key:": …}` references in `inputs`, and a ProtocolDAGResult root keyed by the
 //! default algorithm ([`alchemiscale_model::hash::default_key`]; the class has no
 //! defaults). The blob is zstd of the chain's JSON with the content size in the frame
-//! header, as the Python clients require (api.md §2.6).
+//! header, as the Python clients require.
 
 use alchemiscale_model::chain::{as_reference, chain_json_from_parts, KeyedChain};
 use alchemiscale_model::hash::default_key;

@@ -1,4 +1,4 @@
-//! The compute service loop (model.md §6.4), in the manner of upstream's
+//! The compute service loop, in the manner of upstream's
 //! `SynchronousComputeService`: register, heartbeat in the background, claim, execute,
 //! push, until stopped or a limit is reached; then deregister.
 //!

@@ -1,4 +1,4 @@
-//! The compute-service settings file (cli.md §5.1): a flat YAML mapping.
+//! The compute-service settings file: a flat YAML mapping.
 //!
 //! Every upstream key is accepted with upstream's type and default. Unknown keys are not
 //! an error (upstream silently ignores them); [`Settings::from_yaml`] returns them as
@@ -87,7 +87,7 @@ pub fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
     SettingsError::Invalid { key, message: message.into() }
 }
 
-/// The settings of one compute service (cli.md §5.1 plus our additions).
+/// The settings of one compute service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Settings {
     /// Base URL of the compute API.
@@ -291,7 +291,7 @@ impl Settings {
     pub fn from_yaml(text: &str) -> Result<(Settings, Vec<String>), SettingsError> {
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| SettingsError::Yaml(e.to_string()))?;
         let serde_yaml_ng::Value::Mapping(map) = &doc else {
-            return Err(SettingsError::Yaml("the settings file must be a mapping of keys to values (cli.md §5.1)".into()));
+            return Err(SettingsError::Yaml("the settings file must be a mapping of keys to values".into()));
         };
         let mut warnings = Vec::new();
         for k in map.keys() {
@@ -318,7 +318,7 @@ impl Settings {
         }
         let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| SettingsError::Yaml(e.to_string()))?;
         let serde_yaml_ng::Value::Mapping(map) = &mut doc else {
-            return Err(SettingsError::Yaml("the settings file must be a mapping of keys to values (cli.md §5.1)".into()));
+            return Err(SettingsError::Yaml("the settings file must be a mapping of keys to values".into()));
         };
         for (key, value) in [("name", name), ("compute_manager_id", compute_manager_id)] {
             if let Some(v) = value {

@@ -5,7 +5,7 @@
 //!
 //! * [`settings`] — the YAML file: upstream's `ComputeManagerSettings` keys, the
 //!   `service` section every started service gets, the `backend` section;
-//! * [`manager`] — the loop of model.md §10 (register, instruction, sizing, status,
+//! * [`manager`] — the loop (register, instruction, sizing, status,
 //!   deregister);
 //! * [`backend`] — the [`backend::Backend`] trait and its `local` and `slurm`
 //!   implementations (and how to add one).

@@ -1,4 +1,4 @@
-//! The manager loop (model.md §10 in upstream's words; the order of things is upstream's
+//! The manager loop (in upstream's words; the order of things is upstream's
 //! `ComputeManager`): register (optionally stealing the name), then each cycle ask for an
 //! instruction, start services on OK per the sizing rule, report status OK with the
 //! saturation, sleep; stop on SHUTDOWN or a signal; deregister on the way out.

@@ -1,8 +1,8 @@
-//! Keyed chains (model.md §2.1, api.md §2.5 (a)) and the network structure the server
-//! interprets (model.md §2.7).
+//! Keyed chains and the network structure the server
+//! interprets.
 //!
 //! A keyed chain is a list of `[gufe_key, keyed_dict]` pairs, dependencies first, root
-//! last. The server takes the keys as given (model.md §2.6) and validates the structure:
+//! last. The server takes the keys as given and validates the structure:
 //! every key well formed and equal in class to its dict's `__qualname__`, every
 //! `{":gufe-key:": ...}` reference resolving to an earlier entry, no key repeated with
 //! different contents.
@@ -224,7 +224,7 @@ pub fn chain_json_from_parts<'a>(parts: impl IntoIterator<Item = (&'a str, &'a s
 
 /// Order objects so each comes after everything it references, always taking the
 /// lexicographically smallest available key first (Kahn's algorithm; upstream's store
-/// read order, model.md §2.1). `deps[i]` lists indices that object `i` references.
+/// read order). `deps[i]` lists indices that object `i` references.
 /// Returns None if the graph has a cycle.
 pub fn kahn_order(keys: &[&str], deps: &[Vec<usize>]) -> Option<Vec<usize>> {
     use std::cmp::Reverse;
@@ -266,7 +266,7 @@ pub struct EdgeInfo {
     pub systems: Vec<(String, GufeKey)>,
 }
 
-/// The structure of an AlchemicalNetwork chain (model.md §2.7).
+/// The structure of an AlchemicalNetwork chain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkInfo {
     pub key: GufeKey,

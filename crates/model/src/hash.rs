@@ -1,6 +1,6 @@
-//! gufe key computation (model.md §2.2, §2.5) for the objects the server itself creates.
+//! gufe key computation for the objects the server itself creates.
 //!
-//! Submitted objects keep the keys their submitter computed (model.md §2.6): the default
+//! Submitted objects keep the keys their submitter computed: the default
 //! algorithm needs every class's constructor defaults, which only the Python classes
 //! know. The server computes keys for Task (uuid7), TaskHub, NetworkMark,
 //! TaskRestartPattern (md5 rules), ProtocolDAGResultRef and Tracebacks (default algorithm
@@ -76,7 +76,7 @@ pub fn new_task_key() -> GufeKey {
     GufeKey::from_parts("Task", &uuid::Uuid::now_v7().simple().to_string()).expect("valid key")
 }
 
-/// Fields of a ProtocolDAGResultRef (model.md §3.6).
+/// Fields of a ProtocolDAGResultRef.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PdrrFields {
     pub location: Option<String>,
@@ -106,7 +106,7 @@ impl PdrrFields {
     }
 }
 
-/// Fields of a Tracebacks record (model.md §3.7); lists are parallel.
+/// Fields of a Tracebacks record; lists are parallel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracebacksFields {
     pub tracebacks: Vec<String>,
@@ -149,7 +149,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    // model.md §2.3 examples 1–4: gufe classes, with the defaults the spec states.
+    // gufe's documented key examples 1–4: gufe classes, with their stated defaults.
     #[test]
     fn gufe_examples_1_to_4() {
         let solvent = parse(
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(net_key.as_str(), "AlchemicalNetwork-ef2ea1f6183275ef9b52d9e47f27be58");
     }
 
-    // model.md §2.3 example 5
+    // gufe key example 5
     #[test]
     fn pdrr_keys() {
         let t = chrono::Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(678901);
@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(minimal.key().as_str(), "ProtocolDAGResultRef-bc2a32110dbdce58f8dabd3514fe1ae2");
     }
 
-    // model.md §2.3 example 6
+    // gufe key example 6
     #[test]
     fn tracebacks_key() {
         let tb = TracebacksFields {
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(tb.key().as_str(), "Tracebacks-03fbff6123bb54dd1681ae95a915222c");
     }
 
-    // model.md §2.3 example 7
+    // gufe key example 7
     #[test]
     fn custom_token_keys() {
         let net = sk("AlchemicalNetwork-0123456789abcdef0123456789abcdef-my_org-my_campaign-my_project");

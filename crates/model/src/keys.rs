@@ -1,5 +1,5 @@
-//! Object identities: [`GufeKey`], [`ScopedKey`] (model.md §1.2–§1.3) and the compute
-//! service / manager ids (§1.4).
+//! Object identities: [`GufeKey`], [`ScopedKey`] and the compute
+//! service / manager ids.
 
 use std::fmt;
 use std::str::FromStr;
@@ -167,7 +167,7 @@ impl<'de> Deserialize<'de> for ScopedKey {
     }
 }
 
-/// JSON object form of a [`ScopedKey`] (api.md §2.2).
+/// JSON object form of a [`ScopedKey`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopedKeyDict {
     pub gufe_key: String,
@@ -246,12 +246,12 @@ macro_rules! service_id {
 }
 
 service_id!(
-    /// Identity of a compute service registration: `{name}-{uuid}` (model.md §1.4).
+    /// Identity of a compute service registration: `{name}-{uuid}`.
     ComputeServiceId,
     "ComputeServiceID"
 );
 service_id!(
-    /// Identity of a compute manager registration: `{name}-{uuid}` (model.md §1.4).
+    /// Identity of a compute manager registration: `{name}-{uuid}`.
     ComputeManagerId,
     "ComputeManagerID"
 );

@@ -1,4 +1,4 @@
-//! Compute managers' rules (model.md §10): the instruction a manager receives and how many
+//! Compute managers' rules: the instruction a manager receives and how many
 //! compute services it starts in one cycle.
 
 use serde::{Deserialize, Serialize};

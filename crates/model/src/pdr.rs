@@ -1,4 +1,4 @@
-//! ProtocolDAGResults as the server sees them (model.md §2.7, §5.2; api.md §2.6): the
+//! ProtocolDAGResults as the server sees them: the
 //! bytes codec, the result blob, the success test and the failures in upstream's order.
 
 use std::cmp::Reverse;
@@ -82,7 +82,7 @@ static LATIN1_JSON: [[u8; 8]; 256] = {
 
 /// Append the inside of the JSON string literal of `bytes` mapped to code points of equal
 /// value (latin-1): `"`, `\` and control characters escaped, bytes ≥ 0x80 as raw UTF-8
-/// (as compact as JSON allows; api.md §2.6 permits either spelling). Eight bytes are
+/// (as compact as JSON allows). Eight bytes are
 /// written for every byte from a table and the end moved by its length: no branch per
 /// byte, whose outcome would be random for compressed data. Room for the worst case (six
 /// bytes a byte) is reserved a block at a time, so a caller's capacity for the usual case
@@ -263,7 +263,7 @@ fn summarise(text: &[u8]) -> Result<PdrSummary, PdrError> {
 }
 
 /// Compress with a one-shot compressor (level 3), which records the content size in the
-/// frame header as the Python clients require (api.md §2.6).
+/// frame header as the Python clients require.
 pub fn zstd_compress(data: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(data, 3).expect("zstd compression of an in-memory buffer")
 }

@@ -1,4 +1,4 @@
-//! Scopes: `org-campaign-project` triples with hierarchical wildcards (model.md §1.1).
+//! Scopes: `org-campaign-project` triples with hierarchical wildcards.
 
 use std::fmt;
 use std::str::FromStr;
@@ -180,7 +180,7 @@ pub fn minimise(scopes: &[Scope]) -> Vec<Scope> {
 }
 
 /// The search space of a (possibly wildcard) query scope `query` for a caller holding
-/// `token_scopes` (model.md §1.1 "token-scope intersection", api.md §3.4 rule Q).
+/// `token_scopes`.
 pub fn query_space(query: &Scope, token_scopes: &[Scope]) -> Vec<Scope> {
     let minimal = minimise(token_scopes);
     if minimal.iter().any(|t| t.is_superset(query)) {
@@ -277,7 +277,7 @@ mod tests {
         assert_eq!(q("org2-campaignC-*"), ["org2-campaignC-*"]);
         assert!(q("org4-*-*").is_empty());
         assert!(q("org1-campaignB-projectIII").is_empty());
-        // api.md §3.4 example
+        // upstream's documented example
         let t2: Vec<Scope> = ["acme-campA-proj1", "acme-campB-*", "beta-*-*"].iter().map(|x| s(x)).collect();
         let q2 = |x: &str| query_space(&s(x), &t2).iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(q2("acme-*-*"), ["acme-campA-proj1", "acme-campB-*"]);

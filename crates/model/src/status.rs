@@ -1,5 +1,5 @@
-//! Enumerated states: task statuses and their transition table (model.md §4), network
-//! states (§3.3), strategy and compute-manager enums (api.md §2.4).
+//! Enumerated states: task statuses and their transition table, network
+//! states, strategy and compute-manager enums.
 
 use std::fmt;
 use std::str::FromStr;
@@ -55,7 +55,7 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// Status of a Task (model.md §4.1).
+    /// Status of a Task.
     TaskStatus, "TaskStatusEnum", {
     Complete => "complete",
     Waiting => "waiting",
@@ -66,7 +66,7 @@ string_enum!(
 });
 
 string_enum!(
-    /// State of a network, carried by its NetworkMark (model.md §3.3).
+    /// State of a network, carried by its NetworkMark.
     NetworkState, "state", {
     Active => "active",
     Inactive => "inactive",
@@ -75,7 +75,7 @@ string_enum!(
 });
 
 string_enum!(
-    /// StrategyState.mode (api.md §2.7).
+    /// StrategyState.mode.
     StrategyMode, "StrategyModeEnum", {
     Full => "full",
     Partial => "partial",
@@ -83,7 +83,7 @@ string_enum!(
 });
 
 string_enum!(
-    /// StrategyState.status (api.md §2.7).
+    /// StrategyState.status.
     StrategyStatus, "StrategyStatusEnum", {
     Awake => "awake",
     Dormant => "dormant",
@@ -91,14 +91,14 @@ string_enum!(
 });
 
 string_enum!(
-    /// StrategyState.task_scaling (api.md §2.7).
+    /// StrategyState.task_scaling.
     StrategyTaskScaling, "StrategyTaskScalingEnum", {
     Linear => "linear",
     Exponential => "exponential",
 });
 
 string_enum!(
-    /// Status reported by a compute manager (model.md §10).
+    /// Status reported by a compute manager.
     ComputeManagerStatus, "ComputeManagerStatus", {
     Ok => "OK",
     Error => "ERROR",
@@ -111,7 +111,7 @@ impl TaskStatus {
     }
 }
 
-/// The store-level transition table of model.md §4.2: may a task in `from` be set to `to`?
+/// The store-level transition table: may a task in `from` be set to `to`?
 ///
 /// Every task status change in the system goes through this function (re-applying the
 /// current status is allowed, except that nothing leaves a terminal state).
@@ -128,7 +128,7 @@ pub fn transition_allowed(from: TaskStatus, to: TaskStatus) -> bool {
 }
 
 /// What must happen besides setting the status when a transition to `to` is applied
-/// (model.md §4.2 "side effects").
+///.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransitionEffects {
     /// Remove the task's claim (if any).

@@ -1,4 +1,4 @@
-//! The strategist's bookkeeping rules (model.md §9.2 steps 4–8), pure.
+//! The strategist's bookkeeping rules, pure.
 //!
 //! A strategy proposes a weight per transformation (a number or null). The strategist
 //! normalises them ([`normalise`]), drops transformations that have an errored task
@@ -33,7 +33,7 @@ impl WeightError {
     }
 }
 
-/// §9.2 step 4: divide every non-null weight by the sum of the non-null weights (as
+/// Step 4: divide every non-null weight by the sum of the non-null weights (as
 /// stratocaster's `StrategyResult.resolve`). `keys` name the weights in error messages.
 pub fn normalise<'a>(weights: impl IntoIterator<Item = (&'a str, &'a mut Option<f64>)>) -> Result<(), WeightError> {
     let mut all: Vec<&mut f64> = Vec::new();
@@ -62,7 +62,7 @@ pub fn normalise<'a>(weights: impl IntoIterator<Item = (&'a str, &'a mut Option<
     Ok(())
 }
 
-/// §9.2 step 6: a transformation with at least one task in `error` gets no tasks.
+/// Step 6: a transformation with at least one task in `error` gets no tasks.
 pub fn errored_rule(weight: Option<f64>, statuses: impl IntoIterator<Item = TaskStatus>) -> Option<f64> {
     if statuses.into_iter().any(|s| s == TaskStatus::Error) {
         None
@@ -71,7 +71,7 @@ pub fn errored_rule(weight: Option<f64>, statuses: impl IntoIterator<Item = Task
     }
 }
 
-/// §9.2 step 7: the number of tasks a (normalised) weight asks for, at most `max`:
+/// Step 7: the number of tasks a (normalised) weight asks for, at most `max`:
 /// null or 0 → 0; exactly 1 → `max`; otherwise `floor(1 + w·max)` (linear) or
 /// `floor((1 + max)^w)` (exponential), truncated like Python's `int()`.
 pub fn task_count(weight: Option<f64>, max: i64, scaling: StrategyTaskScaling) -> i64 {
@@ -109,7 +109,7 @@ pub struct Plan {
     pub cancel: Vec<i64>,
 }
 
-/// §9.2 step 8 for one transformation: reach `target` actioned tasks. `tasks` are its
+/// Step 8 for one transformation: reach `target` actioned tasks. `tasks` are its
 /// tasks in creation order.
 ///
 /// * More wanted: action its running tasks not actioned here, then its waiting ones

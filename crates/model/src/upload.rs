@@ -1,4 +1,4 @@
-//! Decoding a result upload (compute route C14, api.md §2.6) as its bytes arrive.
+//! Decoding a result upload (compute route C14) as its bytes arrive.
 //!
 //! The body is `{"protocoldagresult": {"__class__": "bytes", …, "latin-1": "<payload>"},
 //! "compute_service_id": "<id>"}`, where the payload string carries one byte per code

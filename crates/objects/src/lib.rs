@@ -1,4 +1,4 @@
-//! The object store: where ProtocolDAGResult blobs live (model.md §5.1).
+//! The object store: where ProtocolDAGResult blobs live.
 //!
 //! Two backends through the `object_store` crate: a local directory (the embedded
 //! default, under the data directory) and S3 (or any S3-protocol server via
@@ -51,7 +51,7 @@ pub mod testing;
 
 pub type Result<T, E = ObjectError> = std::result::Result<T, E>;
 
-/// S3 settings (cli.md §3.2).
+/// S3 settings.
 #[derive(Debug, Clone, Default)]
 pub struct S3Config {
     pub bucket: String,
@@ -131,7 +131,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// The relative path of a result (model.md §5.1).
+/// The relative path of a result.
 pub fn result_path(org: &str, campaign: &str, project: &str, transformation_key: &str, ok: bool, result_key: &str) -> String {
     let kind = if ok { "results" } else { "failures" };
     format!("protocoldagresult/{org}/{campaign}/{project}/{transformation_key}/{kind}/{result_key}/obj.json.zst")

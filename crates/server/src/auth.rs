@@ -1,11 +1,11 @@
-//! Authentication and authorisation (api.md §3, model.md §11).
+//! Authentication and authorisation.
 //!
 //! `POST /token` takes the OAuth2 password form and returns an HS256 (by default) JWT with
 //! upstream's claims (`sub`, `scopes`, `exp`) plus two of ours, which fix upstream gaps:
 //!
 //! * `aud` names the API that issued the token (`alchemiscale:user` or
 //!   `alchemiscale:compute`): a user token is refused by the compute API and the other way
-//!   round, even when both share a secret (upstream accepts either, api.md §3.2);
+//!   round, even when both share a secret (upstream accepts either);
 //! * `kind` records the identity type (`user`, `admin`, `compute`).
 //!
 //! Every authenticated request also checks (through a short-lived cache) that the identity

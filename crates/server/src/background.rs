@@ -5,7 +5,7 @@
 //! * **Registration expiry** (every tenth of the expiry window, at least every second, at
 //!   most every minute): compute-service registrations whose heartbeat is older than
 //!   `registration_expire_seconds` are removed and their running tasks go back to waiting.
-//!   Upstream expires only when some service heartbeats (model.md §14 Q17).
+//!   Upstream expires only when some service heartbeats.
 //! * **Staging sweep** (hourly): staging objects older than a day — uploads cut short by a
 //!   crash — are removed from the object store.
 //!

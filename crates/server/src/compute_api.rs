@@ -1,8 +1,8 @@
-//! The compute API (api.md §6): routes C1–C19, wire-compatible with alchemiscale 0.8's
+//! The compute API: routes C1–C19, wire-compatible with alchemiscale 0.8's
 //! `AlchemiscaleComputeClient`, `AlchemiscaleComputeManagerClient` and
 //! `SynchronousComputeService`.
 //!
-//! Deliberate differences from upstream (api.md §8, model.md §14): claims and pushes by
+//! Deliberate differences from upstream: claims and pushes by
 //! an unregistered or foreign service are refused with 4xx instead of 500 (W2, Q8, Q9); a
 //! result is accepted only from a service that claimed the task (W17) and only if it is a
 //! result of the task's transformation; a task extending a task with several results uses

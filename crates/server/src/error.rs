@@ -1,4 +1,4 @@
-//! API errors in the shapes the upstream clients expect (api.md §1.7):
+//! API errors in the shapes the upstream clients expect:
 //! `{"detail": "..."}` for deliberate errors, FastAPI's list form for request validation
 //! (422), and `text/plain` "Internal Server Error" for anything unexpected.
 

@@ -1,5 +1,5 @@
 //! Reading requests: bodies (gzip, size limits, CPython's JSON dialect), path keys and
-//! query parameters, with the error shapes of api.md §1.4–§1.5.
+//! query parameters, with the error shapes
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -440,7 +440,7 @@ impl Params {
     }
 }
 
-/// The 400 for an unusable scope (api.md §2.1), with `WWW-Authenticate: Bearer`.
+/// The 400 for an unusable scope, with `WWW-Authenticate: Bearer`.
 pub fn scope_error() -> ApiError {
     ApiError::bad_request(
         "Requested Scope cannot be processed as a 3-part \"X-Y-Z\" tuple: each part must be alphanumeric (letters, digits, underscores, \

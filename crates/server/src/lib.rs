@@ -1,7 +1,7 @@
 //! The alchemiscale HTTP APIs on axum.
 //!
-//! * [`user_api`] — the user-facing API (routes U1–U62 of api.md §5);
-//! * the compute API (api.md §6) arrives with issue #5.
+//! * [`user_api`] — the user-facing API (routes U1–U62);
+//! * the compute API arrives with issue #5.
 //!
 //! Handlers stay thin: parse ([`extract`]), authorise ([`auth`]), call the store, encode.
 //! [`AppState`] carries the store, the settings and the token keys of one API.
@@ -72,7 +72,7 @@ impl ApiKind {
     }
 }
 
-/// Settings shared by both APIs (cli.md §3.3; api.md §7).
+/// Settings shared by both APIs.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     /// HMAC secret for tokens.

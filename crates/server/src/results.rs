@@ -1,4 +1,4 @@
-//! Results: ingesting an uploaded ProtocolDAGResult (compute route C14, model.md §5.2)
+//! Results: ingesting an uploaded ProtocolDAGResult (compute route C14)
 //! and serving stored blobs (user route U55, compute route C13).
 //!
 //! Ingestion writes the object first, then records the reference, the task's new status,
@@ -244,7 +244,7 @@ pub async fn blob(state: &AppState, pdrr: &PdrrRecord) -> ApiResult<Bytes> {
 
 /// Marks a response the compression layer must leave alone: result blobs are already
 /// zstd-compressed, and gzipping them again costs far more CPU than it saves bytes
-/// (the server may, but need not, gzip when the client offers it; api.md §1.6).
+/// (the server may, but need not, gzip when the client offers it).
 #[derive(Debug, Clone, Copy)]
 pub struct NoCompression;
 

@@ -1,4 +1,4 @@
-//! Routes both APIs serve identically (api.md U1–U4, C1–C4); `/ping` answers with the
+//! Routes both APIs serve identically (routes U1–U4, C1–C4); `/ping` answers with the
 //! API's own title and `/token` checks the API's own identity kinds.
 
 use alchemiscale_store::identities::IdentityKind;

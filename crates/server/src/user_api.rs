@@ -1,8 +1,7 @@
-//! The user-facing API (api.md §5): routes U1–U62, wire-compatible with alchemiscale
+//! The user-facing API: routes U1–U62, wire-compatible with alchemiscale
 //! 0.8's `AlchemiscaleClient`.
 //!
-//! Deliberate differences from upstream, each fixing a listed quirk (api.md §8, model.md
-//! §14): bad input and missing objects answer 400/422 instead of 500 (W2); bulk getters
+//! Deliberate differences from upstream, each fixing a known upstream quirk (see docs/compatibility.md): bad input and missing objects answer 400/422 instead of 500 (W2); bulk getters
 //! return `null` entries instead of failing (W1); bulk task creation keeps input order
 //! and each transformation's scope (W4); actioning reports already-actioned tasks (Q7)
 //! and validates weights before changing anything (W12); status setters return exactly
@@ -633,7 +632,7 @@ async fn get_tasks_status(State(state): State<AppState>, caller: Caller, body: B
     Ok(Json(json!(statuses.iter().map(|s| s.map(|s| s.as_str())).collect::<Vec<_>>())))
 }
 
-/// The statuses a user may set (api.md U44).
+/// The statuses a user may set (route U44).
 fn user_settable_status(s: &str) -> ApiResult<TaskStatus> {
     let status = parse_task_status(s)?;
     match status {

@@ -1,4 +1,4 @@
-//! Schema administration: `database init|check|reset` (cli.md §4.4–§4.6) and the table
+//! Schema administration: `database init|check|reset` and the table
 //! catalogue that `dump`/`load` and `check` rely on.
 
 use sqlx::migrate::Migrator;
@@ -284,7 +284,7 @@ pub(crate) const TABLES: &[TableSpec] = &[
     },
 ];
 
-/// Unique indexes the uniqueness rules of model.md §3.14 rest on (checked by `check`).
+/// Unique indexes the uniqueness rules rest on (checked by `check`).
 const UNIQUE_INDEXES: &[&str] = &[
     "gufe_object_scoped_key",
     "network_taskhub",

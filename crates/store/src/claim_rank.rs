@@ -1,4 +1,4 @@
-//! The claim queue: how ACTIONS rows are ranked for claiming (model.md §6.3).
+//! The claim queue: how ACTIONS rows are ranked for claiming.
 //!
 //! A claim from a hub takes whole priority groups while they fit, then a weighted sample
 //! without replacement (by ACTIONS weight) of the next group. Drawing that sample afresh
@@ -15,7 +15,7 @@
 //! `time + E/w`, `E ~ Exp(1)`. The order in which the clocks of a set ring is a weighted
 //! random permutation and, clocks being memoryless, the next of the rows still waiting to
 //! ring is at every claim a weighted draw from exactly those rows: a sequence of claims
-//! has the distribution of §6.3's per-claim draws, provided a row that enters (or
+//! has the distribution of upstream's per-claim draws, provided a row that enters (or
 //! re-enters) the race starts its clock at the group's current *time*, the rank of the
 //! last row claimed. The time is read from the group itself: the largest rank among rows
 //! whose task is not waiting (claimed earlier and still running or errored), else the

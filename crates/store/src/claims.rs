@@ -1,4 +1,4 @@
-//! Claiming (model.md §6.2, §6.3): from one TaskHub (C10), or across scopes with a weighted
+//! Claiming: from one TaskHub (C10), or across scopes with a weighted
 //! random choice of hubs (C11); both hand a task to at most one service under any
 //! concurrency, and record every claim in the claim log (`task_claim_log`, which outlives
 //! the claim and decides whose results are accepted). Registrations and failure
@@ -6,8 +6,8 @@
 //!
 //! # Atomicity of claims
 //!
-//! No task may ever hold two claims, and no task may be handed to two services (§6.3
-//! "concurrency requirement"). Claims happen inside write transactions:
+//! No task may ever hold two claims, and no task may be handed to two services.
+//! Claims happen inside write transactions:
 //!
 //! * SQLite: write transactions run on the single writer connection and start with
 //!   `BEGIN IMMEDIATE`, so claims are serialised by construction; candidates are read and
@@ -92,7 +92,7 @@ pub const MAX_CLAIM_COUNT: usize = 10_000;
 const PROTOCOL_NAME_ERROR: &str = "Invalid `Protocol` name among `protocols`";
 const EMPTY_PROTOCOLS_ERROR: &str = "`protocols` must be either `None` or not empty";
 
-/// The answer to a claim across scopes (model.md §6.2).
+/// The answer to a claim across scopes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     /// The service has too many recent failures; the API answers JSON `null`.
@@ -101,7 +101,7 @@ pub enum ClaimOutcome {
     Claimed(Vec<Option<ScopedKey>>),
 }
 
-/// Validate a protocol filter (model.md §6.3): `None` = no filter; otherwise a non-empty
+/// Validate a protocol filter: `None` = no filter; otherwise a non-empty
 /// list of names matching `^[a-zA-Z][a-zA-Z0-9_]*$`. Returns the distinct names, sorted.
 pub(crate) fn protocol_filter(protocols: Option<&[String]>) -> Result<Option<Vec<String>>> {
     let Some(list) = protocols else { return Ok(None) };
@@ -139,7 +139,7 @@ pub(crate) fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg
 }
 
 /// The conditions that make an actioned task `t` (joined with its ACTIONS row `a`)
-/// claimable (model.md §6.3 step 1), plus "no claim yet" (step 5). With `protocols`, the
+/// claimable, plus "no claim yet" (step 5). With `protocols`, the
 /// JSON list of protocol names is parameter `$protocols_param`. `a.queued = 1` (the task is
 /// waiting, kept with its status) lets both backends read the partial index of waiting
 /// rows, so the rows of running and errored tasks are never read; the status is checked
@@ -187,7 +187,7 @@ fn pools() -> std::sync::MutexGuard<'static, HashMap<String, HubPool>> {
     HUB_POOLS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Weighted random choice among the pooled hubs not yet tried by a request (§6.2 6b).
+/// Weighted random choice among the pooled hubs not yet tried by a request.
 /// With `any_age`, an expired pool is used too (the caller refreshed it in this call, so
 /// a slow refresh cannot make it loop).
 fn pool_pick(key: &str, tried: &HashSet<i64>, any_age: bool, rng: &mut StdRng) -> Pick {
@@ -326,9 +326,9 @@ struct Claimed {
 }
 
 /// Select claimable tasks from several hubs, up to the given count from each, by the
-/// algorithm of model.md §6.3 steps 1–4, inside the caller's write transaction: the first
+/// algorithm steps 1–4, inside the caller's write transaction: the first
 /// claimable ACTIONS rows of each hub in (priority, claim rank) order, read from the index
-/// `task_action_queue` (see `claim_rank` for why that order is §6.3's weighted sampling).
+/// `task_action_queue` (see `claim_rank` for why that order is upstream's weighted sampling).
 /// Returns, per requested hub, the tasks and whether the hub has no claimable task left
 /// afterwards (for this filter). A task actioned on two of the hubs is handed out once.
 /// With `require_hub_weight`, hubs whose weight is 0 yield nothing. On PostgreSQL the
@@ -370,7 +370,7 @@ async fn select_from_hubs(
 }
 
 /// Record claims (task row id, service row id) and move the claimed tasks from `waiting`
-/// to `running` through [`apply_status`] (model.md §6.3 step 5). The `task_claim` primary
+/// to `running` through [`apply_status`]. The `task_claim` primary
 /// key is the backstop: rows are inserted with `ON CONFLICT DO NOTHING RETURNING task_id`
 /// and only the tasks actually claimed change status; their ids are returned.
 async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64, i64)]) -> Result<HashSet<i64>> {
@@ -421,7 +421,7 @@ fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -
 }
 
 impl Store {
-    /// Claim up to `count` tasks from one TaskHub for `service` (model.md §6.3; api.md
+    /// Claim up to `count` tasks from one TaskHub for `service` (route
     /// C10). Returns the claimed task keys followed by `None` up to `count`; a key that is
     /// not a TaskHub's, or an unknown hub, yields only `None`s. Claimed tasks are
     /// `running` with a claim by the service.
@@ -432,7 +432,7 @@ impl Store {
     ///
     /// Errors ([`StoreError::Invalid`]): an empty protocol list or an invalid protocol
     /// name; a service that is not registered (`compute service <id> is not registered`) —
-    /// deliberate fix of §14 Q8, where upstream hands out the selected keys without
+    /// deliberate fix of an upstream quirk, where upstream hands out the selected keys without
     /// claiming them.
     ///
     /// Concurrent calls for the same hub are combined into one transaction (see the module
@@ -454,7 +454,7 @@ impl Store {
         }
     }
 
-    /// Claim up to `count` tasks across scopes for `service` (model.md §6.2; api.md C11).
+    /// Claim up to `count` tasks across scopes for `service`.
     ///
     /// `scopes` is the search space (the API layer has already intersected the requested
     /// scopes with the caller's token scopes); an empty list claims nothing. Hubs whose
@@ -462,7 +462,7 @@ impl Store {
     /// tasks are claimed: a hub is chosen at random with probability proportional to its
     /// weight among the hubs that have claimable tasks and were not tried yet in this call
     /// (weight-0 hubs are never chosen), and up to the remaining count is claimed from it
-    /// by the algorithm of §6.3. Network state is not consulted.
+    /// by upstream's weighted sampling. Network state is not consulted.
     ///
     /// Restricting the draw to hubs with claimable tasks gives the same distribution as
     /// upstream's draw over all hubs that skips empty ones (the relative order of any
@@ -476,7 +476,7 @@ impl Store {
     ///
     /// Errors ([`StoreError::Invalid`]): protocol list errors as in
     /// [`Store::claim_taskhub_tasks`]; a service that is not registered — deliberate fix
-    /// of §14 Q9 (upstream answers with a server error; an expired service is told
+    /// of an upstream quirk (upstream answers with a server error; an expired service is told
     /// clearly, and never handed tasks).
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_tasks(
@@ -543,7 +543,7 @@ impl Store {
     }
 
     /// Run a batch of claim requests for one search space in one transaction and answer
-    /// each (model.md §6.2 per request): registration and failure checks per request, then
+    /// each: registration and failure checks per request, then
     /// rounds in which every unsatisfied request draws a hub by weight among the pooled
     /// hubs it has not tried; requests that drew the same hub are served by one selection
     /// of their combined count, whose tasks are dealt out in random order.

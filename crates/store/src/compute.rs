@@ -1,11 +1,11 @@
-//! Compute services (model.md §6): registrations (§3.10, §6.1) — register, deregister,
+//! Compute services: registrations — register, deregister,
 //! heartbeat, expiry — and failure accounting ("can claim"). Claiming is in
 //! [`crate::claims`] (its types are re-exported here); compute managers are in
 //! [`crate::managers`].
 //!
 //! Network state: tasks actioned only on hubs of `deleted` or `invalid` networks are not
 //! claimable (nor counted for compute managers). Upstream ignores network state when
-//! claiming (model.md §14 Q18), which spends compute on networks users have declared
+//! claiming, which spends compute on networks users have declared
 //! broken or removable; `inactive` networks are still computed, as upstream.
 
 use std::collections::{HashMap, HashSet};
@@ -21,7 +21,7 @@ use crate::{Backend, Store};
 
 pub use crate::claims::{ClaimOutcome, HUB_POOL_TTL, MAX_CLAIM_COUNT};
 
-/// A compute service registration (model.md §3.10), for listings and administration.
+/// A compute service registration, for listings and administration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComputeServiceInfo {
     pub identifier: ComputeServiceId,
@@ -103,7 +103,7 @@ pub(crate) async fn service_rows<'a>(
     Ok(out)
 }
 
-/// The "can claim" check of model.md §6.1 on a locked/known service row: drop failure
+/// The "can claim" check on a locked/known service row: drop failure
 /// times at or before the forgive cutoff, then allowed iff at most `max_failures` remain.
 pub(crate) async fn can_claim_row(conn: &mut AnyConnection, row: (i64, i64, i64), forgive_cutoff: i64, max_failures: i64) -> Result<bool> {
     let (id, recent, old) = row;
@@ -119,7 +119,7 @@ pub(crate) async fn can_claim_row(conn: &mut AnyConnection, row: (i64, i64, i64)
 
 /// Remove service registrations (by row id): their `running` claimed tasks go back to
 /// `waiting` through [`apply_status`], then their claims, failure log and the
-/// registrations themselves are deleted (model.md §6.1, §4.3). The caller holds the
+/// registrations themselves are deleted. The caller holds the
 /// service rows (`FOR UPDATE` on PostgreSQL).
 async fn release_services(conn: &mut AnyConnection, backend: Backend, services: &[i64]) -> Result<()> {
     if services.is_empty() {
@@ -191,9 +191,9 @@ macro_rules! retry_deadlock {
 }
 
 impl Store {
-    // -- compute service registrations (model.md §6.1) --------------------------------------
+    // -- compute service registrations --------------------------------------
 
-    /// Register a compute service (model.md §6.1; api.md C6) with `registered` =
+    /// Register a compute service with `registered` =
     /// `heartbeat` = now and no failures. With a manager id, its *name* must belong to a
     /// registered compute manager (any uuid), else [`StoreError::Invalid`] `Could not find
     /// ComputeManagerRegistration`; the service is then managed by it (MANAGES is derived
@@ -237,7 +237,7 @@ impl Store {
         Ok(())
     }
 
-    /// Deregister a compute service (model.md §6.1; api.md C7): its `running` claimed
+    /// Deregister a compute service: its `running` claimed
     /// tasks go back to `waiting`, its claims and failure log go, the registration is
     /// deleted. Unknown ids are fine (upstream fails with a server error; services call
     /// this on every shutdown, so the port makes it idempotent).
@@ -259,7 +259,7 @@ impl Store {
         Ok(())
     }
 
-    /// Heartbeat (model.md §6.1; api.md C8): first expire every registration whose
+    /// Heartbeat: first expire every registration whose
     /// heartbeat is older than now − `expire_seconds` (as [`Store::expire_compute_services`]),
     /// then set this service's heartbeat to now. An unknown (e.g. already expired) service
     /// is not an error: nothing is updated, as upstream.
@@ -286,10 +286,10 @@ impl Store {
     }
 
     /// Expire every registration whose heartbeat is older than now − `expire_seconds`
-    /// (model.md §6.1): each one's `running` claimed tasks go back to `waiting` and the
+    ///: each one's `running` claimed tasks go back to `waiting` and the
     /// registration, its claims and failure log are deleted. Returns the expired ids.
     ///
-    /// Upstream expires only as a side effect of some service's heartbeat (§14 Q17), so
+    /// Upstream expires only as a side effect of some service's heartbeat, so
     /// with no live services nothing ever expires; the server calls this periodically.
     pub async fn expire_compute_services(&self, expire_seconds: i64) -> Result<Vec<String>> {
         self.expire_compute_services_at(expire_seconds, Utc::now()).await
@@ -308,7 +308,7 @@ impl Store {
         Ok(expired)
     }
 
-    /// The "can claim" check of model.md §6.1: failure times at or before now −
+    /// The "can claim" check: failure times at or before now −
     /// `forgive_seconds` are dropped for good, then the service may claim iff at most
     /// `max_failures` remain. None if the service is not registered.
     pub async fn compute_service_can_claim(&self, id: &ComputeServiceId, forgive_seconds: i64, max_failures: i64) -> Result<Option<bool>> {

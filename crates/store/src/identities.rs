@@ -1,4 +1,4 @@
-//! Credentialed identities (model.md §3.12): user, compute and admin identities, their
+//! Credentialed identities: user, compute and admin identities, their
 //! keys and their scopes.
 //!
 //! Keys are hashed with Argon2id. Upstream bcrypt hashes (`$2b$…`, cost 12) are still

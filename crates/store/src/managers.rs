@@ -1,9 +1,9 @@
-//! Compute managers (model.md §3.11, §10): registration (with steal), status updates and
+//! Compute managers: registration (with steal), status updates and
 //! their expiry, clearing errors, and the instruction a manager asks for, with its count
 //! of claimable tasks.
 //!
 //! The MANAGES relationship is not stored: a manager manages the service registrations
-//! whose `manager_name` equals its name (§15), which is exactly the set upstream attaches
+//! whose `manager_name` equals its name, which is exactly the set upstream attaches
 //! at manager registration and at service registration.
 
 use alchemiscale_model::scope::minimise;
@@ -20,10 +20,10 @@ use crate::db::{bind, dialect, get_i64, get_str, json_array, json_text_list, Arg
 use crate::error::{Result, StoreError};
 use crate::{Backend, Store};
 
-/// The SHUTDOWN message of a manager instruction (model.md §10, api.md C17).
+/// The SHUTDOWN message of a manager instruction.
 pub const MANAGER_NOT_FOUND: &str = "no compute manager was found with the given manager name and UUID";
 
-/// A compute manager registration (model.md §3.11).
+/// A compute manager registration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComputeManagerInfo {
     pub id: ComputeManagerId,
@@ -34,7 +34,7 @@ pub struct ComputeManagerInfo {
     pub saturation: Option<f64>,
 }
 
-/// Parse a compute manager status string with upstream's message (api.md C18):
+/// Parse a compute manager status string with upstream's message (route C18):
 /// `"<value>" is not a valid ComputeManagerStatus`.
 pub fn parse_compute_manager_status(s: &str) -> Result<ComputeManagerStatus> {
     s.parse().map_err(|_| StoreError::Invalid(format!("\"{s}\" is not a valid ComputeManagerStatus")))
@@ -59,11 +59,11 @@ fn manager_row(r: &sqlx::any::AnyRow) -> Result<ComputeManagerInfo> {
 }
 
 impl Store {
-    /// Number of distinct claimable tasks for a compute manager (model.md §10): `waiting`
+    /// Number of distinct claimable tasks for a compute manager: `waiting`
     /// tasks actioned on at least one hub, in one of `scopes`, whose extended task (if
     /// any) is `complete`, performing a transformation with one of `protocols` (an empty
     /// list means no filter; names must be valid protocol names). ACTIONS weights and hub
-    /// weights are ignored, as upstream (§14 Q19); hubs of `deleted`/`invalid` networks do
+    /// weights are ignored, as upstream; hubs of `deleted`/`invalid` networks do
     /// not count (see the module documentation).
     pub async fn count_claimable_tasks(&self, scopes: &[Scope], protocols: &[String]) -> Result<i64> {
         let protocols = if protocols.is_empty() { None } else { protocol_filter(Some(protocols))? };
@@ -71,7 +71,7 @@ impl Store {
         count_claimable(&mut conn, self.backend, &minimise(scopes), protocols.as_deref()).await
     }
 
-    /// Register a compute manager (model.md §10; api.md C15) with status OK, detail "",
+    /// Register a compute manager with status OK, detail "",
     /// saturation 0. If a manager with the same name is registered:
     /// [`StoreError::Invalid`] `ComputeManager with this name is already registered with
     /// status {OK|ERROR}` — unless `steal` is set and that registration's status is OK, in
@@ -117,7 +117,7 @@ impl Store {
         Ok(())
     }
 
-    /// Deregister a compute manager (model.md §10; api.md C16): its registration (name and
+    /// Deregister a compute manager: its registration (name and
     /// uuid) is deleted unless its status is ERROR, in which case it silently stays (an
     /// administrator clears it with [`Store::clear_compute_manager_error`]). Unknown ids
     /// are a no-op. Services it managed stay registered.
@@ -132,7 +132,7 @@ impl Store {
         Ok(())
     }
 
-    /// Record a manager's status (model.md §10; api.md C18), then expire manager
+    /// Record a manager's status, then expire manager
     /// registrations: OK ones whose last update is older than now − `expire_ok_seconds`,
     /// ERROR ones older than now − `expire_error_seconds`.
     ///
@@ -145,7 +145,7 @@ impl Store {
     /// `No record for ComputeManager: <id>`. Parse status strings with
     /// [`parse_compute_manager_status`] for the invalid-status message.
     ///
-    /// An OK update stores detail null (§3.11).
+    /// An OK update stores detail null.
     #[allow(clippy::too_many_arguments)]
     pub async fn update_compute_manager_status(
         &self,
@@ -228,7 +228,7 @@ impl Store {
         Ok(())
     }
 
-    /// Remove the registration named `name` if its status is ERROR (model.md §10; api.md
+    /// Remove the registration named `name` if its status is ERROR (route
     /// C19); otherwise [`StoreError::Invalid`] `Could not find an ERROR compute manager
     /// with the provided name and UUID` (also for an unknown or invalid name).
     pub async fn clear_compute_manager_error(&self, name: &str) -> Result<()> {
@@ -260,9 +260,9 @@ impl Store {
         rows.iter().map(manager_row).collect()
     }
 
-    /// The instruction for a compute manager (model.md §10; api.md C17):
+    /// The instruction for a compute manager:
     /// 1. no registration with this name *and* uuid → [`ManagerInstruction::Shutdown`];
-    /// 2. any service it manages fails the "can claim" check (§6.1, pruning old failures)
+    /// 2. any service it manages fails the "can claim" check (pruning old failures)
     ///    → [`ManagerInstruction::Skip`] with the managed service ids;
     /// 3. else [`ManagerInstruction::Ok`] with the managed service ids and
     ///    [`Store::count_claimable_tasks`] over `scopes` (the search space, already

@@ -1,4 +1,4 @@
-//! Networks and the gufe objects they carry: submission (model.md §3.2) in one
+//! Networks and the gufe objects they carry: submission in one
 //! transaction with bulk inserts, and keyed-chain retrieval.
 
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ impl Store {
     /// (weight 0.5) and NetworkMark (`state`), atomically.
     ///
     /// Resubmitting a network that exists in `scope` changes nothing and returns the same
-    /// keys: unlike upstream (model.md §14 Q1) the hub weight and network state are kept.
+    /// keys: unlike upstream the hub weight and network state are kept.
     /// An object already stored under the same ScopedKey is kept as stored (content under
     /// a ScopedKey never changes; clients cache by it).
     pub async fn create_network(&self, chain: &KeyedChain, scope: &Scope, state: NetworkState) -> Result<CreatedNetwork> {

@@ -1,5 +1,5 @@
-//! Read models (model.md §8): queries over scopes, relationship listings, status
-//! summaries, actioned-task listings; network state and TaskHub weights (§3.3, §3.4);
+//! Read models: queries over scopes, relationship listings, status
+//! summaries, actioned-task listings; network state and TaskHub weights;
 //! existence checks.
 
 use std::collections::BTreeMap;

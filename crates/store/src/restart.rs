@@ -1,7 +1,7 @@
-//! Task restart patterns (model.md §3.8, §7): management per network (= per TaskHub) and
-//! restart resolution (§7.3), which result recording runs after every failure.
+//! Task restart patterns: management per network (= per TaskHub) and
+//! restart resolution, which result recording runs after every failure.
 //!
-//! Patterns are Python `re` regular expressions applied with *search* semantics (§7.2);
+//! Patterns are Python `re` regular expressions applied with *search* semantics;
 //! they are compiled with `fancy-regex`, which accepts Python's syntax including
 //! look-around and back-references. Unlike upstream, which only fails when resolution
 //! later compiles the pattern, an invalid pattern is rejected when it is added.
@@ -50,13 +50,13 @@ fn distinct(patterns: &[String]) -> Vec<&str> {
 }
 
 impl Store {
-    /// Attach restart patterns to a network's TaskHub (model.md §7.1), all in one
+    /// Attach restart patterns to a network's TaskHub, all in one
     /// transaction: each pattern gets (or keeps) its record with `max_retries`, starts
     /// applying (num_retries 0) to every task actioned on the hub, and restart resolution
-    /// (§7.3) then runs over all of the hub's actioned tasks, so tasks already in `error`
+    /// then runs over all of the hub's actioned tasks, so tasks already in `error`
     /// are restarted or cancelled at once.
     ///
-    /// Re-adding a pattern the hub already has keeps upstream's behaviour (§14 Q3): its
+    /// Re-adding a pattern the hub already has keeps upstream's behaviour: its
     /// `max_retries` is overwritten and its counters on currently actioned tasks are reset
     /// to 0 — users rely on this to "re-arm" a pattern.
     ///
@@ -107,8 +107,7 @@ impl Store {
         Ok(())
     }
 
-    /// Remove the given patterns from a network's hub, with their APPLIES edges (model.md
-    /// §7.1). Patterns the hub does not have, and unknown networks, are ignored; a key
+    /// Remove the given patterns from a network's hub, with their APPLIES edges. Patterns the hub does not have, and unknown networks, are ignored; a key
     /// that is not a network's is [`StoreError::Invalid`].
     pub async fn remove_restart_patterns(&self, network: &ScopedKey, patterns: &[String]) -> Result<()> {
         require_network_key(network)?;
@@ -129,7 +128,7 @@ impl Store {
         Ok(())
     }
 
-    /// Remove every pattern of a network's hub (model.md §7.1); unknown networks are
+    /// Remove every pattern of a network's hub; unknown networks are
     /// ignored, a key that is not a network's is [`StoreError::Invalid`].
     pub async fn clear_restart_patterns(&self, network: &ScopedKey) -> Result<()> {
         require_network_key(network)?;
@@ -142,10 +141,10 @@ impl Store {
         Ok(())
     }
 
-    /// Set `max_retries` of the listed patterns of a network's hub (model.md §7.1);
+    /// Set `max_retries` of the listed patterns of a network's hub;
     /// patterns the hub does not have, and unknown networks, are ignored. Counters are left
     /// alone and no resolution runs (as upstream). Unlike upstream, `max_retries` must be
-    /// ≥ 1 (api.md U52).
+    /// ≥ 1 (route U52).
     pub async fn set_restart_pattern_max_retries(&self, network: &ScopedKey, patterns: &[String], max_retries: i64) -> Result<()> {
         require_network_key(network)?;
         require_max_retries(max_retries)?;
@@ -166,7 +165,7 @@ impl Store {
 
     /// Per input network, its hub's `(pattern, max_retries)` pairs sorted by pattern
     /// (upstream returns a set); empty for unknown networks. A key that is not a
-    /// network's is [`StoreError::Invalid`] (upstream: a server error, api.md U51).
+    /// network's is [`StoreError::Invalid`] (upstream: a server error, route U51).
     pub async fn get_restart_patterns(&self, networks: &[ScopedKey]) -> Result<Vec<Vec<(String, i64)>>> {
         for n in networks {
             require_network_key(n)?;
@@ -230,7 +229,7 @@ fn traceback_texts(body: &str) -> Result<Vec<String>> {
     list.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(corrupt)).collect()
 }
 
-/// Restart resolution (model.md §7.3) for the given tasks, inside the caller's transaction.
+/// Restart resolution for the given tasks, inside the caller's transaction.
 ///
 /// Only tasks in `error` with at least one APPLIES edge are considered. A task's *latest
 /// tracebacks* are those of its PDRR with the greatest `datetime_created` among its PDRRs

@@ -1,7 +1,7 @@
-//! Results (model.md §3.6, §3.7, §5.2, §5.3): the state-store half of recording a
+//! Results: the state-store half of recording a
 //! ProtocolDAGResult — its reference (PDRR), tracebacks, status change, the submitting
 //! service's failure log and restart resolution, all in one transaction (upstream runs
-//! these as separate steps, §15) — and the result queries.
+//! these as separate steps) — and the result queries.
 //!
 //! The caller (the compute API) has already decoded the result and written its bytes to
 //! the object store; [`RecordedResult`] says where they went.
@@ -29,7 +29,7 @@ pub struct RecordedResult {
     pub obj_key: String,
     /// Success (`ProtocolDAGResult.ok()`) or failure.
     pub ok: bool,
-    /// Object-store path relative to the store prefix (model.md §5.1).
+    /// Object-store path relative to the store prefix.
     pub location: String,
     /// SHA-256 (hex) of the stored bytes.
     pub content_sha256: String,
@@ -41,7 +41,7 @@ pub struct RecordedResult {
     pub tracebacks: Option<TracebacksFields>,
 }
 
-/// A stored ProtocolDAGResultRef (model.md §3.6) with the port's integrity columns.
+/// A stored ProtocolDAGResultRef with the port's integrity columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PdrrRecord {
     pub scoped_key: ScopedKey,
@@ -151,7 +151,7 @@ async fn complete_task(conn: &mut AnyConnection, backend: crate::Backend, id: i6
 }
 
 impl Store {
-    /// Record a result for `task` (model.md §5.2 steps 4–6) in one transaction and return
+    /// Record a result for `task` in one transaction and return
     /// the PDRR's ScopedKey. See [`Store::record_result_at`].
     pub async fn record_result(&self, task: &ScopedKey, result: &RecordedResult) -> Result<ScopedKey> {
         self.record_result_at(task, result, Utc::now()).await
@@ -162,15 +162,15 @@ impl Store {
     ///
     /// 1. the PDRR {location, obj_key, scope = the task's scope, ok, datetime_created =
     ///    `at` in Python isoformat, creator} is stored unless a PDRR with the same key
-    ///    exists (identical content ⇒ one record, §3.6), and linked RESULTS_IN;
+    ///    exists (identical content ⇒ one record), and linked RESULTS_IN;
     /// 2. success: the task goes to `complete` (all ACTIONS, APPLIES and its claim go);
     ///    unlike upstream also from `waiting` or `error` (issue #513), see
     ///    `complete_task`;
     /// 3. failure: the Tracebacks (if any were given — a failed result without unit
     ///    failures records none, instead of failing after the PDRR is stored as upstream
-    ///    does, §14 Q12) are stored with DETAILS → PDRR; the task goes to `error` if the
+    ///    does) are stored with DETAILS → PDRR; the task goes to `error` if the
     ///    transition table allows; the failure time is logged for the compute service
-    ///    whose identifier is `creator` (if registered); restart resolution (§7.3) runs for
+    ///    whose identifier is `creator` (if registered); restart resolution runs for
     ///    the task.
     ///
     /// Errors: [`StoreError::NotFound`] for an unknown task, [`StoreError::Invalid`] for a
@@ -298,7 +298,7 @@ impl Store {
         }
     }
 
-    /// Distinct PDRRs of a task with the given `ok` (model.md §5.3; api.md U56/U57),
+    /// Distinct PDRRs of a task with the given `ok`,
     /// ordered by ScopedKey; empty for unknown tasks.
     pub async fn task_results(&self, task: &ScopedKey, ok: bool) -> Result<Vec<ScopedKey>> {
         if task.qualname() != "Task" {
@@ -318,8 +318,8 @@ impl Store {
         rows.iter().map(|r| sk_from(&get_str(r, 0)?, &get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?)).collect()
     }
 
-    /// Distinct PDRRs with the given `ok` over all tasks of a transformation (model.md
-    /// §5.3; api.md U53/U54), ordered by ScopedKey; empty for unknown transformations.
+    /// Distinct PDRRs with the given `ok` over all tasks of a transformation (routes
+    /// U53/U54), ordered by ScopedKey; empty for unknown transformations.
     pub async fn transformation_results(&self, transformation: &ScopedKey, ok: bool) -> Result<Vec<ScopedKey>> {
         let mut conn = self.reader().acquire().await?;
         let Some(tf) = object_id(&mut conn, transformation).await? else { return Ok(Vec::new()) };
@@ -350,9 +350,9 @@ impl Store {
         Ok(row.map(|r| pdrr_row(&r)).transpose()?.map(|(_, rec)| rec))
     }
 
-    /// The result an extending task starts from (model.md §4.4): the newest successful
+    /// The result an extending task starts from: the newest successful
     /// PDRR of the task `task` extends. None if `task` extends nothing or that task has no
-    /// successful result. Deliberate fix of §14 Q6: upstream takes *all* PDRRs of the
+    /// successful result. Deliberate fix of an upstream quirk: upstream takes *all* PDRRs of the
     /// extended task and fails when there is more than one (e.g. a failure, then a
     /// success). [`StoreError::NotFound`] if `task` is unknown.
     pub async fn extended_result_location(&self, task: &ScopedKey) -> Result<Option<PdrrRecord>> {

@@ -1,4 +1,4 @@
-//! What the strategist reads and writes (model.md §9): the strategies due for execution,
+//! What the strategist reads and writes: the strategies due for execution,
 //! a network's graph with its result counts, and the commit of one execution — tasks
 //! created, actioned and cancelled and the new StrategyState — in one transaction.
 //!
@@ -24,7 +24,7 @@ use crate::strategy::{bind_state, state_from_row, StrategyState, STATE_COLUMNS, 
 use crate::tasks::{action_on_hub, cancel_on_hub, insert_tasks, parse_status, NewTask};
 use crate::{Backend, Store};
 
-/// A strategy due for execution (model.md §9.1), with what the strategist needs to run it.
+/// A strategy due for execution, with what the strategist needs to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DueStrategy {
     pub network: ScopedKey,
@@ -58,7 +58,7 @@ pub struct StrategyGraph {
     pub transformations: Vec<GraphTransformation>,
 }
 
-/// A network's graph and result counts (model.md §9.2 steps 1 and 3 without downloads).
+/// A network's graph and result counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StrategyInputs {
     pub graph: StrategyGraph,
@@ -72,7 +72,7 @@ impl StrategyInputs {
         self.counts.get(&transformation).copied().unwrap_or(0)
     }
 
-    /// §9.2 step 1: successful results over the network's transformations.
+    /// Step 1: successful results over the network's transformations.
     pub fn result_count(&self) -> i64 {
         self.counts.values().sum()
     }
@@ -91,7 +91,7 @@ pub struct ResultRef {
     pub size: Option<i64>,
 }
 
-/// How one execution ended (model.md §9.2).
+/// How one execution ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StrategyOutcome {
     /// Every weight null (step 5): dormant, and in `full` mode every task actioned on the
@@ -128,11 +128,11 @@ fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl Store {
-    /// Strategies due for execution at `now` (model.md §9.1): mode not `disabled`, status
+    /// Strategies due for execution at `now`: mode not `disabled`, status
     /// not `error`, and `last_iteration` (or the epoch) at least `max(min_sleep_seconds,
     /// sleep_interval)` ago; dormant ones included. Restricted to networks in `scopes`
     /// (every concrete component equal; none or `*-*-*` = all; upstream's query breaks on
-    /// concrete scopes, §14 Q10). Networks that are `deleted` or `invalid` are skipped:
+    /// concrete scopes). Networks that are `deleted` or `invalid` are skipped:
     /// their tasks are never claimed, so proposing work for them is pointless. Longest
     /// waiting first.
     pub async fn due_strategies(&self, scopes: &[Scope], min_sleep_seconds: i64, now: DateTime<Utc>) -> Result<Vec<DueStrategy>> {
@@ -238,7 +238,7 @@ impl Store {
     }
 
     /// The number of successful results (distinct ProtocolDAGResultRefs over all its
-    /// tasks) of each of the given transformations that has any, by row id (§9.2 steps 1
+    /// tasks) of each of the given transformations that has any, by row id (steps 1
     /// and 3 without downloads): one counter row per transformation, kept by result
     /// recording, so the cost does not grow with tasks or results.
     pub async fn strategy_result_counts(&self, transformations: &[i64]) -> Result<HashMap<i64, i64>> {
@@ -261,7 +261,7 @@ impl Store {
     }
 
     /// The successful results of a network's transformations, for strategies that gather
-    /// them (§9.2 step 3): per result its transformation's gufe key and where its bytes are.
+    /// them: per result its transformation's gufe key and where its bytes are.
     pub async fn strategy_result_refs(&self, network_id: i64) -> Result<Vec<ResultRef>> {
         let b = self.backend;
         let sql = dialect(
@@ -291,7 +291,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Commit one execution (model.md §9.2 steps 5–10) in one transaction: check that the
+    /// Commit one execution in one transaction: check that the
     /// strategy and its state are still those of `due` (else [`StoreError::Conflict`],
     /// nothing written) and, if a lease is given, that it is still held; apply `outcome`;
     /// write the new state (`last_iteration` = `now`, `last_iteration_result_count` =
@@ -385,7 +385,7 @@ struct Planned {
     cancel: Vec<i64>,
 }
 
-/// §9.2 steps 6–8 as a plan: per weighed transformation the errored rule, the target
+/// Steps 6–8 as a plan: per weighed transformation the errored rule, the target
 /// count and the tasks to action, create and cancel, from the network's non-final tasks.
 async fn plan_weights(store: &Store, due: &DueStrategy, weights: &[(i64, Option<f64>)]) -> Result<Planned> {
     let backend = store.backend;

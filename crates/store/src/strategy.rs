@@ -1,4 +1,4 @@
-//! Strategies and their state (model.md §3.9; api.md U58–U62, §2.7).
+//! Strategies and their state.
 //!
 //! A Strategy is an arbitrary gufe object stored in its network's scope; the PROGRESSES
 //! edge Strategy → network is the `network_strategy` row, which carries the
@@ -20,8 +20,8 @@ use crate::networks::{insert_chain_objects, object_chain};
 use crate::tasks::network_row_id;
 use crate::Store;
 
-/// The state carried by a network's PROGRESSES edge (model.md §3.9). Serialises to the
-/// object of api.md §2.7 (same member order); absent members deserialise to their
+/// The state carried by a network's PROGRESSES edge. Serialises to the
+/// object (same member order); absent members deserialise to their
 /// defaults and unknown members are ignored, as U58 requires.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -167,7 +167,7 @@ pub(crate) fn bind_state<'q>(
 /// reference from another object, and no role as a network, network member,
 /// transformation or chemical system (a chain may name any stored object as its root).
 /// Its outgoing references go with it; the objects they point to are kept (they may be
-/// shared, and records are otherwise never deleted, model.md §3.1).
+/// shared, and records are otherwise never deleted).
 async fn delete_if_unused(conn: &mut AnyConnection, id: i64) -> Result<()> {
     let used = sqlx::query(
         "SELECT 1 WHERE EXISTS (SELECT 1 FROM network_strategy WHERE strategy_id = $1) \
@@ -190,14 +190,14 @@ async fn delete_if_unused(conn: &mut AnyConnection, id: i64) -> Result<()> {
 }
 
 impl Store {
-    /// Set (or, with `chain` None, remove) a network's Strategy (model.md §3.9, api.md
+    /// Set (or, with `chain` None, remove) a network's Strategy (route
     /// U58), in one transaction: the existing PROGRESSES edge is removed and its Strategy
     /// record deleted if nothing else uses it; then the chain's objects are stored in the
     /// network's scope and linked with `state`. Returns the Strategy's ScopedKey (root key
     /// in the network's scope), or None when removing.
     ///
     /// Errors ([`StoreError::Invalid`]): a key that is not a network's (upstream: a server
-    /// error, §14 Q11), an invalid `state`, or — when setting — an unknown network.
+    /// error), an invalid `state`, or — when setting — an unknown network.
     /// Removing from an unknown network is a no-op returning None (as upstream).
     pub async fn set_network_strategy(
         &self,
@@ -238,7 +238,7 @@ impl Store {
         Ok(Some(sk))
     }
 
-    /// The network's Strategy as keyed-chain JSON text (api.md U59), or None if the
+    /// The network's Strategy as keyed-chain JSON text (route U59), or None if the
     /// network has none (or is unknown, or the key is not a network's).
     pub async fn get_network_strategy(&self, network: &ScopedKey) -> Result<Option<String>> {
         let mut conn = self.reader().acquire().await?;
@@ -251,7 +251,7 @@ impl Store {
         Ok(Some(object_chain(&mut conn, get_i64(&row, 0)?).await?))
     }
 
-    /// The network's StrategyState (api.md U60), or None without a strategy.
+    /// The network's StrategyState (route U60), or None without a strategy.
     pub async fn get_strategy_state(&self, network: &ScopedKey) -> Result<Option<StrategyState>> {
         let mut conn = self.reader().acquire().await?;
         let Some(net) = network_row_id(&mut conn, network).await? else { return Ok(None) };
@@ -262,12 +262,12 @@ impl Store {
         row.map(|r| state_from_row(&r, 0)).transpose()
     }
 
-    /// The network's strategy status (api.md U61), or None without a strategy.
+    /// The network's strategy status (route U61), or None without a strategy.
     pub async fn get_strategy_status(&self, network: &ScopedKey) -> Result<Option<StrategyStatus>> {
         Ok(self.get_strategy_state(network).await?.map(|s| s.status))
     }
 
-    /// Wake a network's strategy (api.md U62): status `awake`, `exception` and `traceback`
+    /// Wake a network's strategy (route U62): status `awake`, `exception` and `traceback`
     /// cleared, everything else kept. Returns the network key, or None without a strategy.
     pub async fn wake_strategy(&self, network: &ScopedKey) -> Result<Option<ScopedKey>> {
         let mut tx = self.begin_write().await?;
@@ -282,8 +282,7 @@ impl Store {
         Ok((n > 0).then(|| network.clone()))
     }
 
-    /// Overwrite every field of a network's StrategyState (the strategist's write, model.md
-    /// §3.9). Returns the network key, or None without a strategy; an invalid state is
+    /// Overwrite every field of a network's StrategyState (the strategist's write). Returns the network key, or None without a strategy; an invalid state is
     /// [`StoreError::Invalid`].
     pub async fn replace_strategy_state(&self, network: &ScopedKey, state: StrategyState) -> Result<Option<ScopedKey>> {
         state.validate()?;

@@ -1,5 +1,5 @@
-//! Tasks: creation (model.md §3.5), statuses (§4.2–§4.3), priorities (§4.5), actioning,
-//! weights and cancelling (§4.6).
+//! Tasks: creation, statuses, priorities, actioning,
+//! weights and cancelling.
 //!
 //! Every status change goes through [`apply_status`], which asks
 //! `model::status::transition_allowed` and applies `transition_effects`.
@@ -92,7 +92,7 @@ fn id_args(ids: &[i64]) -> Vec<Arg> {
 /// its side effects and, for `invalid`/`deleted`, the cascade to descendants. Returns,
 /// per input, whether the transition was allowed (re-applying the current status is).
 ///
-/// Deliberate deviations from upstream (model.md §14 Q5): the cascade uses the same
+/// Deliberate deviations from upstream: the cascade uses the same
 /// transition table (so a `deleted` descendant never becomes `invalid`), and removes the
 /// descendants' ACTIONS, APPLIES and claims on every hub.
 pub(crate) async fn apply_status(
@@ -289,7 +289,7 @@ pub struct TaskRequest {
 }
 
 impl Store {
-    /// Create one task per request, all or nothing (model.md §3.5). Each task is placed in
+    /// Create one task per request, all or nothing. Each task is placed in
     /// its own transformation's scope (upstream puts all of them in the last one's, Q4) and
     /// keys are returned in input order.
     pub async fn create_tasks(&self, requests: &[TaskRequest], creator: Option<&str>) -> Result<Vec<ScopedKey>> {
@@ -356,7 +356,7 @@ impl Store {
         Ok(tasks.iter().map(|k| k.as_ref().and_then(|k| found.get(&k.to_string())).map(|t| t.status)).collect())
     }
 
-    /// Set `status` on the given tasks (model.md §4.2); per input the key if the
+    /// Set `status` on the given tasks; per input the key if the
     /// transition was allowed (re-application included), else None. With `raise`, the
     /// first disallowed transition aborts everything.
     pub async fn set_task_status(&self, tasks: &[Option<ScopedKey>], status: TaskStatus, raise: bool) -> Result<Vec<Option<ScopedKey>>> {
@@ -415,7 +415,7 @@ impl Store {
         crate::queries::object_sk(&mut conn, t.transformation_id).await
     }
 
-    /// Action tasks on a network's TaskHub (model.md §4.6): a task is actioned if it
+    /// Action tasks on a network's TaskHub: a task is actioned if it
     /// exists, performs one of the network's transformations and is waiting, running or
     /// in error. New ACTIONS get weight 0.5 and the hub's restart patterns start applying.
     ///

@@ -1,7 +1,7 @@
-//! Compute services and claiming (model.md §6; api.md C6–C11); compute managers are in
+//! Compute services and claiming; compute managers are in
 //! `managers.rs`.
 //!
-//! Claiming is random by design (§6.3 "tie-breaking"): tests assert set membership,
+//! Claiming is random by design (upstream's tie-breaking): tests assert set membership,
 //! counts and the priority/weight-driven guarantees only.
 
 mod common;
@@ -19,7 +19,7 @@ use chrono::{Duration, Utc};
 use common::*;
 use support::*;
 
-// -- registrations (model.md §6.1) -------------------------------------------------------
+// -- registrations -------------------------------------------------------
 
 store_test!(registration_lifecycle, |store| async move {
     let a = sid(1);
@@ -171,7 +171,7 @@ store_test!(failures_deny_claims_until_forgiven, |store| async move {
     assert_eq!(store.list_compute_services().await.unwrap()[0].failures, 1);
 });
 
-// -- claiming (model.md §6.2, §6.3) -------------------------------------------------------
+// -- claiming -------------------------------------------------------
 
 store_test!(unregistered_service_is_refused, |store| async move {
     let (net, hub, tfs) = network(&store, "unreg").await;

@@ -1,4 +1,4 @@
-//! Compute managers in the store (model.md §10; api.md C15–C19): registration and steal,
+//! Compute managers in the store: registration and steal,
 //! status validation and expiry, instructions.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Task restart patterns (model.md §3.8, §7): management and restart resolution.
+//! Task restart patterns: management and restart resolution.
 
 mod common;
 
@@ -98,7 +98,7 @@ store_test!(pattern_management, |store| async move {
     let sk = ScopedKey::new(key, scope()).unwrap();
     assert!(store.exists(&sk).await.unwrap());
 
-    // re-adding overwrites max_retries (model.md §14 Q3)
+    // re-adding overwrites max_retries
     store.add_restart_patterns(&net, &patterns(&["Timeout"]), 5).await.unwrap();
     assert_eq!(hub_patterns(&store, &net).await, vec![("RuntimeError: .+".to_string(), 3), ("Timeout".to_string(), 5)]);
     assert_eq!(counts(&store).await["restart_pattern"], 2);

@@ -1,4 +1,4 @@
-//! Recording results (model.md §5.2, §6.1 failure accounting) and result queries (§5.3).
+//! Recording results and result queries.
 
 mod common;
 
@@ -170,7 +170,7 @@ store_test!(failure_records_tracebacks_and_sets_error, |store| async move {
     // error keeps the task actioned (no restart patterns on this hub)
     assert_eq!(actioned(&store, &net).await.len(), 4);
 
-    // model.md §14 Q12 fixed: a failure without unit failures records no Tracebacks
+    // an upstream quirk fixed: a failure without unit failures records no Tracebacks
     set(&store, &ts[1], TaskStatus::Running).await;
     store.record_result(&ts[1], &result(2, false)).await.unwrap();
     set(&store, &ts[2], TaskStatus::Running).await;

@@ -1,4 +1,4 @@
-//! What the strategist reads and commits (model.md §9.1, §9.2 steps 1 and 5–10).
+//! What the strategist reads and commits.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Strategies and strategy state (model.md §3.9; api.md U58–U62, §2.7).
+//! Strategies and strategy state.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! One execution of one network's strategy (model.md §9.2).
+//! One execution of one network's strategy.
 //!
 //! 1. Take the network's lease, so no other strategist process runs it meanwhile.
 //! 2. Count its successful results; a dormant strategy whose count has not changed stops
@@ -212,7 +212,7 @@ impl Context {
             Ok(graph) => graph,
             Err(e) => return skipped("cannot read the network", &e),
         };
-        // §9.2 steps 1–2: the dormant short-cut needs only the count
+        // steps 1–2: the dormant short-cut needs only the count
         let ids: Vec<i64> = graph.transformations.iter().map(|t| t.id).collect();
         let counts = match self.store.strategy_result_counts(&ids).await {
             Ok(c) => c,
@@ -245,7 +245,7 @@ impl Context {
         }
     }
 
-    /// §9.2 steps 3–4: normalised weights per transformation row id.
+    /// Steps 3–4: normalised weights per transformation row id.
     async fn weights(
         &self,
         due: &DueStrategy,

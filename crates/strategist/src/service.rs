@@ -1,4 +1,4 @@
-//! The strategist's loop (model.md §9.3).
+//! The strategist's loop.
 //!
 //! Every cycle fetches the strategies due (the settings' scopes; the service's
 //! `sleep_interval` is the minimum interval of every strategy) and runs them, at most
@@ -70,7 +70,7 @@ pub struct Strategist {
     stop: StopHandle,
 }
 
-/// Log one execution (model.md §9 asks for network, weights, tasks and duration).
+/// Log one execution.
 fn log(e: &Execution) {
     let ms = e.duration.as_secs_f64() * 1e3;
     match &e.ended {

@@ -19,7 +19,7 @@
 //! Unknown keys are warned about (upstream ignores them). Upstream's `neo4j_settings` is
 //! refused with an explanation; the state store is chosen like every other command's
 //! (`--url` / `ALCHEMISCALE_STATE_URL`). A `null` in `scopes` is refused with a message
-//! (upstream crashes at start-up, model.md §14 Q10).
+//! (upstream crashes at start-up).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `alchemiscale compute synchronous` (cli.md §4.3): run one compute service from a YAML
+//! `alchemiscale compute synchronous`: run one compute service from a YAML
 //! settings file; and the hidden `alchemiscale compute execute`, the native executor the
 //! service starts for each task (see `alchemiscale_compute::child`).
 //!

@@ -1,4 +1,4 @@
-//! `alchemiscale database …` (cli.md §4.4–§4.6, plus dump/load).
+//! `alchemiscale database …`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;

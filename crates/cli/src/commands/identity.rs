@@ -1,4 +1,4 @@
-//! `alchemiscale identity …` (cli.md §4.9).
+//! `alchemiscale identity …`.
 
 use alchemiscale_model::Scope;
 use alchemiscale_store::identities::{hash_key, replaced_identity_warning, IdentityKind};

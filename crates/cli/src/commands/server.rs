@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::store_args::{ObjectArgs, StoreArgs};
 
-/// Token signing (cli.md §3.3).
+/// Token signing.
 #[derive(Debug, Clone, Args)]
 pub struct JwtArgs {
     /// HMAC secret for tokens. Without one a random secret is generated (tokens then die
@@ -69,7 +69,7 @@ fn spawn_metrics(listener: Option<tokio::net::TcpListener>, state: AppState, sto
     }
 }
 
-/// Compute-API behaviour (cli.md §4.2, api.md §7).
+/// Compute-API behaviour.
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
     /// Heartbeat age (seconds) after which a compute service's registration expires and
@@ -169,7 +169,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
-/// What `alchemiscale api` and `alchemiscale compute api` share (cli.md §3.4).
+/// What `alchemiscale api` and `alchemiscale compute api` share.
 #[derive(Debug, Args)]
 pub struct ApiCommon {
     /// Log as JSON lines.
@@ -236,7 +236,7 @@ impl ConsoleArgs {
     }
 }
 
-/// Options of `alchemiscale api` (cli.md §4.1).
+/// Options of `alchemiscale api`.
 #[derive(Debug, Args)]
 pub struct ApiCommand {
     /// Address to listen on.
@@ -254,7 +254,7 @@ pub struct ApiCommand {
     pub console: ConsoleArgs,
 }
 
-/// Options of `alchemiscale compute api` (cli.md §4.2).
+/// Options of `alchemiscale compute api`.
 #[derive(Debug, Args)]
 pub struct ComputeApiCommand {
     /// Address to listen on.

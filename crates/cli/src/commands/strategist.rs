@@ -1,4 +1,4 @@
-//! `alchemiscale strategist` (cli.md §4.8): run the strategist service, which executes
+//! `alchemiscale strategist`: run the strategist service, which executes
 //! the Strategies attached to networks and creates, actions and cancels their tasks.
 //!
 //! Reads upstream's strategist YAML (`sleep_interval`, `max_workers`, `scopes`,

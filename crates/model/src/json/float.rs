@@ -1,4 +1,4 @@
-//! CPython's `repr(float)`, which gufe hashes (model.md §2.2).
+//! CPython's `repr(float)`, which gufe hashes.
 
 /// Format a finite or non-finite `f64` exactly as CPython's `json.dumps` does:
 /// shortest round-tripping digits; scientific notation when the decimal exponent is

@@ -7,7 +7,7 @@
 //! * integers of any size (Python ints), which must come back digit for digit;
 //! * gufe keys are MD5 hashes of Python's exact text (`sort_keys=True`, `", "`/`": "`
 //!   separators, `repr(float)` formatting, ASCII escapes with lowercase hex), so we need a
-//!   writer that reproduces it byte for byte (model.md §2.2).
+//!   writer that reproduces it byte for byte.
 //!
 //! [`Value`] keeps numbers as their source text ([`Number`]), objects in insertion order,
 //! and never routes a value through `f64`/`i64` unless a caller asks for one. Parsing
@@ -253,7 +253,7 @@ impl Value {
     }
 
     /// Python's `json.dumps(json.loads(text), sort_keys=True)`: the text gufe hashes
-    /// (model.md §2.2 step 3) — keys sorted at every depth, numbers as Python writes them.
+    /// — keys sorted at every depth, numbers as Python writes them.
     pub fn to_canonical_json(&self) -> String {
         let mut out = String::new();
         write::write_canonical(self, &mut out);
