@@ -1,5 +1,6 @@
 //! Backups taken while claims and result pushes run restore every result acknowledged
-//! before the backup began; failed backups keep the earlier ones; the schedule writes one
+//! before the backup began; failed backups keep the earlier ones; an unreachable target
+//! fails clearly while the servers keep serving; the schedule writes one
 //! backup per interval between several holders and survives the loss of one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,3 +177,41 @@ async fn schedule(backend: Backend) {
     stays.abort();
 }
 alchemiscale_server::backend_test!(one_scheduled_backup_per_interval_and_takeover, super::schedule);
+
+/// A target that cannot be reached (an S3 endpoint where nothing listens) fails the backup
+/// with an error naming the target, within seconds, leaving nothing behind in the work
+/// directory; a schedule pointed at it logs and retries while the servers keep answering.
+async fn unreachable_target(backend: Backend) {
+    let Some((user_server, compute_server)) = setup(backend, 4).await else { return };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s3 = alchemiscale_objects::S3Config {
+        bucket: String::new(),
+        prefix: String::new(),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        session_token: None,
+        endpoint: Some(format!("http://127.0.0.1:{closed}")),
+    };
+    let target = Target::S3 { bucket: "nowhere".into(), prefix: "backups".into() }.open(Some(&s3)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let err = alchemiscale_backup::take(&compute_server.store, &target, 2, dir.path()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("cannot write the backup to") && text.contains("nowhere"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "the failure takes {:?}", t0.elapsed());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the dump and scratch store are removed");
+
+    let schedule = Schedule { every: Duration::from_secs(1), target, keep: 2, work_dir: dir.path().to_path_buf(), holder: "h".into() };
+    let task = alchemiscale_backup::spawn_schedule(compute_server.store.clone(), schedule);
+    let mut user = Client::new(&user_server.url, "alice", "key-of-alice").unwrap();
+    user.max_retries = 0;
+    for _ in 0..10 {
+        assert_eq!(user.get("/ping").await.unwrap()["api"], "AlchemiscaleAPI");
+        assert!(!user.get("/networks").await.unwrap().as_array().unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!task.is_finished(), "the schedule keeps trying");
+    task.abort();
+}
+alchemiscale_server::backend_test!(an_unreachable_target_fails_clearly_and_the_server_keeps_serving, super::unreachable_target);
