@@ -29,6 +29,10 @@ pub struct StoreArgs {
     /// Connections to the state store.
     #[arg(long, env = "ALCHEMISCALE_STATE_MAX_CONNECTIONS", default_value_t = 8, help_heading = "State store")]
     pub max_connections: u32,
+    /// How long a request waits for a free connection (or for the database to come back)
+    /// before it is answered 503.
+    #[arg(long, env = "ALCHEMISCALE_STATE_POOL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "State store")]
+    pub pool_timeout: std::time::Duration,
 }
 
 impl StoreArgs {
@@ -48,7 +52,11 @@ impl StoreArgs {
     }
 
     pub fn options(&self) -> StoreOptions {
-        StoreOptions { max_connections: self.max_connections, sqlite_synchronous: self.sqlite_synchronous.clone(), ..Default::default() }
+        StoreOptions {
+            max_connections: self.max_connections,
+            sqlite_synchronous: self.sqlite_synchronous.clone(),
+            acquire_timeout: self.pool_timeout.max(std::time::Duration::from_millis(100)),
+        }
     }
 
     /// Connect (creating the SQLite file if needed) without touching the schema.
