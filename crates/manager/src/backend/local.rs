@@ -221,12 +221,22 @@ fn runs_service(pid: u32, config: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn recognises_only_live_services_with_the_same_settings_file() {
         let config = PathBuf::from("/tmp/some/service.yaml");
         // `; true` keeps the shell alive (no exec of the last command)
-        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30; true", "sh"]).arg(&config).spawn().unwrap();
+        // in a process group of its own, so that the `sleep` goes with it (an orphaned
+        // `sleep` would hold the test's output pipes for 30 s)
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true", "sh"])
+            .arg(&config)
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         // the command line is the new one once the child has exec'd
         let t0 = Instant::now();
         while !runs_service(child.id(), &config) && t0.elapsed() < Duration::from_secs(5) {
@@ -234,7 +244,10 @@ mod tests {
         }
         assert!(runs_service(child.id(), &config));
         assert!(!runs_service(child.id(), Path::new("/tmp/other/service.yaml")));
-        child.kill().unwrap();
+        // SAFETY: signalling the process group this test created.
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGKILL);
+        }
         // a zombie (killed, not yet waited for) is not alive
         std::thread::sleep(Duration::from_millis(100));
         assert!(!runs_service(child.id(), &config));
