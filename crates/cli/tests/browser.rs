@@ -109,6 +109,8 @@ struct Session {
     browser: Browser,
     base: String,
     shots: PathBuf,
+    /// chromedriver's address, for the Chrome DevTools commands it relays.
+    driver: String,
 }
 
 impl Session {
@@ -133,6 +135,19 @@ impl Session {
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
         v["badges"].as_u64().unwrap_or(0)
+    }
+
+    /// Render the page for `media` (`print`, or `""` for the screen) through the DevTools
+    /// command chromedriver relays.
+    async fn emulate_media(&self, media: &str) {
+        let id = self.browser.session_id().await.unwrap().expect("a session");
+        let r = reqwest::Client::new()
+            .post(format!("{}/session/{id}/goog/cdp/execute", self.driver))
+            .json(&json!({"cmd": "Emulation.setEmulatedMedia", "params": {"media": media}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "emulating {media:?} media: {}", r.text().await.unwrap_or_default());
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -248,7 +263,7 @@ async fn console_in_a_real_browser() {
         }),
     );
     let browser = ClientBuilder::rustls().expect("tls").capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.expect("a browser session");
-    let b = Session { browser, base: s.url.clone(), shots: screenshots_dir() };
+    let b = Session { browser, base: s.url.clone(), shots: screenshots_dir(), driver: format!("http://127.0.0.1:{port}") };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&b, &s, &compute_server, &network, &tfs))).await;
     let _ = b.browser.clone().close().await;
     compute_server.stop().await;
@@ -341,6 +356,24 @@ async fn run(b: &Session, s: &TestServer, compute_server: &TestServer, network: 
     assert!(!b.browser.find_all(Locator::Css("svg.network line[data-state=complete]")).await.unwrap().is_empty(), "a completed edge");
     let badges = b.check_page("network-after").await;
     assert!(badges > 0);
+
+    // printed: the drawing and the tables, without navigation and forms
+    b.emulate_media("print").await;
+    let shown = b
+        .browser
+        .execute(
+            r#"const d = s => { const e = document.querySelector(s); return e ? getComputedStyle(e).display : "missing"; };
+               return [d("header.top nav"), d("main form"), d("svg.network"), d("main table")];"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown[0], "none", "navigation hidden in print: {shown}");
+    assert_eq!(shown[1], "none", "forms hidden in print: {shown}");
+    assert_ne!(shown[2], "none", "the drawing is printed: {shown}");
+    assert_ne!(shown[3], "none", "the tables are printed: {shown}");
+    std::fs::write(b.shots.join("network-print.png"), b.browser.screenshot().await.unwrap()).unwrap();
+    b.emulate_media("").await;
     b.goto("/ui").await;
     b.check_page("overview-after").await;
 

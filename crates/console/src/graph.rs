@@ -151,7 +151,11 @@ pub fn network_svg(network: &NetworkDetail, positions: &Positions) -> Markup {
                     title { (names.get(&s.id).copied().unwrap_or("")) }
                 }
                 @if labels {
-                    text x=(format!("{:.1}", x + 7.0)) y=(format!("{:.1}", y - 7.0)) font-size="11" fill="#333333" { (names.get(&s.id).copied().unwrap_or("")) }
+                    // labels of nodes near the right edge end at the node, so they stay inside
+                    @let (lx, anchor) = if x > WIDTH - 160.0 { (x - 7.0, "end") } else { (x + 7.0, "start") };
+                    text x=(format!("{lx:.1}")) y=(format!("{:.1}", y - 7.0)) text-anchor=(anchor) font-size="11" fill="#333333" {
+                        (names.get(&s.id).copied().unwrap_or(""))
+                    }
                 }
             }
         }
