@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use alchemiscale_model::{Scope, ScopedKey};
 use sqlx::any::AnyRow;
 
-use crate::db::{bind, dialect, fetch_json_rows, get_f64, get_i64, get_opt_i64, get_opt_str, get_str, json_rows_select, Arg};
+use crate::db::{dialect, fetch_json_rows, get_f64, get_i64, get_opt_i64, get_opt_str, get_str, json_rows_select, Arg};
 use crate::error::{Result, StoreError};
-use crate::queries::{scope_condition, StatusCounts};
+use crate::queries::{scope_condition, sk_from, StatusCounts};
 use crate::strategy::StrategyState;
 use crate::tasks::network_row_id;
 use crate::Store;
@@ -188,8 +188,7 @@ pub struct TaskDetail {
 }
 
 fn sk(r: &AnyRow, first: usize) -> Result<ScopedKey> {
-    let parts = (get_str(r, first)?, get_str(r, first + 1)?, get_str(r, first + 2)?, get_str(r, first + 3)?);
-    format!("{}-{}-{}-{}", parts.0, parts.1, parts.2, parts.3).parse().map_err(|_| StoreError::Invalid(format!("corrupt key {} in store", parts.0)))
+    sk_from(&get_str(r, first)?, &get_str(r, first + 1)?, &get_str(r, first + 2)?, &get_str(r, first + 3)?)
 }
 
 fn scope_of(r: &AnyRow, first: usize) -> Result<Scope> {
@@ -203,10 +202,6 @@ fn hour_of(micros: i64) -> String {
 }
 
 impl Store {
-    async fn rows(&self, sql: &str, args: &[Arg]) -> Result<Vec<AnyRow>> {
-        let sql = dialect(self.backend, sql);
-        Ok(bind(sqlx::query(&sql), args).fetch_all(self.reader()).await?)
-    }
 
     /// Task counts by status and network counts by state of every concrete scope inside
     /// `scopes` (disjoint scopes, as minimised).
@@ -216,7 +211,7 @@ impl Store {
             let mut args = Vec::new();
             let cond = scope_condition("t", scope, &mut args);
             let sql = format!("SELECT t.org, t.campaign, t.project, t.status, COUNT(*) FROM task t WHERE {cond} GROUP BY t.org, t.campaign, t.project, t.status");
-            for r in self.rows(&sql, &args).await? {
+            for r in self.fetch(&sql, &args).await? {
                 let s = scope_of(&r, 0)?;
                 let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures { scope: s, networks: BTreeMap::new(), tasks: StatusCounts::new() });
                 entry.tasks.insert(get_str(&r, 3)?, get_i64(&r, 4)?);
@@ -227,7 +222,7 @@ impl Store {
                 "SELECT o.org, o.campaign, o.project, n.state, COUNT(*) FROM network n JOIN gufe_object o ON o.id = n.id \
                  WHERE {cond} GROUP BY o.org, o.campaign, o.project, n.state"
             );
-            for r in self.rows(&sql, &args).await? {
+            for r in self.fetch(&sql, &args).await? {
                 let s = scope_of(&r, 0)?;
                 let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures { scope: s, networks: BTreeMap::new(), tasks: StatusCounts::new() });
                 entry.networks.insert(get_str(&r, 3)?, get_i64(&r, 4)?);
@@ -253,8 +248,7 @@ impl Store {
             );
             let rows: Vec<(String, String, String, String, Option<String>, String, f64, i64, i64)> = self.json_rows(9, &inner, &args).await?;
             for (k, o, c, p, name, state, weight, transformations, ok_results) in rows {
-                let key = format!("{k}-{o}-{c}-{p}").parse().map_err(|_| StoreError::Invalid(format!("corrupt key {k} in store")))?;
-                out.push(NetworkSummary { key, name, state, weight, transformations, ok_results });
+                out.push(NetworkSummary { key: sk_from(&k, &o, &c, &p)?, name, state, weight, transformations, ok_results });
             }
         }
         out.sort_by(|a, b| (a.key.scope().to_string(), &a.name).cmp(&(b.key.scope().to_string(), &b.name)));
@@ -280,7 +274,7 @@ impl Store {
                     )
                 }
             };
-            for r in self.rows(&claims, &args).await? {
+            for r in self.fetch(&claims, &args).await? {
                 if let Some(n) = usize::try_from(get_i64(&r, 0)?).ok().and_then(|i| activity.claims.get_mut(i)) {
                     *n += get_i64(&r, 1)?;
                 }
@@ -292,7 +286,7 @@ impl Store {
                  GROUP BY SUBSTR(p.datetime_created, 1, 13), p.ok"
             );
             let hours_index: BTreeMap<String, usize> = (0..hours).map(|i| (hour_of(start + i as i64 * HOUR_MICROS), i)).collect();
-            for r in self.rows(&sql, &args).await? {
+            for r in self.fetch(&sql, &args).await? {
                 let Some(&i) = hours_index.get(&get_str(&r, 0)?) else { continue };
                 let n = get_i64(&r, 2)?;
                 match get_i64(&r, 1)? {
@@ -306,13 +300,13 @@ impl Store {
 
     /// Compute services registered now (a registration lives while it heartbeats).
     pub async fn console_services_alive(&self) -> Result<i64> {
-        get_i64(&self.rows("SELECT COUNT(*) FROM compute_service", &[]).await?[0], 0)
+        get_i64(&self.fetch("SELECT COUNT(*) FROM compute_service", &[]).await?[0], 0)
     }
 
     /// Claims per compute service since `since` (µs).
     pub async fn console_claims_by_service(&self, since: i64) -> Result<BTreeMap<String, i64>> {
         let rows = self
-            .rows("SELECT service_identifier, COUNT(*) FROM task_claim_log WHERE claimed >= $1 GROUP BY service_identifier", &[Arg::I64(since)])
+            .fetch("SELECT service_identifier, COUNT(*) FROM task_claim_log WHERE claimed >= $1 GROUP BY service_identifier", &[Arg::I64(since)])
             .await?;
         rows.iter().map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?))).collect()
     }
@@ -332,11 +326,8 @@ impl Store {
         let mut conn = self.reader().acquire().await?;
         let Some(id) = network_row_id(&mut conn, network).await? else { return Ok(None) };
         drop(conn);
-        let head = self.rows("SELECT o.name FROM gufe_object o WHERE o.id = $1", &[Arg::I64(id)]).await?;
+        let head = self.fetch("SELECT o.name FROM gufe_object o WHERE o.id = $1", &[Arg::I64(id)]).await?;
         let Some(head) = head.first() else { return Ok(None) };
-        let parse = |parts: [&str; 4]| -> Result<ScopedKey> {
-            format!("{}-{}-{}-{}", parts[0], parts[1], parts[2], parts[3]).parse().map_err(|_| StoreError::Invalid(format!("corrupt key {} in store", parts[0])))
-        };
         let args = [Arg::I64(id)];
         let rows: Vec<(i64, String, String, String, String, Option<String>)> = self
             .json_rows(
@@ -348,7 +339,7 @@ impl Store {
             .await?;
         let mut systems = rows
             .into_iter()
-            .map(|(id, k, o, c, p, name)| Ok(SystemNode { id, key: parse([&k, &o, &c, &p])?, name }))
+            .map(|(id, k, o, c, p, name)| Ok(SystemNode { id, key: sk_from(&k, &o, &c, &p)?, name }))
             .collect::<Result<Vec<_>>>()?;
         systems.sort_by_key(|s| s.id);
         let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>)> = self
@@ -365,7 +356,7 @@ impl Store {
             .map(|(id, k, o, c, p, name, protocol)| {
                 Ok(TransformationEdge {
                     id,
-                    key: parse([&k, &o, &c, &p])?,
+                    key: sk_from(&k, &o, &c, &p)?,
                     name,
                     protocol,
                     systems: Vec::new(),
@@ -394,7 +385,7 @@ impl Store {
 
     /// The live figures of network `id` (`network` is its key); None if it is gone.
     pub async fn console_network_live(&self, network: &ScopedKey, id: i64) -> Result<Option<NetworkLive>> {
-        let head = self.rows("SELECT n.state, n.weight FROM network n WHERE n.id = $1", &[Arg::I64(id)]).await?;
+        let head = self.fetch("SELECT n.state, n.weight FROM network n WHERE n.id = $1", &[Arg::I64(id)]).await?;
         let Some(head) = head.first() else { return Ok(None) };
         let args = [Arg::I64(id)];
         let ok_results: Vec<(i64, i64)> = self
@@ -418,7 +409,7 @@ impl Store {
             None => None,
             Some(state) => {
                 let class = self
-                    .rows(
+                    .fetch(
                         "SELECT o.qualname FROM network_strategy s JOIN gufe_object o ON o.id = s.strategy_id WHERE s.network_id = $1",
                         &[Arg::I64(id)],
                     )
@@ -431,14 +422,6 @@ impl Store {
             }
         };
         Ok(Some(NetworkLive { state: get_str(head, 0)?, weight: get_f64(head, 1)?, ok_results, tasks, restart_patterns, strategy }))
-    }
-
-    /// The network page's data in one call (structure and live figures); None if there is
-    /// no such network.
-    pub async fn console_network(&self, network: &ScopedKey) -> Result<Option<NetworkDetail>> {
-        let Some(structure) = self.console_network_structure(network).await? else { return Ok(None) };
-        let live = self.console_network_live(network, structure.id).await?;
-        Ok(live.map(|live| NetworkDetail::assemble(&structure, live)))
     }
 
     /// A transformation's tasks (newest first, at most `limit`).
@@ -455,7 +438,7 @@ impl Store {
         .await?;
         let Some(head) = head else { return Ok(None) };
         let rows = self
-            .rows(
+            .fetch(
                 "SELECT t.gufe_key, t.org, t.campaign, t.project, t.status, t.priority, t.datetime_created, \
                  (SELECT COUNT(*) FROM task_action a WHERE a.task_id = t.id) \
                  FROM task t WHERE t.transformation_id = $1 ORDER BY t.datetime_created DESC, t.id DESC LIMIT $2",
@@ -496,7 +479,7 @@ impl Store {
             None => None,
         };
         let actioned_on = self
-            .rows(
+            .fetch(
                 "SELECT o.gufe_key, o.org, o.campaign, o.project, o.name, a.weight FROM task_action a JOIN gufe_object o ON o.id = a.network_id \
                  WHERE a.task_id = $1 ORDER BY o.name, o.gufe_key",
                 &[Arg::I64(id)],
@@ -506,14 +489,14 @@ impl Store {
             .map(|r| Ok((sk(r, 0)?, get_opt_str(r, 4)?, get_f64(r, 5)?)))
             .collect::<Result<Vec<_>>>()?;
         let claims = self
-            .rows("SELECT service_identifier, claimed FROM task_claim_log WHERE task_id = $1 ORDER BY claimed", &[Arg::I64(id)])
+            .fetch("SELECT service_identifier, claimed FROM task_claim_log WHERE task_id = $1 ORDER BY claimed", &[Arg::I64(id)])
             .await?
             .iter()
             .map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?)))
             .collect::<Result<Vec<_>>>()?;
         let mut results = Vec::new();
         for r in self
-            .rows(
+            .fetch(
                 "SELECT p.gufe_key, p.org, p.campaign, p.project, p.ok, p.datetime_created, p.creator, p.size, tb.body \
                  FROM task_result tr JOIN pdrr p ON p.id = tr.pdrr_id LEFT JOIN pdrr_tracebacks pt ON pt.pdrr_id = p.id \
                  LEFT JOIN tracebacks tb ON tb.id = pt.tracebacks_id WHERE tr.task_id = $1 ORDER BY p.datetime_created, p.id",

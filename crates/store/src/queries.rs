@@ -18,7 +18,7 @@ use crate::Store;
 /// Status counts: `{status: n}` with only non-zero statuses.
 pub type StatusCounts = BTreeMap<String, i64>;
 
-fn sk_from(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
+pub(crate) fn sk_from(gufe_key: &str, org: &str, campaign: &str, project: &str) -> Result<ScopedKey> {
     format!("{gufe_key}-{org}-{campaign}-{project}").parse().map_err(|_| StoreError::Invalid(format!("corrupt key {gufe_key} in store")))
 }
 
@@ -63,7 +63,7 @@ const SK_COLS: &str = "o.gufe_key, o.org, o.campaign, o.project";
 const TASK_SK_COLS: &str = "t.gufe_key, t.org, t.campaign, t.project";
 
 impl Store {
-    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<AnyRow>> {
+    pub(crate) async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<AnyRow>> {
         let sql = dialect(self.backend, sql);
         Ok(bind(sqlx::query(&sql), args).fetch_all(self.reader()).await?)
     }

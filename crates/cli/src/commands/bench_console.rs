@@ -79,7 +79,7 @@ pub async fn run(b: ConsoleBench) -> anyhow::Result<()> {
     let backend = if b.store.url.is_some() { "postgres" } else { "sqlite" };
     let servers = Servers::start(&b.store).await?;
     let user = &servers.user;
-    let scope: Scope = "bench-console-campaign".parse::<Scope>().or_else(|_| "bench-console-project".parse())?;
+    let scope: Scope = "bench-console-campaign".parse()?;
 
     // the measured network, its tasks actioned; then the others hold the rest
     let setup = Instant::now();
