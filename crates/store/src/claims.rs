@@ -561,6 +561,12 @@ impl Store {
                 }
             }
             Err(e) => {
+                // a store that cannot be reached now fails the claims queued behind this
+                // batch too: each would otherwise wait out its own pool timeout in turn
+                // (a 503 after several timeouts), to the same answer
+                if matches!(e, StoreError::Unavailable(_)) {
+                    batch.extend(std::mem::take(&mut *combiner(key).queue()));
+                }
                 for r in batch.iter_mut() {
                     if let Some(reply) = r.reply.take() {
                         let _ = reply.send(Err(e.replicate()));

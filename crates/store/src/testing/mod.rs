@@ -6,9 +6,12 @@
 //!   skipped with a note — unless `ALCHEMISCALE_TEST_REQUIRE_POSTGRES=1` (as `.ci/run`
 //!   sets), which turns a missing server into a failure.
 //!
-//! [`store_test!`] writes one test body and runs it on both.
+//! [`store_test!`] writes one test body and runs it on both. [`cluster::Cluster`] is a
+//! throwaway PostgreSQL cluster of a test's own, for tests that stop and start it.
 
 use crate::{Store, StoreLocation, StoreOptions};
+
+pub mod cluster;
 
 /// A store for one test; keeps its temporary directory alive.
 pub struct TestStore {
