@@ -40,7 +40,9 @@ fn free_port() -> u16 {
 }
 
 fn screenshots_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
     let dir = target.join("console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -223,9 +225,11 @@ async fn console_in_a_real_browser() {
         eprintln!("skipped: no Chromium/chromedriver (set ALCHEMISCALE_TEST_CHROMIUM and ALCHEMISCALE_TEST_CHROMEDRIVER)");
         return;
     };
-    let s = TestServer::user_with(Backend::Sqlite, |state| alchemiscale_console::router(ConsoleState::new(state.clone(), ConsoleSettings::default())))
-        .await
-        .unwrap();
+    let s = TestServer::user_with(Backend::Sqlite, |state| {
+        alchemiscale_console::router(ConsoleState::new(state.clone(), ConsoleSettings::default()))
+    })
+    .await
+    .unwrap();
     let compute_server = s.sibling(ApiKind::Compute).await;
     let alice = s.client(IdentityKind::User, "alice", &["org1-*-*"]).await;
     let _ = compute_server.client(IdentityKind::Compute, "worker", &["org1-*-*"]).await;
@@ -262,7 +266,12 @@ async fn console_in_a_real_browser() {
                      format!("--user-data-dir={}", dir.path().join("profile").display())]
         }),
     );
-    let browser = ClientBuilder::rustls().expect("tls").capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await.expect("a browser session");
+    let browser = ClientBuilder::rustls()
+        .expect("tls")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a browser session");
     let b = Session { browser, base: s.url.clone(), shots: screenshots_dir(), driver: format!("http://127.0.0.1:{port}") };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&b, &s, &compute_server, &network, &tfs))).await;
     let _ = b.browser.clone().close().await;
@@ -322,7 +331,10 @@ async fn run(b: &Session, s: &TestServer, compute_server: &TestServer, network: 
     let log = work.path().join("service.stderr");
     let outcome = tokio::time::timeout(Duration::from_secs(60), b.wait_for_text(&path, "complete", Duration::from_secs(60))).await;
     if outcome.is_err() {
-        return Err(format!("the compute service did not complete the tasks; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+        return Err(format!(
+            "the compute service did not complete the tasks; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ));
     }
     let t0 = Instant::now();
     loop {

@@ -63,7 +63,15 @@ struct Outcome {
 
 type Log = Arc<Mutex<Vec<Outcome>>>;
 
-async fn worker(name: &'static str, client: Client, method: Method, path: String, body: Option<serde_json::Value>, stop: Arc<AtomicBool>, log: Log) {
+async fn worker(
+    name: &'static str,
+    client: Client,
+    method: Method,
+    path: String,
+    body: Option<serde_json::Value>,
+    stop: Arc<AtomicBool>,
+    log: Log,
+) {
     while !stop.load(Ordering::Relaxed) {
         let payload = body.as_ref().map_or(Payload::None, |b| Payload::Json(b.to_string()));
         let sent = Instant::now();
@@ -117,7 +125,10 @@ async fn server_processes_answer_503_while_postgres_restarts_and_recover() {
     user.action_tasks(&network, &tasks, Some(1.0)).await.unwrap();
     let compute = logged_in(&compute_url, "worker", 0).await;
     let id: ComputeServiceId = SERVICE.parse().unwrap();
-    let r = compute.send(Method::POST, &format!("/computeservice/{id}/register"), Payload::Json(json!({"compute_manager_id": null}).to_string())).await.unwrap();
+    let r = compute
+        .send(Method::POST, &format!("/computeservice/{id}/register"), Payload::Json(json!({"compute_manager_id": null}).to_string()))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -255,7 +255,9 @@ impl Walk {
     fn serve(&mut self, cmd: &str) {
         let (port, compute_port) = (free_port(), free_port());
         let mut words: Vec<String> = cmd.split(' ').map(str::to_string).collect();
-        for (flag, value) in [("--host", "127.0.0.1".to_string()), ("--port", port.to_string()), ("--compute-port", compute_port.to_string())] {
+        for (flag, value) in
+            [("--host", "127.0.0.1".to_string()), ("--port", port.to_string()), ("--compute-port", compute_port.to_string())]
+        {
             match words.iter().position(|w| w == flag) {
                 Some(i) => words[i + 1] = value,
                 None => words.extend([flag.to_string(), value]),
@@ -431,5 +433,8 @@ fn shell_lines_are_read_as_the_runbook_means_them() {
     assert_eq!(comment_at("psql -c \"UPDATE x SET k = '#1'\" # note"), Some(32));
     assert_eq!(assignment("alchemiscale identity add -k x=y"), None);
     assert_eq!(alchemiscale_command("docker logs alchemiscale"), None);
-    assert_eq!(alchemiscale_command("docker compose -f c.yaml exec api alchemiscale database check").unwrap(), "alchemiscale database check");
+    assert_eq!(
+        alchemiscale_command("docker compose -f c.yaml exec api alchemiscale database check").unwrap(),
+        "alchemiscale database check"
+    );
 }

@@ -36,27 +36,48 @@ async fn require_network(state: &ConsoleState, network: &ScopedKey) -> ConsoleRe
     }
 }
 
-pub async fn set_state(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>, form: Form) -> ConsoleResult<Response> {
+pub async fn set_state(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    form: Form,
+) -> ConsoleResult<Response> {
     form.check_csrf(&session)?;
     let network = network_key(&session, &raw)?;
-    let new: NetworkState = form.required("state", "State")?.parse().map_err(|e: alchemiscale_model::status::EnumError| ConsoleError::BadRequest(e.to_string()))?;
+    let new: NetworkState = form
+        .required("state", "State")?
+        .parse()
+        .map_err(|e: alchemiscale_model::status::EnumError| ConsoleError::BadRequest(e.to_string()))?;
     if state.store().set_network_states(&[(network.clone(), new)]).await?.first().cloned().flatten().is_none() {
         return Err(ConsoleError::NotFound(format!("No network {network}.")));
     }
     Ok(back(&form, &network, "state", 1))
 }
 
-pub async fn set_weight(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>, form: Form) -> ConsoleResult<Response> {
+pub async fn set_weight(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    form: Form,
+) -> ConsoleResult<Response> {
     form.check_csrf(&session)?;
     let network = network_key(&session, &raw)?;
-    let weight: f64 = form.required("weight", "Weight")?.parse().map_err(|_| ConsoleError::BadRequest("Weight must be a number between 0 and 1.".into()))?;
+    let weight: f64 = form
+        .required("weight", "Weight")?
+        .parse()
+        .map_err(|_| ConsoleError::BadRequest("Weight must be a number between 0 and 1.".into()))?;
     if state.store().set_network_weights(&[(network.clone(), weight)]).await?.first().cloned().flatten().is_none() {
         return Err(ConsoleError::NotFound(format!("No network {network}.")));
     }
     Ok(back(&form, &network, "weight", 1))
 }
 
-pub async fn wake_strategy(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>, form: Form) -> ConsoleResult<Response> {
+pub async fn wake_strategy(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    form: Form,
+) -> ConsoleResult<Response> {
     form.check_csrf(&session)?;
     let network = network_key(&session, &raw)?;
     if state.store().wake_strategy(&network).await?.is_none() {
@@ -65,13 +86,21 @@ pub async fn wake_strategy(State(state): State<ConsoleState>, session: Session, 
     Ok(back(&form, &network, "woken", 1))
 }
 
-pub async fn create_tasks(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>, form: Form) -> ConsoleResult<Response> {
+pub async fn create_tasks(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    form: Form,
+) -> ConsoleResult<Response> {
     form.check_csrf(&session)?;
     let network = network_key(&session, &raw)?;
-    let transformation: ScopedKey =
-        form.required("transformation", "Transformation")?.parse().map_err(|_| ConsoleError::BadRequest("Not a transformation key.".into()))?;
+    let transformation: ScopedKey = form
+        .required("transformation", "Transformation")?
+        .parse()
+        .map_err(|_| ConsoleError::BadRequest("Not a transformation key.".into()))?;
     session.require(transformation.scope())?;
-    let count: usize = form.required("count", "How many")?.parse().map_err(|_| ConsoleError::BadRequest("How many must be a whole number.".into()))?;
+    let count: usize =
+        form.required("count", "How many")?.parse().map_err(|_| ConsoleError::BadRequest("How many must be a whole number.".into()))?;
     if !(1..=MAX_CREATE).contains(&count) {
         return Err(ConsoleError::BadRequest(format!("Create between 1 and {MAX_CREATE} tasks at a time.")));
     }
@@ -105,7 +134,12 @@ fn checked_tasks(session: &Session, form: &Form) -> ConsoleResult<Vec<Option<Sco
         .collect()
 }
 
-pub async fn action_tasks(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>, form: Form) -> ConsoleResult<Response> {
+pub async fn action_tasks(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    form: Form,
+) -> ConsoleResult<Response> {
     form.check_csrf(&session)?;
     let network = network_key(&session, &raw)?;
     let tasks = checked_tasks(&session, &form)?;
@@ -114,7 +148,12 @@ pub async fn action_tasks(State(state): State<ConsoleState>, session: Session, P
     Ok(back(&form, &network, "actioned", actioned.iter().flatten().count()))
 }
 
-pub async fn cancel_tasks(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>, form: Form) -> ConsoleResult<Response> {
+pub async fn cancel_tasks(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(raw): Path<String>,
+    form: Form,
+) -> ConsoleResult<Response> {
     form.check_csrf(&session)?;
     let network = network_key(&session, &raw)?;
     let tasks = checked_tasks(&session, &form)?;

@@ -36,7 +36,10 @@ impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             ConsoleError::LoginRequired => return Redirect::to("/ui/login").into_response(),
-            ConsoleError::Csrf => (StatusCode::FORBIDDEN, "This form has expired or did not come from this console. Reload the page and try again.".to_string()),
+            ConsoleError::Csrf => (
+                StatusCode::FORBIDDEN,
+                "This form has expired or did not come from this console. Reload the page and try again.".to_string(),
+            ),
             ConsoleError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ConsoleError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ConsoleError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),

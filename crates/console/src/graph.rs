@@ -87,7 +87,8 @@ impl LayoutCache {
         }
         let Some(structure) = store.console_network_structure(network).await? else { return Ok(None) };
         let nodes: Vec<i64> = structure.systems.iter().map(|s| s.id).collect();
-        let edges: Vec<(i64, i64)> = structure.transformations.iter().filter(|t| t.systems.len() == 2).map(|t| (t.systems[0], t.systems[1])).collect();
+        let edges: Vec<(i64, i64)> =
+            structure.transformations.iter().filter(|t| t.systems.len() == 2).map(|t| (t.systems[0], t.systems[1])).collect();
         let positions = Arc::new(tokio::task::spawn_blocking(move || layout(&nodes, &edges)).await.unwrap_or_default());
         let drawn = (Arc::new(structure), positions);
         let mut entries = self.entries.lock().expect("layout lock");

@@ -136,7 +136,13 @@ async fn sign_in_and_browse(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert!(tf_page.contains("No tasks yet."));
     let back = format!("/ui/transformations/{tf}?network={mine}");
-    let form = [("transformation", tf.to_string()), ("count", "3".into()), ("action", "on".into()), ("return", back.clone()), ("csrf", csrf.clone())];
+    let form = [
+        ("transformation", tf.to_string()),
+        ("count", "3".into()),
+        ("action", "on".into()),
+        ("return", back.clone()),
+        ("csrf", csrf.clone()),
+    ];
     let r = b.post(format!("{}/ui/networks/{mine}/tasks/create", s.url)).form(&form).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert!(location(&r).starts_with(&back) && location(&r).contains("notice=created-actioned&n=3"), "{}", location(&r));
@@ -159,7 +165,9 @@ async fn sign_in_and_browse(backend: Backend) {
     let (_, tf_page) = get(&s, &b, &back).await;
     assert_eq!(tf_page.matches("name=\"task\"").count(), 3);
     let one = tasks[0].to_string();
-    let r = post(&s, &b, &format!("/ui/networks/{mine}/tasks/cancel"), &[("task", &one), ("return", "https://evil.example/"), ("csrf", &csrf)]).await;
+    let r =
+        post(&s, &b, &format!("/ui/networks/{mine}/tasks/cancel"), &[("task", &one), ("return", "https://evil.example/"), ("csrf", &csrf)])
+            .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert!(location(&r).starts_with(&format!("/ui/networks/{mine}")), "{}", location(&r));
     assert_eq!(s.store.network_actioned_tasks(&mine).await.unwrap().len(), 2);
@@ -254,7 +262,8 @@ async fn admins_manage_identities(backend: Backend) {
 
     let r = post(&s, &b, "/ui/identities/add", &[("kind", "user"), ("identifier", "carol"), ("key", "carol-key"), ("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let r = post(&s, &b, "/ui/identities/scopes/add", &[("kind", "user"), ("identifier", "carol"), ("scope", "org9-c-p"), ("csrf", &csrf)]).await;
+    let r = post(&s, &b, "/ui/identities/scopes/add", &[("kind", "user"), ("identifier", "carol"), ("scope", "org9-c-p"), ("csrf", &csrf)])
+        .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     // the new identity works through the API at once
     let mut carol = alchemiscale_client::Client::new(&s.url, "carol", "carol-key").unwrap();
@@ -263,13 +272,19 @@ async fn admins_manage_identities(backend: Backend) {
     assert_eq!(scopes, serde_json::json!(["org9-c-p"]));
 
     // the CLI's rules and messages
-    let r = post(&s, &b, "/ui/identities/scopes/add", &[("kind", "user"), ("identifier", "carol"), ("scope", "org9-*-p"), ("csrf", &csrf)]).await;
+    let r = post(&s, &b, "/ui/identities/scopes/add", &[("kind", "user"), ("identifier", "carol"), ("scope", "org9-*-p"), ("csrf", &csrf)])
+        .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = post(&s, &b, "/ui/identities/add", &[("kind", "user"), ("identifier", "carol"), ("key", "other"), ("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.unwrap();
-    assert!(text.contains("user identity &#39;carol&#39; already existed; its key was replaced and its scopes were removed") || text.contains("user identity 'carol' already existed"), "{text}");
-    let r = post(&s, &b, "/ui/identities/scopes/add", &[("kind", "user"), ("identifier", "nobody"), ("scope", "a-b-c"), ("csrf", &csrf)]).await;
+    assert!(
+        text.contains("user identity &#39;carol&#39; already existed; its key was replaced and its scopes were removed")
+            || text.contains("user identity 'carol' already existed"),
+        "{text}"
+    );
+    let r =
+        post(&s, &b, "/ui/identities/scopes/add", &[("kind", "user"), ("identifier", "nobody"), ("scope", "a-b-c"), ("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("cannot add scopes"));
     let r = post(&s, &b, "/ui/identities/add", &[("kind", "user"), ("identifier", "dave"), ("key", ""), ("csrf", &csrf)]).await;
@@ -299,7 +314,8 @@ async fn failures_show_their_tracebacks_as_text(backend: Backend) {
     s.store.register_compute_service(&service, None).await.unwrap();
     let hub: ScopedKey = format!("{}-org1-c-p", alchemiscale_model::hash::taskhub_key(&net)).parse().unwrap();
     assert_eq!(s.store.claim_taskhub_tasks(&hub, &service, 1, None).await.unwrap(), vec![Some(task.clone())]);
-    let chain = result_chain_json(tf.gufe_key().as_str(), false, 100, 7).replace("RuntimeError: synthetic failure", &format!("RuntimeError: {MARKUP}"));
+    let chain = result_chain_json(tf.gufe_key().as_str(), false, 100, 7)
+        .replace("RuntimeError: synthetic failure", &format!("RuntimeError: {MARKUP}"));
     let body = python_upload_body(&zstd_compress(chain.as_bytes()), &service.to_string());
     let r = compute.send(reqwest::Method::POST, &format!("/tasks/{task}/results"), Payload::GzipJson(body)).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());

@@ -202,7 +202,6 @@ fn hour_of(micros: i64) -> String {
 }
 
 impl Store {
-
     /// Task counts by status and network counts by state of every concrete scope inside
     /// `scopes` (disjoint scopes, as minimised).
     pub async fn console_scope_figures(&self, scopes: &[Scope]) -> Result<Vec<ScopeFigures>> {
@@ -213,7 +212,11 @@ impl Store {
             let sql = format!("SELECT t.org, t.campaign, t.project, t.status, COUNT(*) FROM task t WHERE {cond} GROUP BY t.org, t.campaign, t.project, t.status");
             for r in self.fetch(&sql, &args).await? {
                 let s = scope_of(&r, 0)?;
-                let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures { scope: s, networks: BTreeMap::new(), tasks: StatusCounts::new() });
+                let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures {
+                    scope: s,
+                    networks: BTreeMap::new(),
+                    tasks: StatusCounts::new(),
+                });
                 entry.tasks.insert(get_str(&r, 3)?, get_i64(&r, 4)?);
             }
             let mut args = Vec::new();
@@ -224,7 +227,11 @@ impl Store {
             );
             for r in self.fetch(&sql, &args).await? {
                 let s = scope_of(&r, 0)?;
-                let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures { scope: s, networks: BTreeMap::new(), tasks: StatusCounts::new() });
+                let entry = out.entry(s.to_string()).or_insert_with(|| ScopeFigures {
+                    scope: s,
+                    networks: BTreeMap::new(),
+                    tasks: StatusCounts::new(),
+                });
                 entry.networks.insert(get_str(&r, 3)?, get_i64(&r, 4)?);
             }
         }
@@ -246,7 +253,8 @@ impl Store {
                  FROM network_transformation x JOIN transformation tf ON tf.id = x.transformation_id GROUP BY x.network_id) s ON s.network_id = n.id \
                  WHERE {cond} ORDER BY o.org, o.campaign, o.project, o.name, o.gufe_key LIMIT {limit}"
             );
-            let rows: Vec<(String, String, String, String, Option<String>, String, f64, i64, i64)> = self.json_rows(9, &inner, &args).await?;
+            let rows: Vec<(String, String, String, String, Option<String>, String, f64, i64, i64)> =
+                self.json_rows(9, &inner, &args).await?;
             for (k, o, c, p, name, state, weight, transformations, ok_results) in rows {
                 out.push(NetworkSummary { key: sk_from(&k, &o, &c, &p)?, name, state, weight, transformations, ok_results });
             }
@@ -265,7 +273,8 @@ impl Store {
         for scope in scopes.unwrap_or(&all) {
             let mut args = vec![Arg::I64(start), Arg::I64(HOUR_MICROS)];
             let claims = match scopes {
-                None => "SELECT (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l WHERE l.claimed >= $1 GROUP BY (l.claimed - $1) / $2".to_string(),
+                None => "SELECT (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l WHERE l.claimed >= $1 GROUP BY (l.claimed - $1) / $2"
+                    .to_string(),
                 Some(_) => {
                     let cond = scope_condition("t", scope, &mut args);
                     format!(
@@ -306,7 +315,10 @@ impl Store {
     /// Claims per compute service since `since` (µs).
     pub async fn console_claims_by_service(&self, since: i64) -> Result<BTreeMap<String, i64>> {
         let rows = self
-            .fetch("SELECT service_identifier, COUNT(*) FROM task_claim_log WHERE claimed >= $1 GROUP BY service_identifier", &[Arg::I64(since)])
+            .fetch(
+                "SELECT service_identifier, COUNT(*) FROM task_claim_log WHERE claimed >= $1 GROUP BY service_identifier",
+                &[Arg::I64(since)],
+            )
             .await?;
         rows.iter().map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?))).collect()
     }
@@ -425,7 +437,11 @@ impl Store {
     }
 
     /// A transformation's tasks (newest first, at most `limit`).
-    pub async fn console_transformation_tasks(&self, transformation: &ScopedKey, limit: i64) -> Result<Option<(Option<String>, Vec<TaskSummary>)>> {
+    pub async fn console_transformation_tasks(
+        &self,
+        transformation: &ScopedKey,
+        limit: i64,
+    ) -> Result<Option<(Option<String>, Vec<TaskSummary>)>> {
         let head = crate::db::bind_sk(
             sqlx::query(&dialect(
                 self.backend,
@@ -448,7 +464,13 @@ impl Store {
         let tasks = rows
             .iter()
             .map(|r| {
-                Ok(TaskSummary { key: sk(r, 0)?, status: get_str(r, 4)?, priority: get_i64(r, 5)?, created: get_i64(r, 6)?, actioned_on: get_i64(r, 7)? })
+                Ok(TaskSummary {
+                    key: sk(r, 0)?,
+                    status: get_str(r, 4)?,
+                    priority: get_i64(r, 5)?,
+                    created: get_i64(r, 6)?,
+                    actioned_on: get_i64(r, 7)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some((get_opt_str(&head, 1)?, tasks)))

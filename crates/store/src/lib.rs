@@ -13,12 +13,12 @@
 
 mod admin;
 pub mod census;
-pub mod console;
 mod checkpoint;
 pub mod claim_plan;
 mod claim_rank;
 pub mod claims;
 pub mod compute;
+pub mod console;
 mod db;
 pub mod dump;
 mod error;

@@ -92,6 +92,19 @@ pub struct StoreBench {
     pub store: StoreArgs,
 }
 
+/// Ask the kernel to SIGTERM the child when this process dies, so that a bench stopped
+/// by a signal leaves no servers behind.
+pub(crate) fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) is async-signal-safe and touches only the child being started
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        })
+    }
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
     v[v.len() / 2]

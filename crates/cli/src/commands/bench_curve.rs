@@ -66,7 +66,7 @@ pub(crate) fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
 }
 
 fn spawn(args: &[String], data_dir: &Path) -> anyhow::Result<Child> {
-    Command::new(std::env::current_exe()?)
+    super::bench::die_with_parent(&mut Command::new(std::env::current_exe()?))
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)

@@ -111,7 +111,7 @@ pub(crate) fn object_flags(o: &ObjectArgs) -> Vec<String> {
 
 async fn start_serve(data_dir: &std::path::Path, objects: &ObjectArgs) -> anyhow::Result<ServeProcess> {
     let (port, compute_port) = (free_port()?, free_port()?);
-    let child = Command::new(std::env::current_exe()?)
+    let child = super::bench::die_with_parent(&mut Command::new(std::env::current_exe()?))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--port", &port.to_string(), "--compute-port", &compute_port.to_string(), "--loglevel", "warn"])

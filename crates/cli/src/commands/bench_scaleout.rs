@@ -142,7 +142,12 @@ fn describe(cpu: &[(&str, f64)]) -> String {
 /// One claim-rate phase: `claimers` clients claim through `url` until every task is
 /// claimed, then deregister (their tasks return to the queue). Returns claims/s, the
 /// claimed keys and the cores used per group.
-async fn claim_phase(cluster: &Cluster, url: &str, claimers: usize, tag: &str) -> anyhow::Result<(f64, Vec<ScopedKey>, Vec<(&'static str, f64)>)> {
+async fn claim_phase(
+    cluster: &Cluster,
+    url: &str,
+    claimers: usize,
+    tag: &str,
+) -> anyhow::Result<(f64, Vec<ScopedKey>, Vec<(&'static str, f64)>)> {
     let mut clients = Vec::with_capacity(claimers);
     let mut ids = Vec::with_capacity(claimers);
     for i in 0..claimers {
@@ -172,12 +177,7 @@ async fn status_counts(user: &Client, network: &ScopedKey) -> anyhow::Result<std
 }
 
 /// One round of `services` compute services, each until the queue is empty.
-async fn drain_round(
-    url: &str,
-    services: usize,
-    work: &std::path::Path,
-    round: usize,
-) -> anyhow::Result<(u64, u64, u64)> {
+async fn drain_round(url: &str, services: usize, work: &std::path::Path, round: usize) -> anyhow::Result<(u64, u64, u64)> {
     let mut handles = Vec::with_capacity(services);
     for i in 0..services {
         let base = work.join(format!("r{round}s{i}"));
@@ -263,9 +263,10 @@ async fn check_results(url: &str, created: &[(ScopedKey, Vec<ScopedKey>)], reade
                     _ => many += 1,
                 }
                 for pdrr in results {
-                    let ok = user.get(&format!("/transformations/{tf}/results/{pdrr}")).await.is_ok_and(|v| {
-                        v.as_array().and_then(|a| a.first()).and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-                    });
+                    let ok = user
+                        .get(&format!("/transformations/{tf}/results/{pdrr}"))
+                        .await
+                        .is_ok_and(|v| v.as_array().and_then(|a| a.first()).and_then(Value::as_str).is_some_and(|s| !s.is_empty()));
                     if !ok {
                         unreadable += 1;
                     }
@@ -331,7 +332,10 @@ pub async fn run(b: ScaleoutBench) -> anyhow::Result<()> {
         let distinct: HashSet<&ScopedKey> = claimed.iter().collect();
         double_claims += claimed.len() - distinct.len();
         ensure!(distinct.len() == b.tasks, "{label}: {} of {} tasks claimed", distinct.len(), b.tasks);
-        println!("  claims through nginx over {label}: {rate:.0}/s ({claimers} clients, one task per request); cores used: {}", describe(&cpu));
+        println!(
+            "  claims through nginx over {label}: {rate:.0}/s ({claimers} clients, one task per request); cores used: {}",
+            describe(&cpu)
+        );
         rates.push(rate);
         cpus.push(cpu);
     }

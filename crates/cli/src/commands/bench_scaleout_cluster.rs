@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::bench::die_with_parent;
 use anyhow::{bail, ensure, Context};
 
 /// The deployment example, as shipped in `deploy/`.
@@ -55,19 +56,6 @@ fn terminate(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Ask the kernel to SIGTERM the child when this process dies, so that a bench stopped
-/// by a signal leaves no servers behind.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(2) is async-signal-safe and touches only the child being started
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        })
-    }
 }
 
 /// The processes and their URLs.

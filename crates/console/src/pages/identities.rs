@@ -100,7 +100,11 @@ async fn render(state: &ConsoleState, session: &Session, message: Option<(bool, 
     Ok(shell(session, "Identities", body))
 }
 
-pub async fn page(State(state): State<ConsoleState>, session: Session, Query(query): Query<HashMap<String, String>>) -> ConsoleResult<Markup> {
+pub async fn page(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Query(query): Query<HashMap<String, String>>,
+) -> ConsoleResult<Markup> {
     let message = match query.get("done").map(String::as_str) {
         Some("added") => Some((true, "Identity added.".to_string())),
         Some("removed") => Some((true, "Identity removed.".to_string())),

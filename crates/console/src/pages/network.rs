@@ -43,7 +43,9 @@ pub async fn page(
     let live = state.store().console_network_live(&key, structure.id).await?.ok_or_else(missing)?;
     let network = NetworkDetail::assemble(&structure, live);
     let mut rows: Vec<_> = network.transformations.iter().collect();
-    rows.sort_by(|a, b| rank(edge_state(&a.tasks)).cmp(&rank(edge_state(&b.tasks))).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
+    rows.sort_by(|a, b| {
+        rank(edge_state(&a.tasks)).cmp(&rank(edge_state(&b.tasks))).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id))
+    });
     let pages = rows.len().div_ceil(PER_PAGE).max(1);
     let page_no = query.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).clamp(1, pages);
     let shown = &rows[(page_no - 1) * PER_PAGE..(page_no * PER_PAGE).min(rows.len())];

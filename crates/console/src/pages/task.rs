@@ -21,17 +21,32 @@ pub async fn page(State(state): State<ConsoleState>, session: Session, Path(raw)
     let key = path_key(&session, &raw, &["Task"], "task")?;
     let task = state.store().console_task(&key).await?.ok_or_else(|| ConsoleError::NotFound(format!("No task {key}.")))?;
     // the history the store keeps: creation, each claim, each result, in time order
-    let mut events = vec![(task.created, Event { at: time(task.created), status: "waiting", what: format!("created by {}", task.creator.as_deref().unwrap_or("unknown")) })];
+    let mut events = vec![(
+        task.created,
+        Event { at: time(task.created), status: "waiting", what: format!("created by {}", task.creator.as_deref().unwrap_or("unknown")) },
+    )];
     for (service, at) in &task.claims {
         events.push((*at, Event { at: time(*at), status: "running", what: format!("claimed by {service}") }));
     }
     for r in &task.results {
-        let at = r.created.as_deref().and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()).map(|t| t.timestamp_micros()).unwrap_or(i64::MAX);
+        let at = r
+            .created
+            .as_deref()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .map(|t| t.timestamp_micros())
+            .unwrap_or(i64::MAX);
         let (status, what) = match r.ok {
             true => ("complete", "result returned".to_string()),
             false => ("error", "failure returned".to_string()),
         };
-        events.push((at, Event { at: r.created.clone().unwrap_or_default(), status, what: format!("{what} by {}", r.creator.as_deref().unwrap_or("unknown")) }));
+        events.push((
+            at,
+            Event {
+                at: r.created.clone().unwrap_or_default(),
+                status,
+                what: format!("{what} by {}", r.creator.as_deref().unwrap_or("unknown")),
+            },
+        ));
     }
     events.sort_by_key(|(at, _)| *at);
     let (tf, tf_name) = &task.transformation;

@@ -24,14 +24,20 @@ pub async fn page(
 ) -> ConsoleResult<Markup> {
     let (state, session, raw, query) = (&state, &session, raw.as_str(), &query);
     let key = path_key(session, raw, &["Transformation", "NonTransformation"], "transformation")?;
-    let (name, tasks) =
-        state.store().console_transformation_tasks(&key, TASKS_LISTED).await?.ok_or_else(|| ConsoleError::NotFound(format!("No transformation {key}.")))?;
+    let (name, tasks) = state
+        .store()
+        .console_transformation_tasks(&key, TASKS_LISTED)
+        .await?
+        .ok_or_else(|| ConsoleError::NotFound(format!("No transformation {key}.")))?;
     // the network whose hub the forms act on: the one given, else the first reachable one
     let networks = state.store().transformation_networks(&key).await?;
     let network: Option<ScopedKey> = match query.get("network") {
-        Some(n) => Some(n.parse().ok().filter(|n: &ScopedKey| networks.contains(n)).ok_or_else(|| {
-            ConsoleError::BadRequest("That network does not contain this transformation.".into())
-        })?),
+        Some(n) => Some(
+            n.parse()
+                .ok()
+                .filter(|n: &ScopedKey| networks.contains(n))
+                .ok_or_else(|| ConsoleError::BadRequest("That network does not contain this transformation.".into()))?,
+        ),
         None => networks.iter().find(|n| session.can_reach(n.scope())).cloned(),
     };
     let title = name.clone().unwrap_or_else(|| key.gufe_key().to_string());

@@ -158,7 +158,9 @@ pub fn pg_bindir_or_skip(what: &str) -> Option<PathBuf> {
     let bin = pg_bindir();
     if bin.is_none() {
         if std::env::var("ALCHEMISCALE_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-            panic!("ALCHEMISCALE_TEST_REQUIRE_POSTGRES=1 but no PostgreSQL binaries: set ALCHEMISCALE_TEST_PG_BINDIR or install postgresql");
+            panic!(
+                "ALCHEMISCALE_TEST_REQUIRE_POSTGRES=1 but no PostgreSQL binaries: set ALCHEMISCALE_TEST_PG_BINDIR or install postgresql"
+            );
         }
         eprintln!("note: {what} skipped (no ALCHEMISCALE_TEST_PG_BINDIR and no /usr/lib/postgresql/*/bin)");
     }
