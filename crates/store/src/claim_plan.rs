@@ -127,3 +127,49 @@ Execution Time: 0.3 ms";
         assert_eq!(rows_read(plan, "task"), 12 + 1200);
     }
 }
+
+/// PostgreSQL: how the `task` table takes status changes (see migration 0007).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpdates {
+    /// Row updates of `task` so far, and how many of them were heap-only (HOT): wrote no
+    /// index entry. From the statistics collector, which reports with a delay of up to a
+    /// second or so.
+    pub updates: i64,
+    pub heap_only: i64,
+    /// Indexes of `task` whose key, included columns or predicate use `status`.
+    pub status_indexes: Vec<String>,
+    /// The table's fill factor, if set.
+    pub fillfactor: Option<i64>,
+}
+
+impl Store {
+    /// How `task` takes status changes (PostgreSQL; None on SQLite).
+    pub async fn task_updates(&self) -> Result<Option<TaskUpdates>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut conn = self.read.acquire().await?;
+        let counts = sqlx::query("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = CAST('task' AS regclass)")
+            .fetch_one(&mut *conn)
+            .await?;
+        let indexes = sqlx::query(
+            "SELECT CAST(c.relname AS TEXT) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = CAST('task' AS regclass) \
+             AND (pg_get_indexdef(i.indexrelid) LIKE '%status%')",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let fillfactor = sqlx::query(
+            "SELECT CAST(substr(o, 12) AS BIGINT) FROM pg_class c, unnest(c.reloptions) o \
+             WHERE c.oid = CAST('task' AS regclass) AND o LIKE 'fillfactor=%'",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(Some(TaskUpdates {
+            updates: counts.try_get(0)?,
+            heap_only: counts.try_get(1)?,
+            status_indexes: indexes.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<_, _>>()?,
+            fillfactor: fillfactor.map(|r| r.try_get(0)).transpose()?,
+        }))
+    }
+}

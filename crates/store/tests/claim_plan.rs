@@ -50,6 +50,25 @@ store_test!(claims_read_a_bounded_part_of_a_large_queue, |store| async move {
     }
     // and the claim itself still works after the explanation (nothing was kept locked)
     assert_eq!(store.claim_taskhub_tasks(&created.taskhub, &service, 10, None).await.unwrap().iter().flatten().count(), 10);
+
+    // PostgreSQL: the claims' status changes wrote no index entries (heap-only updates),
+    // so a claim's writes do not grow with the indexes either
+    if let Some(first) = store.task_updates().await.unwrap() {
+        assert!(first.status_indexes.is_empty(), "indexes of task hold the status: {:?}", first.status_indexes);
+        assert_eq!(first.fillfactor, Some(80));
+        // the statistics collector reports with a delay
+        let mut seen = first;
+        for _ in 0..100 {
+            if seen.updates >= CLAIMED as i64 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            seen = store.task_updates().await.unwrap().unwrap();
+        }
+        eprintln!("task updates after the claims: {seen:?}");
+        assert!(seen.updates >= CLAIMED as i64, "{seen:?}");
+        assert!(seen.heap_only as f64 >= 0.9 * seen.updates as f64, "claims' status changes were not heap-only: {seen:?}");
+    }
 });
 
 // Statistics taken while every task was claimed, then every claim given back (services

@@ -44,9 +44,14 @@ pub struct ClaimsBench {
     /// With --curve: numbers of actioned tasks, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
     pub sizes: Vec<usize>,
-    /// With --curve: claims measured per route and size (at most a quarter of the size).
+    /// With --curve: claims measured per route, size and round (at most a quarter of the
+    /// size).
     #[arg(long, default_value_t = 3000)]
     pub curve_claims: usize,
+    /// With --curve: rounds per size; each route's figure is the median of its rounds, and
+    /// the claimed tasks return to the queue between rounds (their services deregister).
+    #[arg(long, default_value_t = 3)]
+    pub curve_rounds: usize,
     /// With --curve: tasks actioned per request (large values make large request bodies:
     /// 250,000 tasks are about 30 MB of JSON).
     #[arg(long, default_value_t = 10_000)]

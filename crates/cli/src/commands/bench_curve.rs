@@ -7,7 +7,11 @@
 //! created per transformation and actioned in chunks; no ANALYZE, no store access before the
 //! clock — then measures, with `--services` concurrent services claiming one task per
 //! request: C11 (`POST /claim`), C10 (`POST /taskhubs/{sk}/claim`) and, in the same run,
-//! the store's bare claim transaction (this process, same store, no HTTP). Between the
+//! the store's bare claim transaction (this process, same store, no HTTP), in
+//! `--curve-rounds` rounds whose median is each route's figure; after each route of a
+//! round its services deregister, so their tasks return to the queue and every round meets
+//! a queue of the same size (and a short measurement on a noisy machine is not the only
+//! one). Between the
 //! setup and the clock the kernel is made to write out the dirty pages the setup left
 //! (`sync`), at every size alike. Memory is the
 //! server processes' anonymous resident memory after the claims and `--idle-seconds` of
@@ -28,7 +32,7 @@ use alchemiscale_store::{Store, StoreLocation};
 use anyhow::{bail, ensure, Context};
 use serde_json::json;
 
-use super::bench::BenchStore;
+use super::bench::{median, BenchStore};
 use super::bench_claims::ClaimsBench;
 
 pub(crate) const KEY: &str = "curve-key";
@@ -269,12 +273,20 @@ pub(crate) async fn set_up(
 struct Point {
     size: usize,
     setup_s: f64,
+    /// Median of the rounds, and the rounds.
     c11: f64,
     c10: f64,
     bare: f64,
+    rounds: serde_json::Value,
     rss_mb: f64,
     peak_mb: f64,
-    claimed: Vec<ScopedKey>,
+    /// Tasks handed out twice within one round (the rounds give their tasks back).
+    double_claims: usize,
+}
+
+fn doubles<'a>(keys: impl IntoIterator<Item = &'a ScopedKey>) -> usize {
+    let mut seen = HashSet::new();
+    keys.into_iter().filter(|k| !seen.insert(*k)).count()
 }
 
 async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
@@ -294,51 +306,69 @@ async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
 
     let compute = servers.compute().await?;
     let hub = compute.query_taskhubs(&[Scope::all()]).await?.pop().context("no task hub")?;
-    let mut ids = Vec::new();
-    for i in 0..b.services {
-        let id = ComputeServiceId::mint(&format!("curve{i}"))?;
-        compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
-        ids.push(id);
-    }
-    let mut rates = Vec::new();
-    let mut claimed = Vec::new();
-    for route in [None, Some(&hub)] {
-        let mut clients = Vec::with_capacity(ids.len());
-        for _ in &ids {
-            clients.push(servers.compute().await?);
-        }
-        let (got, secs) = claim_over_http(clients, &ids, k, route).await?;
-        ensure!(got.len() >= k, "claimed {} of {k}", got.len());
-        rates.push(got.len() as f64 / secs);
-        claimed.extend(got.into_iter().map(|(t, _)| t));
-    }
-
-    // the bare store claim transaction, same store, same concurrency
+    // the bare store claim transaction: same store, same concurrency, this process
     let store = Store::connect(&servers.location, &b.store.options()).await?;
-    let (mine, secs) = bare_claims(&store, &[Scope::all()], b.services, "bare", k).await?;
-    let bare = mine.len() as f64 / secs;
-    claimed.extend(mine);
+    let (mut c11, mut c10, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let mut double_claims = 0;
+    for round in 0..b.curve_rounds.max(1) {
+        for (route, rates) in [(None, &mut c11), (Some(&hub), &mut c10)] {
+            let mut ids = Vec::new();
+            let mut clients = Vec::with_capacity(b.services);
+            for i in 0..b.services {
+                let id = ComputeServiceId::mint(&format!("curve{round}r{}s{i}", rates.len()))?;
+                compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
+                ids.push(id);
+                clients.push(servers.compute().await?);
+            }
+            let (got, secs) = claim_over_http(clients, &ids, k, route).await?;
+            ensure!(got.len() >= k, "claimed {} of {k}", got.len());
+            rates.push(got.len() as f64 / secs);
+            double_claims += doubles(got.iter().map(|(t, _)| t));
+            for id in &ids {
+                compute.deregister(id).await?;
+            }
+        }
+        let prefix = format!("bare{round}s");
+        let (mine, secs) = bare_claims(&store, &[Scope::all()], b.services, &prefix, k).await?;
+        bare.push(mine.len() as f64 / secs);
+        double_claims += doubles(&mine);
+        for i in 0..b.services {
+            store.deregister_compute_service(&ComputeServiceId::mint(&format!("{prefix}{i}"))?).await?;
+        }
+    }
     store.close().await;
+    let rounds = json!({"c11": c11, "c10": c10, "bare": bare});
 
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
     let (rss_mb, peak_mb) = (servers.memory_mb("RssAnon:"), servers.memory_mb("VmHWM:"));
-    Ok(Point { size, setup_s, c11: rates[0], c10: rates[1], bare, rss_mb, peak_mb, claimed })
+    Ok(Point {
+        size,
+        setup_s,
+        c11: median(c11),
+        c10: median(c10),
+        bare: median(bare),
+        rounds,
+        rss_mb,
+        peak_mb,
+        double_claims,
+    })
 }
 
 pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     ensure!(!b.sizes.is_empty() && b.sizes.iter().all(|&s| s >= 4 * b.services), "every size must hold at least 4 tasks per service");
     let backend = if b.store.url.is_some() { "postgres" } else { "sqlite" };
     println!(
-        "bench claims --curve: {backend} backend, {} services claiming one task per request, up to {} claims per route and size",
-        b.services, b.curve_claims
+        "bench claims --curve: {backend} backend, {} services claiming one task per request, up to {} claims per route, size and round, {} rounds (medians shown)",
+        b.services,
+        b.curve_claims,
+        b.curve_rounds.max(1)
     );
     println!("  {:>9}  {:>8}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}", "tasks", "setup s", "C11 /s", "C10 /s", "bare /s", "anon MB", "peak MB");
     let mut points = Vec::new();
     let mut double_claims = 0;
     for &size in &b.sizes {
         let p = measure(&b, size).await.with_context(|| format!("size {size}"))?;
-        let distinct: HashSet<&ScopedKey> = p.claimed.iter().collect();
-        double_claims += p.claimed.len() - distinct.len();
+        double_claims += p.double_claims;
         println!(
             "  {:>9}  {:>8.1}  {:>9.0}  {:>9.0}  {:>9.0}  {:>8.0}  {:>8.0}",
             p.size, p.setup_s, p.c11, p.c10, p.bare, p.rss_mb, p.peak_mb
@@ -364,6 +394,8 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
         "sizes": per(|p| p.size as f64),
         "setup_s": per(|p| p.setup_s),
         "claims_per_s": {"c11": per(|p| p.c11), "c10": per(|p| p.c10), "bare": per(|p| p.bare)},
+        "rounds": b.curve_rounds.max(1),
+        "claims_per_s_rounds": points.iter().map(|p| p.rounds.clone()).collect::<Vec<_>>(),
         "largest_vs_10k": {"c11": last.c11 / base.c11, "c10": last.c10 / base.c10, "bare": last.bare / base.bare},
         "rss_mb": per(|p| p.rss_mb),
         "peak_rss_mb": per(|p| p.peak_mb),
