@@ -1,10 +1,9 @@
 //! The figures monitoring reads from the store (the servers' `/metrics`): tasks by status
 //! per scope, compute services, managers, strategies, and the connection pools.
 //!
-//! Every figure is one aggregate statement (the task counts: over `task_scope`, which
-//! holds scope and status on SQLite; over the task rows on PostgreSQL, where no index holds
-//! the status so that claims stay heap-only updates, see migration 0007). A census costs
-//! the same whether one API instance or several ask for it.
+//! Every figure is one aggregate statement (the task counts read the task rows: no index
+//! holds the status, so that a claim's status change writes no index entry, see migration
+//! 0007). A census costs the same whether one API instance or several ask for it.
 
 use alchemiscale_model::Scope;
 
