@@ -148,21 +148,8 @@ async fn server_processes_answer_503_while_postgres_restarts_and_recover() {
         workers.push(tokio::spawn(worker(name, c, method, path, body, stop.clone(), log.clone())));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stopping = Instant::now();
-    let mut cluster = tokio::task::spawn_blocking(move || {
-        cluster.stop();
-        cluster
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(OUTAGE).await;
-    let mut cluster = tokio::task::spawn_blocking(move || {
-        cluster.start();
-        cluster
-    })
-    .await
-    .unwrap();
-    let restarted = Instant::now();
+    let (mut cluster, restart) = cluster.restart(OUTAGE).await;
+    let (stopping, restarted) = (restart.stopping, restart.restarted);
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {

@@ -21,7 +21,7 @@ use alchemiscale_model::{ComputeServiceId, Scope};
 use alchemiscale_server::testing::settings;
 use alchemiscale_server::{ApiKind, AppState};
 use alchemiscale_store::identities::{hash_key, IdentityKind};
-use alchemiscale_store::testing::cluster::{pg_bindir_or_skip, Cluster};
+use alchemiscale_store::testing::cluster::{pg_bindir_or_skip, Cluster, Restart};
 use alchemiscale_store::{Store, StoreError, StoreLocation, StoreOptions};
 use common::*;
 use reqwest::Method;
@@ -183,22 +183,8 @@ async fn requests_answer_503_while_postgres_restarts_and_recover() {
     let mut locker = sqlx::PgConnection::connect(&cluster.url()).await.unwrap();
     locker.execute("BEGIN; LOCK TABLE task, compute_service IN ACCESS EXCLUSIVE MODE").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopping = Instant::now();
-    let mut cluster = tokio::task::spawn_blocking(move || {
-        cluster.stop();
-        cluster
-    })
-    .await
-    .unwrap();
-    let stopped = Instant::now();
-    tokio::time::sleep(OUTAGE).await;
-    let mut cluster = tokio::task::spawn_blocking(move || {
-        cluster.start();
-        cluster
-    })
-    .await
-    .unwrap();
-    let restarted = Instant::now();
+    let (mut cluster, restart) = cluster.restart(OUTAGE).await;
+    let Restart { stopping, stopped, restarted } = restart;
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {

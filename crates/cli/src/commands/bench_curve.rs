@@ -341,17 +341,7 @@ async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
 
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
     let (rss_mb, peak_mb) = (servers.memory_mb("RssAnon:"), servers.memory_mb("VmHWM:"));
-    Ok(Point {
-        size,
-        setup_s,
-        c11: median(c11),
-        c10: median(c10),
-        bare: median(bare),
-        rounds,
-        rss_mb,
-        peak_mb,
-        double_claims,
-    })
+    Ok(Point { size, setup_s, c11: median(c11), c10: median(c10), bare: median(bare), rounds, rss_mb, peak_mb, double_claims })
 }
 
 pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {

@@ -152,6 +152,37 @@ impl Drop for Cluster {
     }
 }
 
+/// When a [`Cluster::restart`] stopped PostgreSQL, had it stopped, and had it back.
+pub struct Restart {
+    pub stopping: Instant,
+    pub stopped: Instant,
+    pub restarted: Instant,
+}
+
+impl Cluster {
+    /// Stop PostgreSQL (fast shutdown), keep it down for `outage`, start it again; from
+    /// async code, without blocking its runtime.
+    pub async fn restart(self, outage: Duration) -> (Cluster, Restart) {
+        let stopping = Instant::now();
+        let mut cluster = tokio::task::spawn_blocking(move || {
+            let mut c = self;
+            c.stop();
+            c
+        })
+        .await
+        .expect("stopping PostgreSQL");
+        let stopped = Instant::now();
+        tokio::time::sleep(outage).await;
+        cluster = tokio::task::spawn_blocking(move || {
+            cluster.start();
+            cluster
+        })
+        .await
+        .expect("starting PostgreSQL");
+        (cluster, Restart { stopping, stopped, restarted: Instant::now() })
+    }
+}
+
 /// The binaries, or `None` (with a note) when there are none and the environment does not
 /// require PostgreSQL (`ALCHEMISCALE_TEST_REQUIRE_POSTGRES=1` makes that a failure).
 pub fn pg_bindir_or_skip(what: &str) -> Option<PathBuf> {
