@@ -443,6 +443,23 @@ async fn record_in(
     .await?
     .ok_or(StoreError::NotFound)?;
     let (task_id, task_status, holder) = (get_i64(&row, 0)?, crate::tasks::parse_status(&get_str(&row, 1)?)?, get_opt_str(&row, 2)?);
+    // The same result pushed again (a retry after the answer to a push that was recorded got
+    // lost, e.g. the API instance died): the reference already stored stands. Its key holds
+    // the time of the push, so without this the retry would become a second result of the
+    // one execution and count twice towards the transformation's successes.
+    let again = sqlx::query(
+        "SELECT p.gufe_key FROM task_result tr JOIN pdrr p ON p.id = tr.pdrr_id \
+         WHERE tr.task_id = $1 AND p.obj_key = $2 AND p.ok = $3 AND COALESCE(p.creator, '') = COALESCE($4, '')",
+    )
+    .bind(task_id)
+    .bind(result.obj_key.as_str())
+    .bind(result.ok as i64)
+    .bind(result.creator.clone())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(r) = again {
+        return crate::queries::sk_from(&get_str(&r, 0)?, task.org(), task.campaign(), task.project());
+    }
     let fields = PdrrFields {
         location: Some(result.location.clone()),
         obj_key: result.obj_key.clone(),

@@ -212,10 +212,22 @@ store_test!(identical_results_share_one_pdrr, |store| async move {
     assert_eq!((c["pdrr"], c["task_result"]), (1, 2));
     assert_eq!(store.transformation_results(&tfs[0], true).await.unwrap(), vec![a.clone()]);
     assert_eq!(store.get_pdrr(&a).await.unwrap().unwrap().datetime_created.as_deref(), Some("2025-05-06T07:08:09+00:00"));
-    // any difference (here: the time) is another record
-    let later = store.record_result_at(&ts[1], &r, at + chrono::Duration::microseconds(1)).await.unwrap();
-    assert_ne!(later, a);
+    // the same result pushed to the same task later (a retried push whose first answer was
+    // lost) is the reference already stored, not a second result of one execution
+    let later = store.record_result_at(&ts[1], &r, at + chrono::Duration::seconds(5)).await.unwrap();
+    assert_eq!(later, a);
+    assert_eq!(store.task_results(&ts[1], true).await.unwrap(), vec![a.clone()]);
+    let c = counts(&store).await;
+    assert_eq!((c["pdrr"], c["task_result"]), (1, 2));
+    // another result of that task (another execution) is another record
+    let other = store.record_result_at(&ts[1], &result(8, true), at + chrono::Duration::seconds(6)).await.unwrap();
+    assert_ne!(other, a);
     assert_eq!(store.task_results(&ts[1], true).await.unwrap().len(), 2);
+    // and a task that had no reference yet gets a new one at any time, even for the same
+    // object: only a retry on the same task reuses a reference
+    let ts2 = tasks(&store, &tfs[1], 1).await;
+    let fresh = store.record_result_at(&ts2[0], &r, at + chrono::Duration::seconds(7)).await.unwrap();
+    assert_ne!(fresh, a);
 });
 
 store_test!(extended_task_uses_newest_successful_result, |store| async move {
