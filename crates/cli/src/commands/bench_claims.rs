@@ -221,7 +221,7 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
     let raw_scope: Scope = "bench-claims-raw".parse()?;
     network_with_tasks(&store, "claims-raw", &raw_scope, 50, b.tasks).await?;
     store.refresh_statistics().await?;
-    let (raw, raw_s) = super::bench_curve::bare_claims(&store, std::slice::from_ref(&raw_scope), b.services, "raw", usize::MAX).await?;
+    let (raw, raw_s, _) = super::bench_curve::bare_claims(&store, std::slice::from_ref(&raw_scope), b.services, "raw", usize::MAX).await?;
     let raw_claims_per_s = raw.len() as f64 / raw_s;
 
     // the bare push: object write + state-store record for the tasks just claimed, same

@@ -201,14 +201,15 @@ pub(crate) async fn claim_over_http(
 
 /// `services` services (registered before the clock starts, named `<prefix><i>`) claim
 /// one task per call through the store itself — no HTTP — in `scopes` until `limit`
-/// claims are made or nothing is left; returns the claimed tasks and the seconds taken.
+/// claims are made or nothing is left; returns the claimed tasks, the seconds taken and
+/// the services (still registered, holding their claims).
 pub(crate) async fn bare_claims(
     store: &Store,
     scopes: &[Scope],
     services: usize,
     prefix: &str,
     limit: usize,
-) -> anyhow::Result<(Vec<ScopedKey>, f64)> {
+) -> anyhow::Result<(Vec<ScopedKey>, f64, Vec<ComputeServiceId>)> {
     let mut ids = Vec::with_capacity(services);
     for i in 0..services {
         let id = ComputeServiceId::mint(&format!("{prefix}{i}"))?;
@@ -218,7 +219,7 @@ pub(crate) async fn bare_claims(
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut handles = Vec::new();
-    for id in ids {
+    for id in ids.clone() {
         let (store, scopes, done) = (store.clone(), scopes.to_vec(), done.clone());
         handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
@@ -238,7 +239,7 @@ pub(crate) async fn bare_claims(
     for h in handles {
         all.extend(h.await??);
     }
-    Ok((all, start.elapsed().as_secs_f64()))
+    Ok((all, start.elapsed().as_secs_f64(), ids))
 }
 
 /// One network in `scope` with `tasks` actioned tasks, through the user API as a user would
@@ -328,12 +329,11 @@ async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
                 compute.deregister(id).await?;
             }
         }
-        let prefix = format!("bare{round}s");
-        let (mine, secs) = bare_claims(&store, &[Scope::all()], b.services, &prefix, k).await?;
+        let (mine, secs, ids) = bare_claims(&store, &[Scope::all()], b.services, &format!("bare{round}s"), k).await?;
         bare.push(mine.len() as f64 / secs);
         double_claims += doubles(&mine);
-        for i in 0..b.services {
-            store.deregister_compute_service(&ComputeServiceId::mint(&format!("{prefix}{i}"))?).await?;
+        for id in &ids {
+            store.deregister_compute_service(id).await?;
         }
     }
     store.close().await;
