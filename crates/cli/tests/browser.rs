@@ -24,7 +24,7 @@ use alchemiscale_model::{Scope, ScopedKey};
 use alchemiscale_server::testing::{Backend, TestServer};
 use alchemiscale_server::ApiKind;
 use alchemiscale_store::identities::{hash_key, IdentityKind};
-use common::{Stopped, BIN};
+use common::{free_port, Stopped, BIN};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -33,10 +33,6 @@ fn binary(var: &str, default: &str) -> Option<PathBuf> {
         Some(p) => Some(PathBuf::from(p)),
         None => Some(PathBuf::from(default)).filter(|p| p.exists()),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn screenshots_dir() -> PathBuf {

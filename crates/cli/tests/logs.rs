@@ -6,11 +6,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sigterm, wait_exit, BIN};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, sigterm, wait_exit, BIN};
 
 #[test]
 fn server_logs_to_a_pipe_have_no_ansi_codes() {

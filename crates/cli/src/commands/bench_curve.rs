@@ -58,8 +58,10 @@ impl Drop for Servers {
     }
 }
 
+/// A free port for a server process to listen on, below the kernel's ephemeral range (so the
+/// bench's own outgoing connections cannot take it before the server binds).
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    portpicker::pick_unused_port().ok_or_else(|| anyhow::anyhow!("no free port on 127.0.0.1"))
 }
 
 /// A `/proc/<pid>/status` figure in kB, as bytes.

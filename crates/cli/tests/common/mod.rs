@@ -88,7 +88,8 @@ impl Drop for Stopped {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port for a child process to listen on: picked below the kernel's ephemeral
+/// range, so an outgoing connection of a parallel test cannot take it before the child binds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    portpicker::pick_unused_port().expect("a free port")
 }

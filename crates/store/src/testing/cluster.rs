@@ -66,7 +66,9 @@ impl Cluster {
             let s = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
             assert!(s.success(), "cannot hand {} to the postgres user (initdb refuses to run as root)", dir.path().display());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Below the kernel's ephemeral range: while the cluster is down for a restart, an
+        // outgoing connection of another test cannot take its port.
+        let port = portpicker::pick_unused_port().expect("a free port");
         let cluster = Cluster { bin, dir, port, as_postgres, child: None };
         let out = cluster
             .command(&cluster.bin.join("initdb"))
