@@ -122,7 +122,7 @@ impl Store {
                     return Err(StoreError::Invalid(format!("invalid SQLite synchronous setting '{sync}'")));
                 }
                 let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; {}",
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; {}",
                     checkpoint::pragmas()
                 );
                 let make = |n: u32| {
@@ -143,7 +143,7 @@ impl Store {
                 write.acquire().await.map_err(StoreError::from)?;
                 let read = make(options.max_connections.max(1)).connect_with(connect).await.map_err(StoreError::from)?;
                 let commits = std::sync::Arc::new(checkpoint::Commits::default());
-                checkpoint::spawn(read.clone(), &commits);
+                checkpoint::spawn(read.clone(), write.clone(), &commits);
                 Ok(Store {
                     backend: Backend::Sqlite,
                     read,
