@@ -14,12 +14,13 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alchemiscale_client::{parse_keys, Client, ClientError, Payload};
+use alchemiscale_client::{parse_keys, Client, Payload};
 use alchemiscale_model::synthetic::network_chain_json;
 use alchemiscale_model::{ComputeServiceId, Scope};
+use alchemiscale_server::testing::outage::{summary, Log, Outcome, Probe};
 use alchemiscale_store::testing::cluster::{pg_bindir_or_skip, Cluster};
 use common::{free_port, Stopped, BIN};
 use reqwest::Method;
@@ -49,40 +50,6 @@ fn server(args: &[&str], url: &str, port: u16, dir: &std::path::Path) -> Stopped
         .spawn()
         .unwrap();
     Stopped(child)
-}
-
-#[derive(Debug, Clone)]
-struct Outcome {
-    worker: &'static str,
-    sent: Instant,
-    took: Duration,
-    /// HTTP status, or 0 for a connection-level failure.
-    status: u16,
-    detail: String,
-}
-
-type Log = Arc<Mutex<Vec<Outcome>>>;
-
-async fn worker(
-    name: &'static str,
-    client: Client,
-    method: Method,
-    path: String,
-    body: Option<serde_json::Value>,
-    stop: Arc<AtomicBool>,
-    log: Log,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let payload = body.as_ref().map_or(Payload::None, |b| Payload::Json(b.to_string()));
-        let sent = Instant::now();
-        let (status, detail) = match client.send(method.clone(), &path, payload).await {
-            Ok(r) => (r.status, if r.status == 200 { String::new() } else { r.text() }),
-            Err(ClientError::Http { status, detail, .. }) => (status, format!("login: {detail}")),
-            Err(e) => (0, e.to_string()),
-        };
-        log.lock().unwrap().push(Outcome { worker: name, sent, took: sent.elapsed(), status, detail });
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn logged_in(url: &str, identifier: &str, retries: u32) -> Client {
@@ -145,7 +112,8 @@ async fn server_processes_answer_503_while_postgres_restarts_and_recover() {
     let mut workers = Vec::new();
     for (name, url, who, retries, method, path, body) in drives {
         let c = logged_in(url, who, retries).await;
-        workers.push(tokio::spawn(worker(name, c, method, path, body, stop.clone(), log.clone())));
+        let probe = Probe { name, client: c, method, path, body };
+        workers.push(tokio::spawn(probe.run(Duration::from_millis(25), stop.clone(), log.clone())));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (mut cluster, restart) = cluster.restart(OUTAGE).await;
@@ -156,11 +124,7 @@ async fn server_processes_answer_503_while_postgres_restarts_and_recover() {
         w.await.unwrap();
     }
     let outcomes = log.lock().unwrap().clone();
-    let mut seen: std::collections::BTreeMap<(&str, u16), usize> = Default::default();
-    for o in &outcomes {
-        *seen.entry((o.worker, o.status)).or_default() += 1;
-    }
-    eprintln!("outcomes (worker, status) → count: {seen:?}");
+    eprintln!("outcomes (worker, status) → count: {}", summary(&outcomes));
     for o in outcomes.iter().filter(|o| o.status != 200 || o.took > Duration::from_secs(1)) {
         let at = o.sent.duration_since(stopping).as_secs_f64();
         eprintln!("  {} at {at:+.2} s, {:?}: {} {}", o.worker, o.took, o.status, o.detail.chars().take(200).collect::<String>());

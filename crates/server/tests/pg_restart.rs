@@ -13,11 +13,12 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alchemiscale_client::{Client, ClientError, Payload};
+use alchemiscale_client::Client;
 use alchemiscale_model::{ComputeServiceId, Scope};
+use alchemiscale_server::testing::outage::{summary, Log, Outcome, Probe};
 use alchemiscale_server::testing::settings;
 use alchemiscale_server::{ApiKind, AppState};
 use alchemiscale_store::identities::{hash_key, IdentityKind};
@@ -34,55 +35,13 @@ const SERVICE: &str = "restart-cccccccccccccccccccccccccccccccc";
 const OUTAGE: Duration = Duration::from_secs(3);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What one request (or store call) got, and when.
-#[derive(Clone)]
-struct Outcome {
-    at: Instant,
-    worker: &'static str,
-    /// HTTP status, or 0 for a connection-level failure.
-    status: u16,
-    detail: String,
-}
-
-impl std::fmt::Debug for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.worker, self.status, self.detail)
-    }
-}
-
-type Log = Arc<Mutex<Vec<Outcome>>>;
-
-async fn http_worker(
-    name: &'static str,
-    client: Client,
-    method: Method,
-    path: String,
-    body: Option<serde_json::Value>,
-    stop: Arc<AtomicBool>,
-    log: Log,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let payload = match &body {
-            Some(b) => Payload::Json(b.to_string()),
-            None => Payload::None,
-        };
-        let (status, detail) = match client.send(method.clone(), &path, payload).await {
-            Ok(r) => (r.status, if r.status == 200 { String::new() } else { r.text() }),
-            // a failed re-login (/token) after a 401
-            Err(ClientError::Http { status, detail, .. }) => (status, format!("login: {detail}")),
-            Err(e) => (0, e.to_string()),
-        };
-        log.lock().unwrap().push(Outcome { at: Instant::now(), worker: name, status, detail });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The store itself, to see which errors a restart produces: 200 for success, 503 for
 /// `Unavailable`, 500 for anything else (the API's mapping).
 async fn store_worker(store: Store, stop: Arc<AtomicBool>, log: Log) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
+        let sent = Instant::now();
         let r = match n % 3 {
             0 => store.ping().await.map(|_| ()),
             1 => store.acquire_lease("restart-probe", "probe", Duration::from_secs(5)).await.map(|_| ()),
@@ -93,7 +52,7 @@ async fn store_worker(store: Store, stop: Arc<AtomicBool>, log: Log) {
             Err(StoreError::Unavailable(m)) => (503, m),
             Err(e) => (500, format!("{e:?}")),
         };
-        log.lock().unwrap().push(Outcome { at: Instant::now(), worker: "store", status, detail });
+        log.lock().unwrap().push(Outcome { worker: "store", sent, took: sent.elapsed(), status, detail });
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -120,14 +79,6 @@ async fn client(url: &str, identifier: &str) -> Client {
     c.max_retries = 0;
     c.login().await.unwrap();
     c
-}
-
-fn summary(outcomes: &[Outcome]) -> String {
-    let mut by: std::collections::BTreeMap<(&str, u16), usize> = Default::default();
-    for o in outcomes {
-        *by.entry((o.worker, o.status)).or_default() += 1;
-    }
-    format!("{by:?}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +123,8 @@ async fn requests_answer_503_while_postgres_restarts_and_recover() {
     let mut workers = Vec::new();
     for (name, url, identity, method, path, body) in drives {
         let c = client(url, identity).await;
-        workers.push(tokio::spawn(http_worker(name, c, method, path, body, stop.clone(), log.clone())));
+        let probe = Probe { name, client: c, method, path, body };
+        workers.push(tokio::spawn(probe.run(Duration::from_millis(20), stop.clone(), log.clone())));
     }
     workers.push(tokio::spawn(store_worker(store.clone(), stop.clone(), log.clone())));
 
@@ -220,11 +172,14 @@ async fn requests_answer_503_while_postgres_restarts_and_recover() {
     // connection when it came back answer within the acquire timeout), every worker, and
     // stays back
     let recovered = restarted + ACQUIRE_TIMEOUT + Duration::from_secs(2);
-    let late: Vec<&Outcome> = outcomes.iter().filter(|o| o.at > recovered && o.status != 200).collect();
+    let late: Vec<&Outcome> = outcomes.iter().filter(|o| o.answered() > recovered && o.status != 200).collect();
     assert!(late.is_empty(), "failures more than 4 s after PostgreSQL came back: {:#?}", &late[..late.len().min(10)]);
     for w in ["check", "network", "status", "claim", "heartbeat", "store"] {
-        assert!(outcomes.iter().any(|o| o.worker == w && o.at > recovered && o.status == 200), "{w} did not recover");
-        assert!(outcomes.iter().any(|o| o.worker == w && o.at < stopping && o.status == 200), "{w} did not work before the restart");
+        assert!(outcomes.iter().any(|o| o.worker == w && o.answered() > recovered && o.status == 200), "{w} did not recover");
+        assert!(
+            outcomes.iter().any(|o| o.worker == w && o.answered() < stopping && o.status == 200),
+            "{w} did not work before the restart"
+        );
     }
     store.close().await;
     cluster.stop();

@@ -130,26 +130,35 @@ mod tests {
     use super::*;
     use crate::{Store, StoreLocation, StoreOptions};
 
+    /// A SQLite store (no fsync) with a table `filler (id, body)`.
+    async fn filler_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { sqlite_synchronous: "OFF".into(), ..Default::default() };
+        let store = Store::connect(&StoreLocation::Sqlite { path: dir.path().join("state.db") }, &options).await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("CREATE TABLE filler (id INTEGER PRIMARY KEY, body BLOB)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        (dir, store)
+    }
+
+    /// One commit of a 16 KiB row (4+ pages through the log).
+    async fn insert_filler(store: &Store) {
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO filler (body) VALUES ($1)").bind(vec![7u8; 16 * 1024]).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
     /// An unbroken stream of commits, far more than the restart threshold: the log stays
     /// bounded (without the checkpoint task it would hold every commit) and nothing is
     /// lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_stays_bounded_under_continuous_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let options = StoreOptions { sqlite_synchronous: "OFF".into(), ..Default::default() };
-        let store = Store::connect(&StoreLocation::Sqlite { path: path.clone() }, &options).await.unwrap();
-        let mut tx = store.begin_write().await.unwrap();
-        sqlx::query("CREATE TABLE filler (id INTEGER PRIMARY KEY, body BLOB)").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
-        let body = vec![7u8; 16 * 1024];
+        let (dir, store) = filler_store().await;
         let wal = dir.path().join("state.db-wal");
         let mut largest = 0;
         // 8,000 commits of 4+ pages each: about 165 MB through the log
         for _ in 0..8000 {
-            let mut tx = store.begin_write().await.unwrap();
-            sqlx::query("INSERT INTO filler (body) VALUES ($1)").bind(&body).execute(&mut *tx).await.unwrap();
-            tx.commit().await.unwrap();
+            insert_filler(&store).await;
             largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
         }
         // a few restart thresholds' worth: passes may be late on a busy machine
@@ -166,24 +175,15 @@ mod tests {
     /// reader let go.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_reader_does_not_hold_the_writer_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let options = StoreOptions { sqlite_synchronous: "OFF".into(), ..Default::default() };
-        let store = Store::connect(&StoreLocation::Sqlite { path: path.clone() }, &options).await.unwrap();
-        let mut tx = store.begin_write().await.unwrap();
-        sqlx::query("CREATE TABLE filler (id INTEGER PRIMARY KEY, body BLOB)").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
+        let (dir, store) = filler_store().await;
         let mut snapshot = store.begin_snapshot().await.unwrap();
         let before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM filler").fetch_one(&mut *snapshot).await.unwrap();
-        let body = vec![7u8; 16 * 1024];
         let wal = dir.path().join("state.db-wal");
         let (mut slowest, mut largest) = (Duration::ZERO, 0);
         // 3,000 commits of 4+ pages: three times the restart threshold, every pass past it
         for _ in 0..3000 {
             let t = std::time::Instant::now();
-            let mut tx = store.begin_write().await.unwrap();
-            sqlx::query("INSERT INTO filler (body) VALUES ($1)").bind(&body).execute(&mut *tx).await.unwrap();
-            tx.commit().await.unwrap();
+            insert_filler(&store).await;
             slowest = slowest.max(t.elapsed());
             largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
         }

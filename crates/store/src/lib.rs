@@ -121,10 +121,8 @@ impl Store {
                 if !["OFF", "NORMAL", "FULL", "EXTRA"].contains(&sync.as_str()) {
                     return Err(StoreError::Invalid(format!("invalid SQLite synchronous setting '{sync}'")));
                 }
-                let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; {}",
-                    checkpoint::pragmas()
-                );
+                let pragmas =
+                    format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; {}", checkpoint::pragmas());
                 let make = |n: u32| {
                     let pragmas = pragmas.clone();
                     AnyPoolOptions::new().max_connections(n).min_connections(0).acquire_timeout(options.acquire_timeout).after_connect(

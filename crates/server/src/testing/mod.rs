@@ -11,6 +11,8 @@ use alchemiscale_store::Store;
 
 use crate::{ApiKind, ApiSettings, AppState};
 
+pub mod outage;
+
 /// Which backend a test server runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
