@@ -169,6 +169,7 @@ pub async fn run(b: ConsoleBench) -> anyhow::Result<()> {
         "network_vs_baseline": figures[1].2 / baseline_ms,
         "setup_s": setup_s,
     });
+    servers.close().await?;
     println!("{summary}");
     Ok(())
 }

@@ -45,7 +45,7 @@ pub(crate) struct Servers {
     pub(crate) compute_url: String,
     /// The store they serve, for the bare claims.
     location: StoreLocation,
-    _bench: Option<BenchStore>,
+    bench: Option<BenchStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,6 +54,21 @@ impl Drop for Servers {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+impl Servers {
+    /// Stop the processes and drop the scratch schema (on PostgreSQL); dropping `Servers`
+    /// without this (a bench that fails) only stops the processes.
+    pub(crate) async fn close(mut self) -> anyhow::Result<()> {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        match self.bench.take() {
+            Some(bench) => bench.close().await,
+            None => Ok(()),
         }
     }
 }
@@ -123,7 +138,7 @@ impl Servers {
         };
         let user = Client::new(&format!("http://127.0.0.1:{user_port}"), "curve-user", KEY)?;
         let compute_url = format!("http://127.0.0.1:{compute_port}");
-        let servers = Servers { children, user, compute_url, location, _bench: bench, _dir: dir };
+        let servers = Servers { children, user, compute_url, location, bench, _dir: dir };
         for _ in 0..200 {
             if servers.user.login().await.is_ok() && servers.compute().await.is_ok() {
                 return Ok(servers);
@@ -343,6 +358,7 @@ async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
 
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
     let (rss_mb, peak_mb) = (servers.memory_mb("RssAnon:"), servers.memory_mb("VmHWM:"));
+    servers.close().await?;
     Ok(Point { size, setup_s, c11: median(c11), c10: median(c10), bare: median(bare), rounds, rss_mb, peak_mb, double_claims })
 }
 
