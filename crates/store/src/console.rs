@@ -1,7 +1,8 @@
 //! What the web console reads: one call per page, each a handful of statements whose cost
 //! follows what the page shows (a network's transformations and tasks, one task's history,
 //! the last hours of activity), never the size of the whole store — except the per-scope
-//! task counts of the overview, one aggregate over the tasks that the console caches (see `crates/console/src/cache.rs`).
+//! task counts of the overview, one aggregate over the tasks that the console caches (see
+//! `crates/console/src/cache.rs`).
 
 use std::collections::BTreeMap;
 

@@ -51,21 +51,23 @@ pub(crate) struct Servers {
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_processes();
     }
 }
 
 impl Servers {
-    /// Stop the processes and drop the scratch schema (on PostgreSQL); dropping `Servers`
-    /// without this (a bench that fails) only stops the processes.
-    pub(crate) async fn close(mut self) -> anyhow::Result<()> {
+    fn stop_processes(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.children.clear();
+    }
+
+    /// Stop the processes and drop the scratch schema (on PostgreSQL); dropping `Servers`
+    /// without this (a bench that fails) only stops the processes.
+    pub(crate) async fn close(mut self) -> anyhow::Result<()> {
+        self.stop_processes();
         match self.bench.take() {
             Some(bench) => bench.close().await,
             None => Ok(()),
