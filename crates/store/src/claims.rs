@@ -13,7 +13,7 @@
 //!   `BEGIN IMMEDIATE`, so claims are serialised by construction; candidates are read and
 //!   claimed inside the transaction.
 //! * PostgreSQL: candidate rows are selected *and locked* with `FOR UPDATE OF t SKIP
-//!   LOCKED`, in claim-queue order (priority, claim rank; see `select_from_hubs`). Rows
+//!   LOCKED`, in claim-queue order (priority, claim rank; see `claim_select`). Rows
 //!   another claimer holds are skipped; a row another claimer claimed meanwhile fails
 //!   the re-checked `status = 'waiting'` (PostgreSQL re-evaluates a locked row's
 //!   conditions against its newest version). So claimers — on one hub, or on two hubs
@@ -27,9 +27,9 @@
 //!
 //! # Throughput: combining concurrent claims
 //!
-//! Selecting from a hub reads its claim queue (`claim_rank`): the first claimable rows
-//! in (priority, rank) order from one index, so its cost follows the tasks claimed, not
-//! the size of the hub. Each claim still pays for a transaction and its commit. Concurrent
+//! Selecting from a hub reads its claim queue (`claim_rank`, `claim_select`): the first
+//! claimable rows in (priority, rank) order from one index, so its cost follows the tasks
+//! claimed, not the size of the hub. Each claim still pays for a transaction and its commit. Concurrent
 //! [`Store::claim_tasks`] calls for the same search space (scopes, exclusions, protocols,
 //! failure policy) in this process are therefore *combined*: each caller queues its
 //! request; whoever gets the search space's batch permit runs every queued request in
@@ -73,11 +73,12 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sqlx::AnyConnection;
 
+use crate::claim_select::{hint_scope, select_from_hubs, Claimed};
 use crate::compute::{can_claim_row, cutoff, service_rows};
-use crate::db::{bind, dialect, fetch_json_rows, get_i64, get_str, json_array, json_rows_select, json_text_list, Arg};
+use crate::db::{bind, dialect, fetch_json_rows, get_i64, json_array, json_rows_select, json_text_list, Arg};
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
-use crate::tasks::{apply_status, task_sk};
+use crate::tasks::apply_status;
 use crate::{Backend, Store};
 
 /// How long a hub pool (see the module documentation) is trusted before the hub query is
@@ -144,7 +145,7 @@ pub(crate) fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg
 /// waiting, kept with its status) lets both backends read the partial index of waiting
 /// rows, so the rows of running and errored tasks are never read; the status is checked
 /// again on the task row.
-fn claimable_condition(backend: Backend, protocols_param: Option<usize>) -> String {
+pub(crate) fn claimable_condition(backend: Backend, protocols_param: Option<usize>) -> String {
     let mut s = String::from(
         "a.queued = 1 AND a.weight > 0 AND t.status = 'waiting' \
          AND EXISTS (SELECT 1 FROM network ns WHERE ns.id = a.network_id AND ns.state IN ('active', 'inactive')) \
@@ -316,59 +317,6 @@ fn combiner(key: &str) -> Arc<Combiner> {
     c
 }
 
-// ---------------------------------------------------------------------------------------
-// Claiming from one hub.
-
-/// One selected (and, once recorded, claimed) task.
-struct Claimed {
-    id: i64,
-    sk: ScopedKey,
-}
-
-/// Select claimable tasks from several hubs, up to the given count from each, by the
-/// algorithm steps 1–4, inside the caller's write transaction: the first
-/// claimable ACTIONS rows of each hub in (priority, claim rank) order, read from the index
-/// `task_action_queue` (see `claim_rank` for why that order is upstream's weighted sampling).
-/// Returns, per requested hub, the tasks and whether the hub has no claimable task left
-/// afterwards (for this filter). A task actioned on two of the hubs is handed out once.
-/// With `require_hub_weight`, hubs whose weight is 0 yield nothing. On PostgreSQL the
-/// returned rows are locked: `SKIP LOCKED` passes over rows other claimers hold, and a row
-/// another claimer claimed meanwhile fails the re-checked `status = 'waiting'`.
-async fn select_from_hubs(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    wants: &[(i64, usize)],
-    protocols: Option<&str>,
-    require_hub_weight: bool,
-) -> Result<Vec<(Vec<Claimed>, bool)>> {
-    let sql = dialect(backend, &hub_select(backend, protocols.is_some(), require_hub_weight));
-    let mut out = Vec::with_capacity(wants.len());
-    let mut taken: HashSet<i64> = HashSet::new();
-    for &(hub, count) in wants {
-        if count == 0 {
-            out.push((Vec::new(), false));
-            continue;
-        }
-        let mut q = sqlx::query(&sql).bind(hub);
-        if let Some(p) = protocols {
-            q = q.bind(p);
-        }
-        // rows already taken through another hub come back again (this transaction holds
-        // them): read past them
-        let rows = q.bind((count + taken.len()) as i64).fetch_all(&mut *conn).await?;
-        let mut chosen = Vec::with_capacity(count);
-        for r in &rows {
-            let id = get_i64(r, 0)?;
-            if chosen.len() < count && taken.insert(id) {
-                chosen.push(Claimed { id, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)? });
-            }
-        }
-        let drained = chosen.len() < count;
-        out.push((chosen, drained));
-    }
-    Ok(out)
-}
-
 /// Record claims (task row id, service row id) and move the claimed tasks from `waiting`
 /// to `running` through [`apply_status`]. The `task_claim` primary
 /// key is the backstop: rows are inserted with `ON CONFLICT DO NOTHING RETURNING task_id`
@@ -395,29 +343,6 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64
     let transitions: Vec<(i64, TaskStatus)> = inserted.iter().map(|&id| (id, TaskStatus::Waiting)).collect();
     apply_status(conn, backend, &transitions, TaskStatus::Running).await?;
     Ok(inserted)
-}
-
-/// The select of one hub's first claimable tasks in claim order (before `dialect`): `$1`
-/// is the hub, then the protocol list (if any), then the limit. Shared with
-/// `claim_plan`, which explains exactly this statement.
-pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
-    let limit = if protocols { 3 } else { 2 };
-    let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
-    format!(
-        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project {} ORDER BY a.priority, a.claim_rank LIMIT ${limit}{lock}",
-        hub_candidates(backend, protocols, require_hub_weight)
-    )
-}
-
-/// The FROM/WHERE of the candidates of one hub: `$1` is the hub, the protocol list (if
-/// any) is `$2`.
-fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -> String {
-    // uncorrelated, so evaluated once per statement rather than once per candidate
-    let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = $1 AND n.weight > 0)" } else { "" };
-    format!(
-        "FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1{weight_check} AND {}",
-        claimable_condition(backend, protocols.then_some(2))
-    )
 }
 
 impl Store {
@@ -609,6 +534,7 @@ impl Store {
 
         let mut refreshed = false;
         let mut rng = StdRng::from_entropy();
+        let hints = hint_scope(self);
         loop {
             let mut by_hub: HashMap<i64, Vec<usize>> = HashMap::new();
             let mut need_refresh = false;
@@ -631,7 +557,7 @@ impl Store {
             let rounds: Vec<(i64, Vec<usize>)> = by_hub.into_iter().collect();
             let wants: Vec<(i64, usize)> =
                 rounds.iter().map(|(hub, takers)| (*hub, takers.iter().map(|&ai| active[ai].remaining).sum())).collect();
-            let selections = select_from_hubs(&mut tx, self.backend, &wants, space.protocols.as_deref(), true).await?;
+            let selections = select_from_hubs(&mut tx, self.backend, &wants, space.protocols.as_deref(), true, hints.as_deref()).await?;
             let mut pairs = Vec::new();
             let mut dealt: Vec<(usize, Claimed)> = Vec::new();
             for ((hub, mut takers), (mut chosen, drained)) in rounds.into_iter().zip(selections) {
@@ -700,8 +626,11 @@ impl Store {
             }
         }
         if let (Some(hub_id), false) = (hub_id, takers.is_empty()) {
-            let (mut chosen, _) =
-                select_from_hubs(&mut tx, self.backend, &[(hub_id, takers.len())], protocols, false).await?.pop().unwrap_or_default();
+            let hints = hint_scope(self);
+            let (mut chosen, _) = select_from_hubs(&mut tx, self.backend, &[(hub_id, takers.len())], protocols, false, hints.as_deref())
+                .await?
+                .pop()
+                .unwrap_or_default();
             let mut rng = StdRng::from_entropy();
             chosen.shuffle(&mut rng);
             takers.shuffle(&mut rng);

@@ -16,6 +16,7 @@ pub mod census;
 mod checkpoint;
 pub mod claim_plan;
 mod claim_rank;
+mod claim_select;
 pub mod claims;
 pub mod compute;
 pub mod console;

@@ -405,6 +405,8 @@ impl Store {
         let task_ids: Vec<i64> = found.values().map(|t| t.id).collect();
         redraw(&mut tx, self.backend, &task_ids, None, Entry::Fresh).await?;
         tx.commit().await?;
+        // a raised priority may place tasks before where claims start reading
+        crate::claim_select::forget_start_hints();
         Ok(tasks.iter().map(|k| k.as_ref().and_then(|k| found.get(&k.to_string())).map(|t| t.sk.clone())).collect())
     }
 
@@ -472,6 +474,10 @@ impl Store {
         }
         tx.commit().await?;
         self.note_bulk_change(added);
+        if added > 0 {
+            // tasks of a more urgent priority may enter before where claims start reading
+            crate::claim_select::forget_start_hints();
+        }
         Ok(result)
     }
 

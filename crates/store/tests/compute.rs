@@ -416,6 +416,30 @@ store_test!(extending_tasks_wait_for_their_parents, |store| async move {
     assert_eq!(claim(&store, &s, 1).await, vec![None]);
 });
 
+// On PostgreSQL a claim starts reading a hub's queue where the last claim's select began (a
+// start hint; see the store's `claim_select`). Tasks ranked before the hint that become
+// claimable later must still be claimed before any claim comes back short.
+store_test!(a_claim_reads_the_whole_queue_before_coming_back_short, |store| async move {
+    let s = sid(1);
+    store.register_compute_service(&s, None).await.unwrap();
+    for (i, across_scopes) in [false, true].into_iter().enumerate() {
+        let (net, hub, tfs) = network(&store, &format!("hint{i}")).await;
+        let parent = tasks(&store, &tfs[..1], 1).await.remove(0);
+        let reqs: Vec<TaskRequest> =
+            (0..20).map(|_| TaskRequest { transformation: tfs[0].clone(), extends: Some(parent.clone()) }).collect();
+        let children = store.create_tasks(&reqs, None).await.unwrap();
+        action(&store, &net, &[vec![parent.clone()], children.clone()].concat()).await;
+        // the parent is the only claimable task; about half of its children rank before it
+        assert_eq!(keys(&store.claim_taskhub_tasks(&hub, &s, 1, None).await.unwrap(), 1), vec![parent.clone()]);
+        store.record_result(&parent, &result(i as u32, true, &s)).await.unwrap();
+        let got = match across_scopes {
+            false => store.claim_taskhub_tasks(&hub, &s, 21, None).await.unwrap(),
+            true => claim(&store, &s, 21).await,
+        };
+        assert_eq!(set_of(&keys(&got, 21)), set_of(&children), "claimed across scopes: {across_scopes}");
+    }
+});
+
 store_test!(protocol_filter, |store| async move {
     let other_text = network_chain_json(4, 4, "otherproto").replace("SyntheticProtocol", "OtherProtocol");
     let created = store.create_network(&chain_of(&other_text), &scope(), NetworkState::Active).await.unwrap();
