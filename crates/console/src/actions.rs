@@ -5,7 +5,7 @@
 
 use alchemiscale_model::{NetworkState, ScopedKey};
 use alchemiscale_store::tasks::TaskRequest;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use crate::error::{ConsoleError, ConsoleResult};
@@ -17,8 +17,30 @@ use crate::ConsoleState;
 /// Most tasks one form creates.
 pub const MAX_CREATE: usize = 1000;
 
-fn network_key(session: &Session, raw: &str) -> ConsoleResult<ScopedKey> {
-    path_key(session, raw, &["AlchemicalNetwork"], "network")
+/// A form posted to one of a network's actions, in the order every action checks it: a
+/// session (else the login page), the network named by the path within the session's
+/// scopes, the form with the session's CSRF token.
+pub struct NetworkForm {
+    state: ConsoleState,
+    session: Session,
+    network: ScopedKey,
+    form: Form,
+}
+
+impl FromRequest<ConsoleState> for NetworkForm {
+    type Rejection = ConsoleError;
+
+    async fn from_request(req: Request, state: &ConsoleState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let session = Session::from_request_parts(&mut parts, state).await?;
+        let Path(raw) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| ConsoleError::BadRequest("Not a network key.".into()))?;
+        let form = Form::from_request(Request::from_parts(parts, body), state).await?;
+        form.check_csrf(&session)?;
+        let network = path_key(&session, &raw, &["AlchemicalNetwork"], "network")?;
+        Ok(NetworkForm { state: state.clone(), session, network, form })
+    }
 }
 
 /// Back to where the form was (a console page only), else the network page.
@@ -36,14 +58,7 @@ async fn require_network(state: &ConsoleState, network: &ScopedKey) -> ConsoleRe
     }
 }
 
-pub async fn set_state(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    form: Form,
-) -> ConsoleResult<Response> {
-    form.check_csrf(&session)?;
-    let network = network_key(&session, &raw)?;
+pub async fn set_state(NetworkForm { state, network, form, .. }: NetworkForm) -> ConsoleResult<Response> {
     let new: NetworkState = form
         .required("state", "State")?
         .parse()
@@ -54,14 +69,7 @@ pub async fn set_state(
     Ok(back(&form, &network, "state", 1))
 }
 
-pub async fn set_weight(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    form: Form,
-) -> ConsoleResult<Response> {
-    form.check_csrf(&session)?;
-    let network = network_key(&session, &raw)?;
+pub async fn set_weight(NetworkForm { state, network, form, .. }: NetworkForm) -> ConsoleResult<Response> {
     let weight: f64 = form
         .required("weight", "Weight")?
         .parse()
@@ -72,28 +80,14 @@ pub async fn set_weight(
     Ok(back(&form, &network, "weight", 1))
 }
 
-pub async fn wake_strategy(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    form: Form,
-) -> ConsoleResult<Response> {
-    form.check_csrf(&session)?;
-    let network = network_key(&session, &raw)?;
+pub async fn wake_strategy(NetworkForm { state, network, form, .. }: NetworkForm) -> ConsoleResult<Response> {
     if state.store().wake_strategy(&network).await?.is_none() {
         return Err(ConsoleError::BadRequest("This network has no strategy to wake.".into()));
     }
     Ok(back(&form, &network, "woken", 1))
 }
 
-pub async fn create_tasks(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    form: Form,
-) -> ConsoleResult<Response> {
-    form.check_csrf(&session)?;
-    let network = network_key(&session, &raw)?;
+pub async fn create_tasks(NetworkForm { state, session, network, form }: NetworkForm) -> ConsoleResult<Response> {
     let transformation: ScopedKey = form
         .required("transformation", "Transformation")?
         .parse()
@@ -134,28 +128,14 @@ fn checked_tasks(session: &Session, form: &Form) -> ConsoleResult<Vec<Option<Sco
         .collect()
 }
 
-pub async fn action_tasks(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    form: Form,
-) -> ConsoleResult<Response> {
-    form.check_csrf(&session)?;
-    let network = network_key(&session, &raw)?;
+pub async fn action_tasks(NetworkForm { state, session, network, form }: NetworkForm) -> ConsoleResult<Response> {
     let tasks = checked_tasks(&session, &form)?;
     require_network(&state, &network).await?;
     let actioned = state.store().action_tasks(&network, &tasks, None).await?;
     Ok(back(&form, &network, "actioned", actioned.iter().flatten().count()))
 }
 
-pub async fn cancel_tasks(
-    State(state): State<ConsoleState>,
-    session: Session,
-    Path(raw): Path<String>,
-    form: Form,
-) -> ConsoleResult<Response> {
-    form.check_csrf(&session)?;
-    let network = network_key(&session, &raw)?;
+pub async fn cancel_tasks(NetworkForm { state, session, network, form }: NetworkForm) -> ConsoleResult<Response> {
     let tasks = checked_tasks(&session, &form)?;
     require_network(&state, &network).await?;
     let cancelled = state.store().cancel_tasks(&network, &tasks).await?;

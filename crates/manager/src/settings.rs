@@ -98,6 +98,8 @@ mod defaults {
 /// The `backend` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// read once per process from the settings file: the size of the small variant does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum BackendSettings {
     Local(LocalSettings),
     Slurm(SlurmSettings),

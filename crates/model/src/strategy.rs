@@ -76,9 +76,9 @@ pub fn errored_rule(weight: Option<f64>, statuses: impl IntoIterator<Item = Task
 /// `floor((1 + max)^w)` (exponential), truncated like Python's `int()`.
 pub fn task_count(weight: Option<f64>, max: i64, scaling: StrategyTaskScaling) -> i64 {
     let w = match weight {
-        None => return 0,
-        Some(w) if w == 0.0 => return 0,
-        Some(w) if w == 1.0 => return max,
+        // (float patterns compare with `==`: -0.0 is 0 too)
+        None | Some(0.0) => return 0,
+        Some(1.0) => return max,
         Some(w) => w,
     };
     let tasks = match scaling {

@@ -201,6 +201,13 @@ fn hour_of(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default().format("%Y-%m-%dT%H").to_string()
 }
 
+/// A network summary's columns: key (gufe key, org, campaign, project), name, state,
+/// weight, transformations, successful results.
+type NetworkRow = (String, String, String, String, Option<String>, String, f64, i64, i64);
+
+/// A transformation edge's columns: row id, key (four parts), name, protocol.
+type TransformationRow = (i64, String, String, String, String, Option<String>, Option<String>);
+
 impl Store {
     /// Task counts by status and network counts by state of every concrete scope inside
     /// `scopes` (disjoint scopes, as minimised).
@@ -253,8 +260,7 @@ impl Store {
                  FROM network_transformation x JOIN transformation tf ON tf.id = x.transformation_id GROUP BY x.network_id) s ON s.network_id = n.id \
                  WHERE {cond} ORDER BY o.org, o.campaign, o.project, o.name, o.gufe_key LIMIT {limit}"
             );
-            let rows: Vec<(String, String, String, String, Option<String>, String, f64, i64, i64)> =
-                self.json_rows(9, &inner, &args).await?;
+            let rows: Vec<NetworkRow> = self.json_rows(9, &inner, &args).await?;
             for (k, o, c, p, name, state, weight, transformations, ok_results) in rows {
                 out.push(NetworkSummary { key: sk_from(&k, &o, &c, &p)?, name, state, weight, transformations, ok_results });
             }
@@ -354,7 +360,7 @@ impl Store {
             .map(|(id, k, o, c, p, name)| Ok(SystemNode { id, key: sk_from(&k, &o, &c, &p)?, name }))
             .collect::<Result<Vec<_>>>()?;
         systems.sort_by_key(|s| s.id);
-        let rows: Vec<(i64, String, String, String, String, Option<String>, Option<String>)> = self
+        let rows: Vec<TransformationRow> = self
             .json_rows(
                 7,
                 "SELECT x.transformation_id AS c0, o.gufe_key AS c1, o.org AS c2, o.campaign AS c3, o.project AS c4, o.name AS c5, \

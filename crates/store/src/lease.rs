@@ -73,7 +73,7 @@ impl Store {
             .bind(Utc::now().timestamp_micros())
             .fetch_optional(self.reader())
             .await?;
-        Ok(row.map(|r| crate::db::get_str(&r, 0)).transpose()?)
+        row.map(|r| crate::db::get_str(&r, 0)).transpose()
     }
 }
 

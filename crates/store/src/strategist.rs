@@ -275,8 +275,9 @@ impl Store {
             ),
         );
         let mut conn = self.reader().acquire().await?;
-        let rows: Vec<(String, String, Option<String>, Option<String>, Option<i64>)> =
-            fetch_json_rows(&mut conn, &sql, &[Arg::I64(network_id)]).await?;
+        // transformation, object key, location, content hash, size
+        type Row = (String, String, Option<String>, Option<String>, Option<i64>);
+        let rows: Vec<Row> = fetch_json_rows(&mut conn, &sql, &[Arg::I64(network_id)]).await?;
         let mut out: Vec<ResultRef> = rows
             .into_iter()
             .map(|(transformation, obj_key, location, content_sha256, size)| ResultRef {

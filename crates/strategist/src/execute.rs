@@ -49,7 +49,10 @@ pub struct Context {
 /// [`GraphCache::MAX_TRANSFORMATIONS`] transformations in all (then the cache starts
 /// over); each cycle reads only the result counts.
 #[derive(Clone, Default)]
-pub struct GraphCache(Arc<Mutex<(HashMap<i64, Arc<StrategyGraph>>, usize)>>);
+pub struct GraphCache(Arc<Mutex<Graphs>>);
+
+/// The graphs by network row id, and how many transformations they hold in all.
+type Graphs = (HashMap<i64, Arc<StrategyGraph>>, usize);
 
 impl GraphCache {
     /// About 100 MB of graphs.
