@@ -95,13 +95,20 @@ fn hint_set(key: &str, at: Option<Position>) {
         map.remove(key);
         return;
     };
-    if map.len() >= MAX_HINTS && !map.contains_key(key) {
-        map.retain(|_, h| h.taken.elapsed() <= START_HINT_TTL);
-        if map.len() >= MAX_HINTS {
+    insert_bounded(&mut map, key, Hint { taken: Instant::now(), at }, MAX_HINTS, |h| h.taken.elapsed() > START_HINT_TTL);
+}
+
+/// Insert into a process-wide map of hints (start hints, hub pools) that keeps at most
+/// `max` keys: when a new key finds it full, its stale entries go, then, if that was not
+/// enough, all of them.
+pub(crate) fn insert_bounded<V>(map: &mut HashMap<String, V>, key: &str, value: V, max: usize, stale: impl Fn(&V) -> bool) {
+    if map.len() >= max && !map.contains_key(key) {
+        map.retain(|_, v| !stale(v));
+        if map.len() >= max {
             map.clear();
         }
     }
-    map.insert(key.to_string(), Hint { taken: Instant::now(), at });
+    map.insert(key.to_string(), value);
 }
 
 /// One selected (and, once recorded, claimed) task.

@@ -73,7 +73,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sqlx::AnyConnection;
 
-use crate::claim_select::{hint_scope, select_from_hubs, Claimed};
+use crate::claim_select::{hint_scope, insert_bounded, select_from_hubs, Claimed};
 use crate::compute::{can_claim_row, cutoff, service_rows};
 use crate::db::{bind, dialect, fetch_json_rows, get_i64, json_array, json_rows_select, json_text_list, Arg};
 use crate::error::{Result, StoreError};
@@ -214,14 +214,8 @@ fn pool_pick(key: &str, tried: &HashSet<i64>, any_age: bool, rng: &mut StdRng) -
 }
 
 fn pool_store(key: &str, hubs: Vec<(i64, f64)>) {
-    let mut map = pools();
-    if map.len() >= MAX_POOLS && !map.contains_key(key) {
-        map.retain(|_, p| p.fetched.elapsed() <= HUB_POOL_TTL);
-        if map.len() >= MAX_POOLS {
-            map.clear();
-        }
-    }
-    map.insert(key.to_string(), HubPool { fetched: Instant::now(), hubs });
+    let pool = HubPool { fetched: Instant::now(), hubs };
+    insert_bounded(&mut pools(), key, pool, MAX_POOLS, |p| p.fetched.elapsed() > HUB_POOL_TTL);
 }
 
 fn pool_evict(key: &str, hub: i64) {
