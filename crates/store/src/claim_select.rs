@@ -76,10 +76,14 @@ fn hint_get(key: &str) -> Option<Position> {
     hints().get(key).filter(|h| h.taken.elapsed() <= START_HINT_TTL).map(|h| h.at)
 }
 
-/// Forget every start hint: after this process actioned tasks or changed priorities, which
-/// may place claimable tasks before a hint (a task of a more urgent priority group).
-pub(crate) fn forget_start_hints() {
-    hints().clear();
+/// Forget the start hints of `store`: after this process actioned tasks or changed
+/// priorities in it, which may place claimable tasks before a hint (a task of a more urgent
+/// priority group). Other stores' hints stay.
+pub(crate) fn forget_start_hints(store: &Store) {
+    if let Some(scope) = hint_scope(store) {
+        let prefix = format!("{scope}|");
+        hints().retain(|key, _| !key.starts_with(&prefix));
+    }
 }
 
 /// The start hint this process holds for a hub of `store` (no protocol filter), however

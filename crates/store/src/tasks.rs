@@ -406,7 +406,7 @@ impl Store {
         redraw(&mut tx, self.backend, &task_ids, None, Entry::Fresh).await?;
         tx.commit().await?;
         // a raised priority may place tasks before where claims start reading
-        crate::claim_select::forget_start_hints();
+        crate::claim_select::forget_start_hints(self);
         Ok(tasks.iter().map(|k| k.as_ref().and_then(|k| found.get(&k.to_string())).map(|t| t.sk.clone())).collect())
     }
 
@@ -476,7 +476,7 @@ impl Store {
         self.note_bulk_change(added);
         if added > 0 {
             // tasks of a more urgent priority may enter before where claims start reading
-            crate::claim_select::forget_start_hints();
+            crate::claim_select::forget_start_hints(self);
         }
         Ok(result)
     }
