@@ -111,14 +111,7 @@ pub(crate) const TABLES: &[TableSpec] = &[
     },
     TableSpec {
         name: "task_action",
-        columns: &[
-            ("network_id", I, false),
-            ("task_id", I, false),
-            ("weight", F, false),
-            ("priority", I, false),
-            ("claim_rank", F, false),
-            ("queued", I, false),
-        ],
+        columns: &[("network_id", I, false), ("task_id", I, false), ("weight", F, false)],
         order_by: "network_id, task_id",
         identity_id: false,
     },
@@ -282,6 +275,18 @@ pub(crate) const TABLES: &[TableSpec] = &[
         order_by: "id_sha256",
         identity_id: false,
     },
+    TableSpec {
+        name: "task_queue",
+        columns: &[("network_id", I, false), ("priority", I, false), ("claim_rank", F, false), ("task_id", I, false)],
+        order_by: "network_id, task_id",
+        identity_id: false,
+    },
+    TableSpec {
+        name: "claim_clock",
+        columns: &[("network_id", I, false), ("priority", I, false), ("reached", F, false)],
+        order_by: "network_id, priority",
+        identity_id: false,
+    },
 ];
 
 /// Unique indexes the uniqueness rules rest on (checked by `check`).
@@ -417,26 +422,38 @@ impl Store {
 
     /// Data that breaks a rule the schema cannot express, one message each (`database
     /// check`): transformations whose kept count of successful results differs from their
-    /// results, and ACTIONS rows in (or out of) the claim queue against their task's status.
+    /// results, and claim-queue rows that disagree with their task's status or ACTIONS row.
     pub async fn inconsistencies(&self) -> Result<Vec<String>> {
         let mut out = self.count_inconsistencies().await?;
+        // (1) queue rows of tasks that are not waiting, (2) queue rows without an ACTIONS
+        // row of weight above 0, (0) such ACTIONS rows of waiting tasks with no queue row
         let rows = sqlx::query(
-            "SELECT t.gufe_key, t.org, t.campaign, t.project, t.status, a.queued FROM task_action a JOIN task t ON t.id = a.task_id \
-             WHERE a.queued <> CASE WHEN t.status = 'waiting' THEN 1 ELSE 0 END ORDER BY t.id LIMIT 100",
+            "SELECT t.gufe_key, t.org, t.campaign, t.project, t.status, \
+             CASE WHEN t.status <> 'waiting' THEN 1 ELSE 2 END, t.id FROM task_queue q JOIN task t ON t.id = q.task_id \
+             LEFT JOIN task_action a ON a.network_id = q.network_id AND a.task_id = q.task_id \
+             WHERE t.status <> 'waiting' OR a.task_id IS NULL OR a.weight <= 0 \
+             UNION ALL \
+             SELECT t.gufe_key, t.org, t.campaign, t.project, t.status, 0, t.id FROM task_action a JOIN task t ON t.id = a.task_id \
+             WHERE t.status = 'waiting' AND a.weight > 0 \
+             AND NOT EXISTS (SELECT 1 FROM task_queue q WHERE q.task_id = a.task_id AND q.network_id = a.network_id) \
+             ORDER BY 7 LIMIT 100",
         )
         .fetch_all(&self.read)
         .await?;
         for r in &rows {
-            let queued: i64 = r.try_get(5)?;
-            out.push(format!(
-                "task {}-{}-{}-{} is {} but an ACTIONS row of it is {} the claim queue",
+            let task = format!(
+                "{}-{}-{}-{}",
                 r.try_get::<String, _>(0)?,
                 r.try_get::<String, _>(1)?,
                 r.try_get::<String, _>(2)?,
-                r.try_get::<String, _>(3)?,
-                r.try_get::<String, _>(4)?,
-                if queued == 1 { "in" } else { "out of" }
-            ));
+                r.try_get::<String, _>(3)?
+            );
+            let status: String = r.try_get(4)?;
+            out.push(match r.try_get::<i64, _>(5)? {
+                1 => format!("task {task} is {status} but in the claim queue"),
+                2 => format!("task {task} is in the claim queue of a hub that does not action it with a weight above 0"),
+                _ => format!("task {task} is waiting and actioned but missing from that hub's claim queue"),
+            });
         }
         Ok(out)
     }
@@ -552,8 +569,7 @@ mod tests {
         }
     }
 
-    /// `database check` reports ACTIONS rows whose place in the claim queue disagrees with
-    /// their task's status.
+    /// `database check` reports a waiting, actioned task missing from the claim queue.
     #[tokio::test]
     async fn claim_queue_out_of_step_is_reported() {
         use alchemiscale_model::chain::KeyedChain;
@@ -575,14 +591,14 @@ mod tests {
         let listed: Vec<_> = tasks.iter().cloned().map(Some).collect();
         store.action_tasks(&created.network, &listed, None).await.unwrap();
         assert_eq!(store.inconsistencies().await.unwrap(), Vec::<String>::new());
-        sqlx::query("UPDATE task_action SET queued = 0 WHERE task_id = (SELECT id FROM task WHERE gufe_key = $1)")
+        sqlx::query("DELETE FROM task_queue WHERE task_id = (SELECT id FROM task WHERE gufe_key = $1)")
             .bind(tasks[0].gufe_key().as_str())
             .execute(&store.write)
             .await
             .unwrap();
         assert_eq!(
             store.inconsistencies().await.unwrap(),
-            vec![format!("task {} is waiting but an ACTIONS row of it is out of the claim queue", tasks[0])]
+            vec![format!("task {} is waiting and actioned but missing from that hub's claim queue", tasks[0])]
         );
         store.close().await;
     }
@@ -626,7 +642,7 @@ mod tests {
 
         store.init().await.unwrap();
         assert!(store.schema_status().await.unwrap().is_current());
-        let rows = sqlx::query("SELECT t.priority, a.priority FROM task_action a JOIN task t ON t.id = a.task_id")
+        let rows = sqlx::query("SELECT t.priority, q.priority FROM task_queue q JOIN task t ON t.id = q.task_id")
             .fetch_all(&store.write)
             .await
             .unwrap();
@@ -662,13 +678,18 @@ mod tests {
                 .filter(|l| !l.is_empty() && !l.starts_with("PRIMARY KEY") && !l.starts_with("CHECK") && !l.starts_with("--"))
                 .map(|l| l.split_whitespace().next().unwrap())
                 .collect();
-            // columns later migrations add
+            // columns later migrations add or drop
             let mut cols: Vec<String> = cols.into_iter().map(String::from).collect();
             for later in files.iter().skip(1).map(|f| std::fs::read_to_string(f).unwrap()) {
-                let prefix = format!("ALTER TABLE {} ADD COLUMN ", t.name);
-                cols.extend(
-                    later.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).map(|l| l.split_whitespace().next().unwrap().to_string()),
-                );
+                let (add, drop) = (format!("ALTER TABLE {} ADD COLUMN ", t.name), format!("ALTER TABLE {} DROP COLUMN ", t.name));
+                for l in later.lines() {
+                    if let Some(c) = l.strip_prefix(add.as_str()) {
+                        cols.push(c.split_whitespace().next().unwrap().to_string());
+                    } else if let Some(c) = l.strip_prefix(drop.as_str()) {
+                        let c = c.trim_end_matches(';').trim();
+                        cols.retain(|x| x != c);
+                    }
+                }
             }
             let spec: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
             assert_eq!(cols, spec, "columns of {}", t.name);

@@ -22,15 +22,15 @@ use alchemiscale_model::ScopedKey;
 pub struct ClaimPlan {
     /// The plan as text: SQLite's plan lines, or PostgreSQL's JSON plan.
     pub text: String,
-    /// PostgreSQL: rows the plan's scans of `task_action` produced plus those their
+    /// PostgreSQL: rows the plan's scans of `task_queue` produced plus those their
     /// filters removed — how much of the queue the claim read. None on SQLite (its plan
     /// has no counts; read the plan instead).
-    pub action_rows_read: Option<u64>,
+    pub queue_rows_read: Option<u64>,
     /// PostgreSQL: the same for the plan's scans of `task` (tasks looked at).
     pub task_rows_read: Option<u64>,
-    /// PostgreSQL: pages (index and table) the plan's scans of `task_action` read, dead
+    /// PostgreSQL: pages (index and table) the plan's scans of `task_queue` read, dead
     /// index entries included (see `claim_select` on the queue's graveyard).
-    pub action_pages_read: Option<u64>,
+    pub queue_pages_read: Option<u64>,
 }
 
 impl Store {
@@ -67,7 +67,7 @@ impl Store {
                     .fetch_all(&mut *tx)
                     .await?;
                 let lines = rows.iter().map(|r| r.try_get::<String, _>(3)).collect::<std::result::Result<Vec<_>, _>>()?;
-                ClaimPlan { text: lines.join("\n"), action_rows_read: None, task_rows_read: None, action_pages_read: None }
+                ClaimPlan { text: lines.join("\n"), queue_rows_read: None, task_rows_read: None, queue_pages_read: None }
             }
             Backend::Postgres => {
                 // the custom plan (for these values), as a claim's first executions get it
@@ -98,9 +98,9 @@ impl Store {
                 let generic = rows?.iter().map(|r| r.try_get::<String, _>(0)).collect::<std::result::Result<Vec<_>, _>>()?.join("\n");
                 let read = |relation: &str| rows_read(&custom, relation).max(rows_read(&generic, relation));
                 ClaimPlan {
-                    action_rows_read: Some(read("task_action")),
+                    queue_rows_read: Some(read("task_queue")),
                     task_rows_read: Some(read("task")),
-                    action_pages_read: Some(pages_read(&custom, "task_action").max(pages_read(&generic, "task_action"))),
+                    queue_pages_read: Some(pages_read(&custom, "task_queue").max(pages_read(&generic, "task_queue"))),
                     text: format!("custom plan:\n{custom}\n\ngeneric plan:\n{generic}"),
                 }
             }

@@ -1,15 +1,23 @@
-//! The claim queue: how ACTIONS rows are ranked for claiming.
+//! The claim queue: how waiting tasks are ranked for claiming, and the table that holds
+//! the ranks.
 //!
 //! A claim from a hub takes whole priority groups while they fit, then a weighted sample
 //! without replacement (by ACTIONS weight) of the next group. Drawing that sample afresh
 //! for every claim needs every candidate of the hub: a pass that grows with the hub and,
-//! on PostgreSQL, dominated the cost of a claim. Instead every ACTIONS row carries its
-//! task's priority and a *claim rank*, and a claim reads the first claimable rows of the
-//! hub in (priority, rank) order from the index `task_action_queue`: work proportional to
-//! the tasks claimed, however large the hub. That index is partial: it holds only the rows
-//! whose task is waiting (`queued = 1`, kept by every status change), so the rows of the
-//! running and errored tasks that stay actioned are not stepped over; they are in
-//! `task_action_claimed` (`queued = 0`), whose top end is the group's time.
+//! on PostgreSQL, dominated the cost of a claim. Instead the table `task_queue` holds one
+//! row per ACTIONS row whose task is waiting and whose weight is above 0, with the task's
+//! priority and a *claim rank*, and a claim reads the first rows of the hub in (priority,
+//! rank) order from the index `task_queue_order`: work proportional to the tasks claimed,
+//! however large the hub. Rows of running, errored or weight-0 work are not in the queue,
+//! so they are never stepped over. Every change that makes a task stop waiting deletes its
+//! queue rows in the same transaction ([`leave_queue`]); every change that makes one wait
+//! again, or changes a row's weight or priority, draws it afresh ([`requeue`]).
+//!
+//! The queue is a table of its own rather than a flag on ACTIONS because of what a claim
+//! writes. Turning a flag off rewrote the ACTIONS row: on PostgreSQL a new row version with
+//! an entry in every index of ACTIONS, at random places of indexes as large as the table,
+//! and after each checkpoint a full page image of every page touched first. Deleting a
+//! queue row only marks it in its page, which claims in rank order visit one after another.
 //!
 //! Ranks are exponential clocks (Efraimidis–Spirakis): a row of weight `w` rings at
 //! `time + E/w`, `E ~ Exp(1)`. The order in which the clocks of a set ring is a weighted
@@ -17,147 +25,167 @@
 //! ring is at every claim a weighted draw from exactly those rows: a sequence of claims
 //! has the distribution of upstream's per-claim draws, provided a row that enters (or
 //! re-enters) the race starts its clock at the group's current *time*, the rank of the
-//! last row claimed. The time is read from the group itself: the largest rank among rows
-//! whose task is not waiting (claimed earlier and still running or errored), else the
-//! smallest rank among waiting rows, else 0. Ranks are redrawn when a row is actioned,
-//! when its weight changes, when its task's priority changes (the row joins another
-//! group) and when its task returns to `waiting`: a failed, released or restarted task
-//! rejoins the race, as upstream's fresh draw would have it, instead of keeping the head
-//! of the queue.
+//! last row claimed. Each group's time is kept in `claim_clock`: every queue row that
+//! leaves because its task stopped waiting (claimed, mostly) advances its group's clock to
+//! its rank. A group nothing has left yet takes the smallest rank among its waiting rows,
+//! else 0. Ranks are drawn when a row is actioned, when its weight changes, when its
+//! task's priority changes (the row joins another group) and when its task returns to
+//! `waiting`: a failed, released or restarted task rejoins the race, as upstream's fresh
+//! draw would have it, instead of keeping the head of the queue.
 //!
 //! Approximations (each only shifts odds by about one claim's worth of clock):
-//! * when every claimed row of a group has left the hub (completed tasks are
-//!   unactioned), the smallest waiting rank stands in for the group's time;
 //! * a task that becomes claimable when the task it extends completes keeps the rank
 //!   drawn when it was actioned, so it tends to be claimed soon;
-//! * a task actioned on two hubs and claimed through one counts as claimed in the other.
-//!
-//! Weight-0 rows are never claimed (the claim conditions say `weight > 0`); they get a
-//! rank past every other one and do not count towards a group's time.
+//! * a task actioned on two hubs and claimed through one leaves both queues, and
+//!   advances both clocks.
 
 use std::collections::HashMap;
 
 use rand::Rng;
 use sqlx::AnyConnection;
 
-use crate::db::{bind, dialect, fetch_json_rows, json_id_list, json_ids, json_rows_select, values_rows, Arg, MAX_PARAMS};
+use crate::db::{
+    bind, dialect, fetch_in_chunks, fetch_json_rows, get_f64, get_i64, json_id_list, json_ids, json_insert, json_rows_select, values_rows,
+    Arg, Col, MAX_PARAMS,
+};
 use crate::error::Result;
 use crate::Backend;
 
-/// The rank of a weight-0 row (finite, so it survives every JSON and SQL round trip).
-const NEVER: f64 = 1e300;
+/// The latest a clock rings (finite, so every rank survives JSON and SQL round trips
+/// whatever tiny weight drew it).
+const LATEST: f64 = 1e300;
 
-/// Why rows are (re)drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Entry {
-    /// Newly actioned, re-weighted or re-prioritised rows: their old ranks mean nothing.
-    Fresh,
-    /// Rows whose task returns to `waiting` after a claim: their old ranks are times
-    /// the group has already reached.
-    Returning,
-}
-
-/// A clock for weight `w` started at `time`.
+/// A clock for weight `w > 0` started at `time`.
 fn draw(rng: &mut impl Rng, time: f64, w: f64) -> f64 {
-    if w > 0.0 {
-        let e = -(1.0 - rng.gen::<f64>()).ln();
-        (time + e / w).min(NEVER / 2.0)
-    } else {
-        NEVER
-    }
+    let e = -(1.0 - rng.gen::<f64>()).ln();
+    (time + e / w).min(LATEST)
 }
 
-/// Redraw the ranks, and refresh the priority copy, of the ACTIONS rows of `tasks` (only
-/// those on `hub`, if given), inside the caller's write transaction.
-pub(crate) async fn redraw(conn: &mut AnyConnection, backend: Backend, tasks: &[i64], hub: Option<i64>, entry: Entry) -> Result<()> {
-    if tasks.is_empty() {
-        return Ok(());
-    }
-    let ids = json_ids(tasks);
-    let hub_condition = if hub.is_some() { " AND a.network_id = $2" } else { "" };
-    let sql = format!(
-        "{} FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.task_id IN ({}){hub_condition}",
-        json_rows_select(backend, "a.network_id, a.task_id, a.weight, t.priority, a.claim_rank"),
-        json_id_list(backend, 1)
-    );
-    let mut args = vec![Arg::Text(ids.clone())];
-    if let Some(h) = hub {
-        args.push(Arg::I64(h));
-    }
-    let rows: Vec<(i64, i64, f64, i64, f64)> = fetch_json_rows(conn, &sql, &args).await?;
+/// (hub, priority, claim rank, task): one row of `task_queue`.
+pub(crate) type QueueRow = (i64, i64, f64, i64);
+
+/// Insert queue rows, in (hub, priority, rank) order so that claims, which take them in
+/// that order, find neighbours in the same pages.
+pub(crate) async fn enqueue(conn: &mut AnyConnection, backend: Backend, mut rows: Vec<QueueRow>) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    // (hub, priority) -> [(task, weight, old rank)]
-    type Group = Vec<(i64, f64, f64)>;
-    let mut groups: HashMap<(i64, i64), Group> = HashMap::new();
-    for (network, task, weight, priority, old) in rows {
-        groups.entry((network, priority)).or_default().push((task, weight, old));
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
+    let values: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::json!([r.0, r.1, r.2, r.3])).collect();
+    let sql = dialect(
+        backend,
+        &json_insert(backend, "task_queue (network_id, priority, claim_rank, task_id)", &[Col::Int, Col::Int, Col::Real, Col::Int], ""),
+    );
+    sqlx::query(&sql).bind(serde_json::Value::Array(values).to_string()).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Draw the ACTIONS rows of `tasks` (only those on `hub`, if given) afresh, inside the
+/// caller's write transaction: their queue rows go, and the rows of waiting tasks with a
+/// weight above 0 come back with clocks started at their group's time.
+pub(crate) async fn requeue(conn: &mut AnyConnection, backend: Backend, tasks: &[i64], hub: Option<i64>) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
     }
-    let mut updates: Vec<[Arg; 4]> = Vec::new();
-    for ((network, priority), members) in groups {
-        let (claimed, waiting) = group_clocks(conn, backend, network, priority, &ids).await?;
-        // a returning row was claimed: its old rank is a time the group has reached
-        let returning = members.iter().filter(|m| entry == Entry::Returning && m.1 > 0.0 && m.2 < NEVER / 2.0).map(|m| m.2);
-        let claimed = claimed.into_iter().chain(returning).reduce(f64::max);
-        let time = claimed.or(waiting).unwrap_or(0.0);
-        let mut rng = rand::thread_rng();
-        for (task, weight, _) in members {
-            updates.push([Arg::I64(network), Arg::I64(task), Arg::I64(priority), Arg::F64(draw(&mut rng, time, weight))]);
+    let mut args = vec![Arg::Text(json_ids(tasks))];
+    if let Some(h) = hub {
+        args.push(Arg::I64(h));
+    }
+    let on_hub = |alias: &str| if hub.is_some() { format!(" AND {alias}network_id = $2") } else { String::new() };
+    let sql = dialect(backend, &format!("DELETE FROM task_queue WHERE task_id IN ({}){}", json_id_list(backend, 1), on_hub("")));
+    bind(sqlx::query(&sql), &args).execute(&mut *conn).await?;
+    let sql = dialect(
+        backend,
+        &format!(
+            "{} FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.task_id IN ({}){} AND a.weight > 0 AND t.status = 'waiting'",
+            json_rows_select(backend, "a.network_id, a.task_id, a.weight, t.priority"),
+            json_id_list(backend, 1),
+            on_hub("a.")
+        ),
+    );
+    let rows: Vec<(i64, i64, f64, i64)> = fetch_json_rows(conn, &sql, &args).await?;
+    let mut times: HashMap<(i64, i64), f64> = HashMap::new();
+    for &(network, _, _, priority) in &rows {
+        if let std::collections::hash_map::Entry::Vacant(e) = times.entry((network, priority)) {
+            e.insert(group_time(conn, backend, network, priority).await?);
         }
     }
-    for chunk in updates.chunks(MAX_PARAMS / 4) {
+    let queue: Vec<QueueRow> = {
+        let mut rng = rand::thread_rng();
+        rows.into_iter()
+            .map(|(network, task, weight, priority)| (network, priority, draw(&mut rng, times[&(network, priority)], weight), task))
+            .collect()
+    };
+    enqueue(conn, backend, queue).await
+}
+
+/// Take the queue rows of `tasks` (ids as arguments) out of the claim queue, inside the
+/// caller's write transaction, because the tasks stopped waiting: each row's group clock
+/// advances to its rank. The clocks are written last and in (hub, priority) order, so
+/// concurrent claim transactions that share a group hold its clock row briefly and never
+/// wait on each other in a cycle.
+pub(crate) async fn leave_queue(conn: &mut AnyConnection, backend: Backend, tasks: &[Arg]) -> Result<()> {
+    let rows = fetch_in_chunks(
+        conn,
+        backend,
+        "DELETE FROM task_queue WHERE task_id IN ({}) RETURNING network_id, priority, claim_rank",
+        &[],
+        tasks,
+    )
+    .await?;
+    let mut reached: HashMap<(i64, i64), f64> = HashMap::new();
+    for r in &rows {
+        let (group, rank) = ((get_i64(r, 0)?, get_i64(r, 1)?), get_f64(r, 2)?);
+        let e = reached.entry(group).or_insert(rank);
+        *e = e.max(rank);
+    }
+    let mut clocks: Vec<((i64, i64), f64)> = reached.into_iter().collect();
+    clocks.sort_by_key(|c| c.0);
+    let greatest = if backend == Backend::Postgres { "GREATEST" } else { "MAX" };
+    for chunk in clocks.chunks(MAX_PARAMS / 3) {
         let sql = dialect(
             backend,
             &format!(
-                "UPDATE task_action SET priority = v.column3, claim_rank = v.column4 FROM (VALUES {}) AS v \
-                 WHERE task_action.network_id = v.column1 AND task_action.task_id = v.column2",
-                values_rows(chunk.len(), 4)
+                "INSERT INTO claim_clock (network_id, priority, reached) VALUES {} ON CONFLICT (network_id, priority) \
+                 DO UPDATE SET reached = {greatest}(claim_clock.reached, excluded.reached) WHERE claim_clock.reached < excluded.reached",
+                values_rows(chunk.len(), 3)
             ),
         );
-        let args: Vec<Arg> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
+        let args: Vec<Arg> = chunk.iter().flat_map(|&((n, p), r)| [Arg::I64(n), Arg::I64(p), Arg::F64(r)]).collect();
         bind(sqlx::query(&sql), &args).persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// A group's clocks: the largest rank among rows whose task is not waiting (claimed
-/// earlier), and the smallest among waiting rows, leaving out the tasks in `exclude` (a
-/// JSON array of ids) and weight-0 rows. Each is read from one end of its partial index,
-/// so the cost does not grow with the group (beyond the excluded and weight-0 rows
-/// stepped over).
-async fn group_clocks(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    hub: i64,
-    priority: i64,
-    exclude: &str,
-) -> Result<(Option<f64>, Option<f64>)> {
-    let mut out = [None, None];
-    for (slot, (queued, order)) in [("0", "DESC"), ("1", "ASC")].into_iter().enumerate() {
-        let sql = dialect(
-            backend,
-            &format!(
-                "SELECT a.claim_rank FROM task_action a WHERE a.network_id = $1 AND a.priority = $2 AND a.queued = {queued} \
-                 AND a.weight > 0 AND a.task_id NOT IN ({}) ORDER BY a.claim_rank {order} LIMIT 1",
-                json_id_list(backend, 3)
-            ),
-        );
-        let row = sqlx::query(&sql).bind(hub).bind(priority).bind(exclude.to_string()).fetch_optional(&mut *conn).await?;
-        out[slot] = row.map(|r| sqlx::Row::try_get::<f64, _>(&r, 0)).transpose()?;
+/// A group's time: its clock, else the smallest rank among its waiting rows, else 0.
+async fn group_time(conn: &mut AnyConnection, backend: Backend, hub: i64, priority: i64) -> Result<f64> {
+    let clock = sqlx::query(&dialect(backend, "SELECT reached FROM claim_clock WHERE network_id = $1 AND priority = $2"))
+        .bind(hub)
+        .bind(priority)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(r) = clock {
+        return get_f64(&r, 0);
     }
-    Ok((out[0], out[1]))
+    let first = sqlx::query(&dialect(
+        backend,
+        "SELECT claim_rank FROM task_queue WHERE network_id = $1 AND priority = $2 ORDER BY claim_rank LIMIT 1",
+    ))
+    .bind(hub)
+    .bind(priority)
+    .fetch_optional(&mut *conn)
+    .await?;
+    first.map(|r| get_f64(&r, 0)).transpose().map(|t| t.unwrap_or(0.0))
 }
 
-/// Ranks for rows about to be actioned on `hub` with `weight`, one per task priority:
-/// clocks started at their group's current time, as [`redraw`] with [`Entry::Fresh`]
-/// would draw them after the insert — without the read-back and update.
+/// Ranks for rows about to be queued on `hub` with `weight > 0`, one per task priority:
+/// clocks started at their group's current time, as [`requeue`] would draw them after the
+/// insert — without the read-back.
 pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, priorities: &[i64], weight: f64) -> Result<Vec<f64>> {
     let mut times: HashMap<i64, f64> = HashMap::new();
     for &priority in priorities {
         if let std::collections::hash_map::Entry::Vacant(e) = times.entry(priority) {
-            let (claimed, waiting) = group_clocks(conn, backend, hub, priority, "[]").await?;
-            e.insert(claimed.or(waiting).unwrap_or(0.0));
+            e.insert(group_time(conn, backend, hub, priority).await?);
         }
     }
     let mut rng = rand::thread_rng();
@@ -182,12 +210,14 @@ mod tests {
     }
 
     #[test]
-    fn clocks_start_at_the_group_time_and_weight_zero_never_rings() {
+    fn clocks_start_at_the_group_time() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..1000 {
             let r = draw(&mut rng, 42.0, 0.5);
-            assert!((42.0..NEVER).contains(&r));
+            assert!((42.0..=LATEST).contains(&r));
         }
-        assert_eq!(draw(&mut rng, 42.0, 0.0), NEVER);
+        for _ in 0..1000 {
+            assert!(draw(&mut rng, 42.0, f64::MIN_POSITIVE).is_finite());
+        }
     }
 }

@@ -3,10 +3,10 @@
 //!
 //! # The claim queue's graveyard (PostgreSQL)
 //!
-//! A claim reads the hub's rows in `task_action_queue` (the partial index of waiting
-//! tasks' ACTIONS rows, in (priority, claim rank) order; see `claim_rank`) from the first
-//! one. Claiming a task takes its row out of the index's predicate, but PostgreSQL leaves
-//! the old index entry in place until VACUUM removes it; the scan that meets it marks it
+//! A claim reads the hub's rows of the claim queue through `task_queue_order` (the index of
+//! the queue table, in (priority, claim rank) order; see `claim_rank`) from the first
+//! one. Claiming a task deletes its queue row, but PostgreSQL leaves the index entry in
+//! place until VACUUM removes it; the scan that meets it marks it
 //! dead, and later scans skip it without visiting the table, but still read its page.
 //! Claims take the front of the queue, and tasks that come back or are newly actioned are
 //! ranked from the group's current time onwards, so the front of the index becomes a run of
@@ -18,7 +18,7 @@
 //!
 //! So each process keeps, per hub and protocol filter, a *start hint*: the (priority, rank)
 //! of the first row its last select from that hub returned, for [`START_HINT_TTL`]. A
-//! select with a fresh hint starts there (`(a.priority, a.claim_rank) >= hint`, a bound the
+//! select with a fresh hint starts there (`(q.priority, q.claim_rank) >= hint`, a bound the
 //! index scan descends to). The hint is only where to start, never a reason to hand out less:
 //! a hinted select that finds fewer tasks than wanted is followed by one from the start of
 //! the queue before the hub counts as drained, and every condition of a claim is checked as
@@ -31,7 +31,7 @@
 //! that does it forgets its hints; other processes (several API instances on one database)
 //! take such rows within [`START_HINT_TTL`].
 //!
-//! SQLite deletes index entries as it updates rows: it has no graveyard and uses no hint.
+//! SQLite deletes index entries with their rows: it has no graveyard and uses no hint.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -130,8 +130,8 @@ pub(crate) fn hint_scope(store: &Store) -> Option<String> {
 
 /// Select claimable tasks from several hubs, up to the given count from each, by the
 /// algorithm steps 1–4, inside the caller's write transaction: the first
-/// claimable ACTIONS rows of each hub in (priority, claim rank) order, read from the index
-/// `task_action_queue` (see `claim_rank` for why that order is upstream's weighted sampling),
+/// claimable rows of each hub's claim queue in (priority, claim rank) order, read from the index
+/// `task_queue_order` (see `claim_rank` for why that order is upstream's weighted sampling),
 /// starting at the hub's start hint if `hint_scope` is given and the hint is fresh.
 /// Returns, per requested hub, the tasks and whether the hub has no claimable task left
 /// afterwards (for this filter). A task actioned on two of the hubs is handed out once.
@@ -205,14 +205,14 @@ pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: 
     let mut next = if protocols { 3 } else { 2 };
     let hint = if from_hint {
         next += 2;
-        format!(" AND (a.priority, a.claim_rank) >= (${}, ${})", next - 2, next - 1)
+        format!(" AND (q.priority, q.claim_rank) >= (${}, ${})", next - 2, next - 1)
     } else {
         String::new()
     };
     let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
     format!(
-        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, a.priority, a.claim_rank {}{hint} \
-         ORDER BY a.priority, a.claim_rank LIMIT ${next}{lock}",
+        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, q.priority, q.claim_rank {}{hint} \
+         ORDER BY q.priority, q.claim_rank LIMIT ${next}{lock}",
         hub_candidates(backend, protocols, require_hub_weight)
     )
 }
@@ -223,7 +223,7 @@ fn hub_candidates(backend: Backend, protocols: bool, require_hub_weight: bool) -
     // uncorrelated, so evaluated once per statement rather than once per candidate
     let weight_check = if require_hub_weight { " AND EXISTS (SELECT 1 FROM network n WHERE n.id = $1 AND n.weight > 0)" } else { "" };
     format!(
-        "FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = $1{weight_check} AND {}",
+        "FROM task_queue q JOIN task t ON t.id = q.task_id WHERE q.network_id = $1{weight_check} AND {}",
         claimable_condition(backend, protocols.then_some(2))
     )
 }

@@ -139,16 +139,14 @@ pub(crate) fn scopes_condition(alias: &str, scopes: &[Scope], args: &mut Vec<Arg
     alternatives.join(" OR ")
 }
 
-/// The conditions that make an actioned task `t` (joined with its ACTIONS row `a`)
-/// claimable, plus "no claim yet" (step 5). With `protocols`, the
-/// JSON list of protocol names is parameter `$protocols_param`. `a.queued = 1` (the task is
-/// waiting, kept with its status) lets both backends read the partial index of waiting
-/// rows, so the rows of running and errored tasks are never read; the status is checked
-/// again on the task row.
+/// The conditions that make a task `t` in the claim queue (joined with its queue row `q`,
+/// which stands for an ACTIONS row of weight above 0 of a waiting task; see `claim_rank`)
+/// claimable, plus "no claim yet" (step 5). With `protocols`, the JSON list of protocol
+/// names is parameter `$protocols_param`. The status is checked again on the task row.
 pub(crate) fn claimable_condition(backend: Backend, protocols_param: Option<usize>) -> String {
     let mut s = String::from(
-        "a.queued = 1 AND a.weight > 0 AND t.status = 'waiting' \
-         AND EXISTS (SELECT 1 FROM network ns WHERE ns.id = a.network_id AND ns.state IN ('active', 'inactive')) \
+        "t.status = 'waiting' \
+         AND EXISTS (SELECT 1 FROM network ns WHERE ns.id = q.network_id AND ns.state IN ('active', 'inactive')) \
          AND (t.extends_id IS NULL OR EXISTS (SELECT 1 FROM task p WHERE p.id = t.extends_id AND p.status = 'complete')) \
          AND NOT EXISTS (SELECT 1 FROM task_claim k WHERE k.task_id = t.id)",
     );
@@ -710,7 +708,7 @@ async fn claimable_hubs(
         backend,
         &format!(
             "{} FROM network n JOIN gufe_object o ON o.id = n.id WHERE n.weight > 0 AND ({include}) AND NOT ({excluded}) \
-             AND EXISTS (SELECT 1 FROM task_action a JOIN task t ON t.id = a.task_id WHERE a.network_id = n.id AND {} LIMIT 1 OFFSET 0)",
+             AND EXISTS (SELECT 1 FROM task_queue q JOIN task t ON t.id = q.task_id WHERE q.network_id = n.id AND {} LIMIT 1 OFFSET 0)",
             json_rows_select(backend, "n.id, n.weight"),
             claimable_condition(backend, protocols_param)
         ),

@@ -44,7 +44,7 @@ impl Store {
         state.changed.store(0, Ordering::Relaxed);
         let (pool, state) = (self.write.clone(), state.clone());
         tokio::spawn(async move {
-            match sqlx::query("ANALYZE task, task_action, task_claim").execute(&pool).await {
+            match sqlx::query("ANALYZE task, task_action, task_queue, task_claim").execute(&pool).await {
                 Ok(_) => debug!("Refreshed planner statistics after bulk changes"),
                 Err(e) => warn!("Could not refresh planner statistics: {e}"),
             }

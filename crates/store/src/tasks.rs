@@ -11,7 +11,7 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
-use crate::claim_rank::{fresh_ranks, redraw, Entry};
+use crate::claim_rank::{enqueue, fresh_ranks, leave_queue, requeue};
 use crate::db::{
     dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, json_array, json_id_list, json_ids,
     json_insert, json_rows_select, json_text_list, Arg, Col,
@@ -136,17 +136,17 @@ pub(crate) async fn apply_status(
     }
     if effects.drop_actions {
         execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE task_id IN ({})", &[], &args).await?;
-    } else {
+        execute_in_chunks(conn, backend, "DELETE FROM task_queue WHERE task_id IN ({})", &[], &args).await?;
+    } else if to != TaskStatus::Waiting {
         // the claim queue holds the rows of waiting tasks only (see `claim_rank`)
-        let queued = Arg::I64(i64::from(to == TaskStatus::Waiting));
-        execute_in_chunks(conn, backend, "UPDATE task_action SET queued = $1 WHERE task_id IN ({})", &[queued], &args).await?;
+        leave_queue(conn, backend, &args).await?;
     }
     if effects.drop_applies {
         execute_in_chunks(conn, backend, "DELETE FROM restart_applies WHERE task_id IN ({})", &[], &args).await?;
     }
     if to == TaskStatus::Waiting {
         // back in the race for claims, with fresh clocks (see `claim_rank`)
-        redraw(conn, backend, &ids, None, Entry::Returning).await?;
+        requeue(conn, backend, &ids, None).await?;
     }
     Ok(allowed)
 }
@@ -241,30 +241,23 @@ pub(crate) async fn insert_tasks(
 }
 
 /// Action tasks (id, priority, waiting?) that are not yet actioned on `hub`, inside the
-/// caller's write transaction: ACTIONS rows of weight 0.5 with fresh claim ranks (see
-/// `claim_rank`), in the claim queue if their task is waiting, and the hub's restart
+/// caller's write transaction: ACTIONS rows of weight 0.5, in the claim queue with fresh
+/// claim ranks if their task is waiting (see `claim_rank`), and the hub's restart
 /// patterns start applying to them.
 pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64, bool)]) -> Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
-    let priorities: Vec<i64> = tasks.iter().map(|t| t.1).collect();
-    let ranks = fresh_ranks(conn, backend, hub, &priorities, 0.5).await?;
-    let rows: Vec<serde_json::Value> = tasks
-        .iter()
-        .zip(ranks)
-        .map(|(&(id, priority, waiting), rank)| serde_json::json!([hub, id, 0.5, priority, rank, i64::from(waiting)]))
-        .collect();
+    let rows: Vec<serde_json::Value> = tasks.iter().map(|&(id, _, _)| serde_json::json!([hub, id, 0.5])).collect();
     let sql = dialect(
         backend,
-        &json_insert(
-            backend,
-            "task_action (network_id, task_id, weight, priority, claim_rank, queued)",
-            &[Col::Int, Col::Int, Col::Real, Col::Int, Col::Real, Col::Int],
-            "ON CONFLICT DO NOTHING",
-        ),
+        &json_insert(backend, "task_action (network_id, task_id, weight)", &[Col::Int, Col::Int, Col::Real], "ON CONFLICT DO NOTHING"),
     );
     sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
+    let waiting: Vec<(i64, i64)> = tasks.iter().filter(|t| t.2).map(|&(id, priority, _)| (id, priority)).collect();
+    let priorities: Vec<i64> = waiting.iter().map(|t| t.1).collect();
+    let ranks = fresh_ranks(conn, backend, hub, &priorities, 0.5).await?;
+    enqueue(conn, backend, waiting.iter().zip(ranks).map(|(&(id, priority), rank)| (hub, priority, rank, id)).collect()).await?;
     let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
     let patterns = sqlx::query("SELECT 1 FROM restart_pattern WHERE network_id = $1 LIMIT 1").bind(hub).fetch_optional(&mut *conn).await?;
     if patterns.is_some() {
@@ -403,7 +396,7 @@ impl Store {
         execute_in_chunks(&mut tx, self.backend, "UPDATE task SET priority = $1 WHERE id IN ({})", &[Arg::I64(priority)], &ids).await?;
         // the tasks' ACTIONS rows join their new priority group (see `claim_rank`)
         let task_ids: Vec<i64> = found.values().map(|t| t.id).collect();
-        redraw(&mut tx, self.backend, &task_ids, None, Entry::Fresh).await?;
+        requeue(&mut tx, self.backend, &task_ids, None).await?;
         tx.commit().await?;
         // a raised priority may place tasks before where claims start reading
         crate::claim_select::forget_start_hints(self);
@@ -525,6 +518,8 @@ async fn actioned_on(
 pub(crate) async fn cancel_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, task_ids: &[Arg]) -> Result<()> {
     execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids)
         .await?;
+    execute_in_chunks(conn, backend, "DELETE FROM task_queue WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids)
+        .await?;
     execute_in_chunks(
         conn,
         backend,
@@ -580,7 +575,7 @@ async fn set_action_weights(
         )
         .await?;
         // new weights, new clocks (see `claim_rank`)
-        return redraw(conn, backend, &listed, Some(hub), Entry::Fresh).await;
+        return requeue(conn, backend, &listed, Some(hub)).await;
     }
     for (i, k) in tasks.iter().enumerate() {
         let Some(t) = k.as_ref().and_then(|k| found.get(&k.to_string())) else { continue };
@@ -595,5 +590,5 @@ async fn set_action_weights(
             .execute(&mut *conn)
             .await?;
     }
-    redraw(conn, backend, &listed, Some(hub), Entry::Fresh).await
+    requeue(conn, backend, &listed, Some(hub)).await
 }

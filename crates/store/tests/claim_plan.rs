@@ -38,13 +38,13 @@ store_test!(claims_read_a_bounded_part_of_a_large_queue, |store| async move {
     let plan = store.explain_hub_claim(&created.taskhub, 10).await.unwrap().expect("the hub exists");
     match store.backend() {
         Backend::Sqlite => {
-            assert!(plan.text.contains("USING INDEX task_action_queue"), "the claim reads the queue's index:\n{}", plan.text);
+            assert!(plan.text.contains("USING INDEX task_queue_order"), "the claim reads the queue's index:\n{}", plan.text);
             assert!(!plan.text.contains("TEMP B-TREE"), "the claim sorts nothing:\n{}", plan.text);
             assert!(!plan.text.lines().any(|l| l.starts_with("SCAN")), "the claim scans no table:\n{}", plan.text);
         }
         Backend::Postgres => {
-            let read = plan.action_rows_read.unwrap();
-            assert!(read <= 100, "a claim of 10 read {read} ACTIONS rows of a queue of {TASKS} ({CLAIMED} running):\n{}", plan.text);
+            let read = plan.queue_rows_read.unwrap();
+            assert!(read <= 100, "a claim of 10 read {read} queue rows of a queue of {TASKS} ({CLAIMED} running):\n{}", plan.text);
             let read = plan.task_rows_read.unwrap();
             assert!(read <= 100, "a claim of 10 read {read} task rows of a queue of {TASKS} ({CLAIMED} running):\n{}", plan.text);
         }
@@ -56,12 +56,12 @@ store_test!(claims_read_a_bounded_part_of_a_large_queue, |store| async move {
     // claims made since the last VACUUM (20,000 here); a claim starts past it, where the
     // last claim's select began, and reads a few pages (see the store's `claim_select`)
     if store.backend() == Backend::Postgres {
-        let start = store.explain_hub_claim(&created.taskhub, 10).await.unwrap().unwrap().action_pages_read.unwrap();
+        let start = store.explain_hub_claim(&created.taskhub, 10).await.unwrap().unwrap().queue_pages_read.unwrap();
         let plan = store.explain_hub_claim_from_hint(&created.taskhub, 10).await.unwrap().expect("the claims left a start hint");
-        let hinted = plan.action_pages_read.unwrap();
-        eprintln!("pages of task_action read by a claim of 10: {start} from the queue's start, {hinted} from the hint");
-        assert!(hinted <= 60, "a claim of 10 from the hint read {hinted} pages of task_action:\n{}", plan.text);
-        assert!(plan.action_rows_read.unwrap() <= 100, "{}", plan.text);
+        let hinted = plan.queue_pages_read.unwrap();
+        eprintln!("pages of task_queue read by a claim of 10: {start} from the queue's start, {hinted} from the hint");
+        assert!(hinted <= 60, "a claim of 10 from the hint read {hinted} pages of task_queue:\n{}", plan.text);
+        assert!(plan.queue_rows_read.unwrap() <= 100, "{}", plan.text);
     } else {
         assert!(store.explain_hub_claim_from_hint(&created.taskhub, 10).await.unwrap().is_none(), "SQLite keeps no start hint");
     }
@@ -118,12 +118,12 @@ store_test!(claims_stay_bounded_when_statistics_say_everything_is_claimed, |stor
     let plan = store.explain_hub_claim(&created.taskhub, 10).await.unwrap().expect("the hub exists");
     match store.backend() {
         Backend::Sqlite => {
-            assert!(plan.text.contains("USING INDEX task_action_queue"), "the claim reads the queue's index:\n{}", plan.text);
+            assert!(plan.text.contains("USING INDEX task_queue_order"), "the claim reads the queue's index:\n{}", plan.text);
             assert!(!plan.text.lines().any(|l| l.starts_with("SCAN")), "the claim scans no table:\n{}", plan.text);
         }
         Backend::Postgres => {
-            let (actions, tasks) = (plan.action_rows_read.unwrap(), plan.task_rows_read.unwrap());
-            assert!(actions <= 100 && tasks <= 100, "a claim of 10 read {actions} ACTIONS rows and {tasks} task rows:\n{}", plan.text);
+            let (actions, tasks) = (plan.queue_rows_read.unwrap(), plan.task_rows_read.unwrap());
+            assert!(actions <= 100 && tasks <= 100, "a claim of 10 read {actions} queue rows and {tasks} task rows:\n{}", plan.text);
         }
     }
     let again = ComputeServiceId::mint("again").unwrap();

@@ -50,7 +50,7 @@ pub struct ClaimsBench {
     pub curve_claims: usize,
     /// With --curve: rounds per size; each route's figure is the median of its rounds, and
     /// the claimed tasks return to the queue between rounds (their services deregister).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 7)]
     pub curve_rounds: usize,
     /// With --curve: tasks actioned per request (large values make large request bodies:
     /// 250,000 tasks are about 30 MB of JSON).
