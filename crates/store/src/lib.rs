@@ -124,8 +124,8 @@ impl Store {
                 }
                 let pragmas =
                     format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; {}", checkpoint::pragmas());
-                let make = |n: u32| {
-                    let pragmas = pragmas.clone();
+                let make = |n: u32, extra: &str| {
+                    let pragmas = format!("{pragmas} {extra}");
                     AnyPoolOptions::new().max_connections(n).min_connections(0).acquire_timeout(options.acquire_timeout).after_connect(
                         move |conn, _| {
                             let pragmas = pragmas.clone();
@@ -138,9 +138,9 @@ impl Store {
                 };
                 // the writer connects first so WAL mode is set before readers open the file
                 let connect = connect_options(&url)?;
-                let write = make(1).connect_with(connect.clone()).await.map_err(StoreError::from)?;
+                let write = make(1, &checkpoint::writer_pragmas()).connect_with(connect.clone()).await.map_err(StoreError::from)?;
                 write.acquire().await.map_err(StoreError::from)?;
-                let read = make(options.max_connections.max(1)).connect_with(connect).await.map_err(StoreError::from)?;
+                let read = make(options.max_connections.max(1), "").connect_with(connect).await.map_err(StoreError::from)?;
                 let commits = std::sync::Arc::new(checkpoint::Commits::default());
                 checkpoint::spawn(read.clone(), write.clone(), &commits);
                 Ok(Store {
