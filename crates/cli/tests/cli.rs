@@ -205,6 +205,42 @@ fn neo4j_url_is_explained() {
     assert!(err.contains("unsupported store URL"));
 }
 
+/// A small claim curve: every size set up, measured in interleaved rounds, and the JSON
+/// the docs describe (a figure per size and route, memory per size, no double claims).
+#[test]
+fn bench_claims_curve_prints_a_json_summary() {
+    let cli = Cli::sqlite();
+    let out = cli.ok(&[
+        "bench",
+        "claims",
+        "--curve",
+        "--sizes",
+        "400,800",
+        "--curve-claims",
+        "100",
+        "--curve-rounds",
+        "2",
+        "--idle-seconds",
+        "0",
+    ]);
+    let last = out.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["sizes"], serde_json::json!([400.0, 800.0]), "{last}");
+    assert_eq!((&v["backend"], &v["double_claims"], &v["rounds"]), (&"sqlite".into(), &0.into(), &2.into()), "{last}");
+    for route in ["c11", "c10", "bare"] {
+        let rates = v["claims_per_s"][route].as_array().unwrap();
+        assert!(rates.len() == 2 && rates.iter().all(|r| r.as_f64().unwrap() > 0.0), "{route}: {last}");
+        for size in v["claims_per_s_rounds"].as_array().unwrap() {
+            assert_eq!(size[route].as_array().unwrap().len(), 2, "{route} rounds: {last}");
+        }
+    }
+    for key in ["rss_mb", "peak_rss_mb"] {
+        let mb = v[key].as_array().unwrap();
+        assert!(mb.len() == 2 && mb.iter().all(|m| m.as_f64().unwrap() > 0.0), "{key}: {last}");
+    }
+    assert!(!cli.data_dir.path().join("state.db").exists());
+}
+
 #[test]
 fn bench_store_prints_a_json_summary() {
     let cli = Cli::sqlite();

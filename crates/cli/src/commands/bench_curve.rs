@@ -3,19 +3,19 @@
 //!
 //! For every size the command starts fresh servers as separate processes (`serve` on a
 //! temporary SQLite store; with `--url postgres://…`, `api` and `compute api` on a scratch
-//! schema), sets the work up through the user API as a user would — one network, its tasks
-//! created per transformation and actioned in chunks; no ANALYZE, no store access before the
-//! clock — then measures, with `--services` concurrent services claiming one task per
-//! request: C11 (`POST /claim`), C10 (`POST /taskhubs/{sk}/claim`) and, in the same run,
-//! the store's bare claim transaction (this process, same store, no HTTP), in
-//! `--curve-rounds` rounds whose median is each route's figure; after each route of a
-//! round its services deregister, so their tasks return to the queue and every round meets
-//! a queue of the same size (and a short measurement on a noisy machine is not the only
-//! one). Between the
-//! setup and the clock the kernel is made to write out the dirty pages the setup left
-//! (`sync`), at every size alike. Memory is the
-//! server processes' anonymous resident memory after the claims and `--idle-seconds` of
-//! idleness, and their peak resident memory.
+//! schema) and sets the work up through the user API as a user would — one network, its
+//! tasks created per transformation and actioned in chunks; no ANALYZE, no store access
+//! before the clock. Once every size is set up (and the kernel has written out the dirty
+//! pages the setups left, `sync`), it measures in `--curve-rounds` rounds, each visiting
+//! every size in turn (in alternating order), with `--services` concurrent services
+//! claiming one task per request: C11 (`POST /claim`), C10 (`POST /taskhubs/{sk}/claim`)
+//! and the store's bare claim transaction (this process, same store, no HTTP). Each route's
+//! figure is the median of its rounds; after each route of a round its services
+//! deregister, so their tasks return to the queue and every round meets a queue of the
+//! same size. Interleaving the sizes means a machine that slows down for a while (a shared
+//! VM's disk, say) weighs on every size alike rather than on whichever was being measured.
+//! Memory is the server processes' anonymous resident memory after the claims and
+//! `--idle-seconds` of idleness, and their peak resident memory.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -309,59 +309,116 @@ fn doubles<'a>(keys: impl IntoIterator<Item = &'a ScopedKey>) -> usize {
     keys.into_iter().filter(|k| !seen.insert(*k)).count()
 }
 
-async fn measure(b: &ClaimsBench, size: usize) -> anyhow::Result<Point> {
+/// One size under measurement: its servers, set up and waiting, and the rounds so far.
+struct Size {
+    size: usize,
+    setup_s: f64,
+    servers: Servers,
+    /// Claims per route and round.
+    k: usize,
+    compute: Client,
+    hub: ScopedKey,
+    /// The same store, for the bare claim transaction (this process, no HTTP).
+    store: Store,
+    c11: Vec<f64>,
+    c10: Vec<f64>,
+    bare: Vec<f64>,
+    double_claims: usize,
+}
+
+/// Start servers for `size` tasks and set the work up through the user API.
+async fn prepare(b: &ClaimsBench, size: usize) -> anyhow::Result<Size> {
     let servers = Servers::start(&b.store).await?;
     let t = Instant::now();
     set_up(&servers.user, &"curve-campaign-project".parse()?, size, b.action_chunk).await.context("setting up through the user API")?;
     let setup_s = t.elapsed().as_secs_f64();
-    // the setup leaves up to hundreds of MB of the store's file dirty in the kernel's page
+    let compute = servers.compute().await?;
+    let hub = compute.query_taskhubs(&[Scope::all()]).await?.pop().context("no task hub")?;
+    let store = Store::connect(&servers.location, &b.store.options()).await?;
+    let k = b.curve_claims.min(size / 4).max(b.services);
+    Ok(Size { size, setup_s, servers, k, compute, hub, store, c11: vec![], c10: vec![], bare: vec![], double_claims: 0 })
+}
+
+impl Size {
+    /// One round: C11, C10 and the bare transaction, each with fresh services that
+    /// deregister afterwards (their tasks go back to the queue).
+    async fn round(&mut self, b: &ClaimsBench, round: usize) -> anyhow::Result<()> {
+        let hub = self.hub.clone();
+        for (route, c10) in [(None, false), (Some(&hub), true)] {
+            let mut ids = Vec::new();
+            let mut clients = Vec::with_capacity(b.services);
+            for i in 0..b.services {
+                let id = ComputeServiceId::mint(&format!("curve{round}r{}s{i}", u8::from(c10)))?;
+                self.compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
+                ids.push(id);
+                clients.push(self.servers.compute().await?);
+            }
+            let (got, secs) = claim_over_http(clients, &ids, self.k, route).await?;
+            ensure!(got.len() >= self.k, "claimed {} of {}", got.len(), self.k);
+            if c10 { &mut self.c10 } else { &mut self.c11 }.push(got.len() as f64 / secs);
+            self.double_claims += doubles(got.iter().map(|(t, _)| t));
+            for id in &ids {
+                self.compute.deregister(id).await?;
+            }
+        }
+        let (mine, secs, ids) = bare_claims(&self.store, &[Scope::all()], b.services, &format!("bare{round}s"), self.k).await?;
+        self.bare.push(mine.len() as f64 / secs);
+        self.double_claims += doubles(&mine);
+        for id in &ids {
+            self.store.deregister_compute_service(id).await?;
+        }
+        Ok(())
+    }
+
+    /// The figures, memory read now (after the idle time), and the servers stopped.
+    async fn finish(self) -> anyhow::Result<Point> {
+        self.store.close().await;
+        let rounds = json!({"c11": self.c11, "c10": self.c10, "bare": self.bare});
+        let (rss_mb, peak_mb) = (self.servers.memory_mb("RssAnon:"), self.servers.memory_mb("VmHWM:"));
+        self.servers.close().await?;
+        Ok(Point {
+            size: self.size,
+            setup_s: self.setup_s,
+            c11: median(self.c11),
+            c10: median(self.c10),
+            bare: median(self.bare),
+            rounds,
+            rss_mb,
+            peak_mb,
+            double_claims: self.double_claims,
+        })
+    }
+}
+
+/// Every size set up, then measured in interleaved rounds (each round visits every size,
+/// in alternating order), so a machine that slows down for a while weighs on all sizes
+/// alike instead of on whichever size was measured then.
+async fn measure(b: &ClaimsBench) -> anyhow::Result<Vec<Point>> {
+    let mut sizes = Vec::with_capacity(b.sizes.len());
+    for &size in &b.sizes {
+        sizes.push(prepare(b, size).await.with_context(|| format!("setting up {size} tasks"))?);
+    }
+    // the setups leave up to hundreds of MB of the stores' files dirty in the kernel's page
     // cache; written back in the middle of a measurement they would weigh on whichever
-    // size happened to be measured then, so they are written out before every clock
+    // size happened to be measured then, so they are written out before the clock
     tokio::task::spawn_blocking(|| {
         // SAFETY: sync(2) takes no arguments and cannot fail
         unsafe { libc::sync() }
     })
     .await?;
-    let k = b.curve_claims.min(size / 4).max(b.services);
-
-    let compute = servers.compute().await?;
-    let hub = compute.query_taskhubs(&[Scope::all()]).await?.pop().context("no task hub")?;
-    // the bare store claim transaction: same store, same concurrency, this process
-    let store = Store::connect(&servers.location, &b.store.options()).await?;
-    let (mut c11, mut c10, mut bare) = (Vec::new(), Vec::new(), Vec::new());
-    let mut double_claims = 0;
     for round in 0..b.curve_rounds.max(1) {
-        for (route, rates) in [(None, &mut c11), (Some(&hub), &mut c10)] {
-            let mut ids = Vec::new();
-            let mut clients = Vec::with_capacity(b.services);
-            for i in 0..b.services {
-                let id = ComputeServiceId::mint(&format!("curve{round}r{}s{i}", rates.len()))?;
-                compute.post(&format!("/computeservice/{id}/register"), &json!({"compute_manager_id": null})).await?;
-                ids.push(id);
-                clients.push(servers.compute().await?);
-            }
-            let (got, secs) = claim_over_http(clients, &ids, k, route).await?;
-            ensure!(got.len() >= k, "claimed {} of {k}", got.len());
-            rates.push(got.len() as f64 / secs);
-            double_claims += doubles(got.iter().map(|(t, _)| t));
-            for id in &ids {
-                compute.deregister(id).await?;
-            }
-        }
-        let (mine, secs, ids) = bare_claims(&store, &[Scope::all()], b.services, &format!("bare{round}s"), k).await?;
-        bare.push(mine.len() as f64 / secs);
-        double_claims += doubles(&mine);
-        for id in &ids {
-            store.deregister_compute_service(id).await?;
+        let order: Vec<usize> = if round % 2 == 0 { (0..sizes.len()).collect() } else { (0..sizes.len()).rev().collect() };
+        for i in order {
+            let size = sizes[i].size;
+            sizes[i].round(b, round).await.with_context(|| format!("size {size}, round {round}"))?;
         }
     }
-    store.close().await;
-    let rounds = json!({"c11": c11, "c10": c10, "bare": bare});
-
     tokio::time::sleep(Duration::from_secs(b.idle_seconds)).await;
-    let (rss_mb, peak_mb) = (servers.memory_mb("RssAnon:"), servers.memory_mb("VmHWM:"));
-    servers.close().await?;
-    Ok(Point { size, setup_s, c11: median(c11), c10: median(c10), bare: median(bare), rounds, rss_mb, peak_mb, double_claims })
+    let mut points = Vec::with_capacity(sizes.len());
+    for s in sizes {
+        points.push(s.finish().await?);
+    }
+    Ok(points)
 }
 
 pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
@@ -374,16 +431,14 @@ pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
         b.curve_rounds.max(1)
     );
     println!("  {:>9}  {:>8}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}", "tasks", "setup s", "C11 /s", "C10 /s", "bare /s", "anon MB", "peak MB");
-    let mut points = Vec::new();
+    let points = measure(&b).await?;
     let mut double_claims = 0;
-    for &size in &b.sizes {
-        let p = measure(&b, size).await.with_context(|| format!("size {size}"))?;
+    for p in &points {
         double_claims += p.double_claims;
         println!(
             "  {:>9}  {:>8.1}  {:>9.0}  {:>9.0}  {:>9.0}  {:>8.0}  {:>8.0}",
             p.size, p.setup_s, p.c11, p.c10, p.bare, p.rss_mb, p.peak_mb
         );
-        points.push(p);
     }
     let per = |f: fn(&Point) -> f64| points.iter().map(f).collect::<Vec<f64>>();
     // the largest size against 10,000 tasks (or the smallest size measured)
