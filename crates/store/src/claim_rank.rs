@@ -104,12 +104,7 @@ pub(crate) async fn requeue(conn: &mut AnyConnection, backend: Backend, tasks: &
         ),
     );
     let rows: Vec<(i64, i64, f64, i64)> = fetch_json_rows(conn, &sql, &args).await?;
-    let mut times: HashMap<(i64, i64), f64> = HashMap::new();
-    for &(network, _, _, priority) in &rows {
-        if let std::collections::hash_map::Entry::Vacant(e) = times.entry((network, priority)) {
-            e.insert(group_time(conn, backend, network, priority).await?);
-        }
-    }
+    let times = group_times(conn, backend, rows.iter().map(|&(network, _, _, priority)| (network, priority)).collect()).await?;
     let queue: Vec<QueueRow> = {
         let mut rng = rand::thread_rng();
         rows.into_iter()
@@ -157,6 +152,17 @@ pub(crate) async fn leave_queue(conn: &mut AnyConnection, backend: Backend, task
     Ok(())
 }
 
+/// The time of each (hub, priority) group in `groups`, each looked up once.
+async fn group_times(conn: &mut AnyConnection, backend: Backend, groups: Vec<(i64, i64)>) -> Result<HashMap<(i64, i64), f64>> {
+    let mut times = HashMap::new();
+    for group in groups {
+        if let std::collections::hash_map::Entry::Vacant(e) = times.entry(group) {
+            e.insert(group_time(conn, backend, group.0, group.1).await?);
+        }
+    }
+    Ok(times)
+}
+
 /// A group's time: its clock, else the smallest rank among its waiting rows, else 0.
 async fn group_time(conn: &mut AnyConnection, backend: Backend, hub: i64, priority: i64) -> Result<f64> {
     let clock = sqlx::query(&dialect(backend, "SELECT reached FROM claim_clock WHERE network_id = $1 AND priority = $2"))
@@ -182,14 +188,9 @@ async fn group_time(conn: &mut AnyConnection, backend: Backend, hub: i64, priori
 /// clocks started at their group's current time, as [`requeue`] would draw them after the
 /// insert — without the read-back.
 pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, priorities: &[i64], weight: f64) -> Result<Vec<f64>> {
-    let mut times: HashMap<i64, f64> = HashMap::new();
-    for &priority in priorities {
-        if let std::collections::hash_map::Entry::Vacant(e) = times.entry(priority) {
-            e.insert(group_time(conn, backend, hub, priority).await?);
-        }
-    }
+    let times = group_times(conn, backend, priorities.iter().map(|&p| (hub, p)).collect()).await?;
     let mut rng = rand::thread_rng();
-    Ok(priorities.iter().map(|p| draw(&mut rng, times[p], weight)).collect())
+    Ok(priorities.iter().map(|&p| draw(&mut rng, times[&(hub, p)], weight)).collect())
 }
 
 #[cfg(test)]
