@@ -33,8 +33,8 @@
 //! random places, the claimed task's rows and index entries. With SQLite's default cache
 //! (2,000 KiB) most of the random pages had left it by the next claim at 1,000,000 tasks and
 //! were read again from the operating system: the bare claim transaction ran at 0.58 × its
-//! 10,000-task rate. The writer therefore keeps [`WRITER_CACHE_KIB`] (0.83–0.86 × in the same
-//! sessions; readers keep the default, as they are many). That cache is memory held while the
+//! 10,000-task rate. The writer therefore keeps [`WRITER_CACHE_KIB`] (0.83–0.88 × in the same
+//! session; readers keep the default, as they are many). That cache is memory held while the
 //! connection lives, so once the store has had no write for [`SHRINK_AFTER_IDLE`] the task
 //! gives it back (`PRAGMA shrink_memory`), and an idle server returns to its baseline.
 //!
