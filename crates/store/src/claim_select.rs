@@ -131,7 +131,8 @@ pub(crate) fn hint_scope(store: &Store) -> Option<String> {
 /// Select claimable tasks from several hubs, up to the given count from each, by the
 /// algorithm steps 1–4, inside the caller's write transaction: the first
 /// claimable rows of each hub's claim queue in (priority, claim rank) order, read from the index
-/// `task_queue_order` (see `claim_rank` for why that order is upstream's weighted sampling),
+/// `task_queue_order` (on SQLite the queue's primary key; see `claim_rank` for why that
+/// order is upstream's weighted sampling),
 /// starting at the hub's start hint if `hint_scope` is given and the hint is fresh.
 /// Returns, per requested hub, the tasks and whether the hub has no claimable task left
 /// afterwards (for this filter). A task actioned on two of the hubs is handed out once.

@@ -65,10 +65,11 @@ fn column_list(t: &TableSpec) -> String {
 }
 
 /// The layout of the tables in a dump. 2: the claim queue is a table of its own
-/// (migration 0008); a dump of version 1 loads with a binary of its time, whose store
-/// this binary then upgrades.
+/// (migration 0008); 3: ACTIONS rows record their queue row's key (migration 0009). A
+/// dump of an older version loads with a binary of its time, whose store this binary
+/// then upgrades.
 fn schema_version() -> i64 {
-    2
+    3
 }
 
 impl Store {

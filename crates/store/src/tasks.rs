@@ -11,7 +11,7 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
-use crate::claim_rank::{enqueue, fresh_ranks, leave_queue, requeue};
+use crate::claim_rank::{fresh_ranks, insert_queue_rows, leave_queue, queue_json, queue_rows_of, requeue, QueueRow};
 use crate::db::{
     dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, json_array, json_id_list, json_ids,
     json_insert, json_rows_select, json_text_list, Arg, Col,
@@ -135,8 +135,10 @@ pub(crate) async fn apply_status(
         end_claims(conn, backend, "task_id", &args).await?;
     }
     if effects.drop_actions {
+        // the queue rows first: they are found through the ACTIONS rows (see `claim_rank`)
+        execute_in_chunks(conn, backend, &format!("DELETE FROM task_queue WHERE {}", queue_rows_of(backend, "{}", None)), &[], &args)
+            .await?;
         execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE task_id IN ({})", &[], &args).await?;
-        execute_in_chunks(conn, backend, "DELETE FROM task_queue WHERE task_id IN ({})", &[], &args).await?;
     } else if to != TaskStatus::Waiting {
         // the claim queue holds the rows of waiting tasks only (see `claim_rank`)
         leave_queue(conn, backend, &args).await?;
@@ -248,16 +250,30 @@ pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hu
     if tasks.is_empty() {
         return Ok(());
     }
-    let rows: Vec<serde_json::Value> = tasks.iter().map(|&(id, _, _)| serde_json::json!([hub, id, 0.5])).collect();
-    let sql = dialect(
-        backend,
-        &json_insert(backend, "task_action (network_id, task_id, weight)", &[Col::Int, Col::Int, Col::Real], "ON CONFLICT DO NOTHING"),
-    );
-    sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
+    // the waiting tasks' queue rows, whose keys their ACTIONS rows record (see `claim_rank`)
     let waiting: Vec<(i64, i64)> = tasks.iter().filter(|t| t.2).map(|&(id, priority, _)| (id, priority)).collect();
     let priorities: Vec<i64> = waiting.iter().map(|t| t.1).collect();
     let ranks = fresh_ranks(conn, backend, hub, &priorities, 0.5).await?;
-    enqueue(conn, backend, waiting.iter().zip(ranks).map(|(&(id, priority), rank)| (hub, priority, rank, id)).collect()).await?;
+    let queue: Vec<QueueRow> = waiting.iter().zip(ranks).map(|(&(id, priority), rank)| (hub, priority, rank, id)).collect();
+    let keys: HashMap<i64, (i64, f64)> = queue.iter().map(|&(_, priority, rank, id)| (id, (priority, rank))).collect();
+    let rows: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|&(id, _, _)| match keys.get(&id) {
+            Some(&(priority, rank)) => serde_json::json!([hub, id, 0.5, priority, rank]),
+            None => serde_json::json!([hub, id, 0.5, null, null]),
+        })
+        .collect();
+    let sql = dialect(
+        backend,
+        &json_insert(
+            backend,
+            "task_action (network_id, task_id, weight, queue_priority, claim_rank)",
+            &[Col::Int, Col::Int, Col::Real, Col::Int, Col::Real],
+            "ON CONFLICT DO NOTHING",
+        ),
+    );
+    sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
+    insert_queue_rows(conn, backend, queue_json(queue)).await?;
     let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
     let patterns = sqlx::query("SELECT 1 FROM restart_pattern WHERE network_id = $1 LIMIT 1").bind(hub).fetch_optional(&mut *conn).await?;
     if patterns.is_some() {
@@ -516,9 +532,10 @@ async fn actioned_on(
 
 /// Remove ACTIONS from `hub` and the APPLIES of `hub`'s patterns for the given task ids.
 pub(crate) async fn cancel_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, task_ids: &[Arg]) -> Result<()> {
+    // the queue rows first: they are found through the ACTIONS rows (see `claim_rank`)
+    let queue = format!("DELETE FROM task_queue WHERE {}", queue_rows_of(backend, "{}", Some("$1")));
+    execute_in_chunks(conn, backend, &queue, &[Arg::I64(hub)], task_ids).await?;
     execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids)
-        .await?;
-    execute_in_chunks(conn, backend, "DELETE FROM task_queue WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids)
         .await?;
     execute_in_chunks(
         conn,
