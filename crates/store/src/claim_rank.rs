@@ -48,8 +48,8 @@ use rand::Rng;
 use sqlx::AnyConnection;
 
 use crate::db::{
-    bind, dialect, fetch_in_chunks, fetch_json_rows, get_f64, get_i64, json_id_list, json_ids, json_insert, json_rows_select, values_rows,
-    Arg, Col, MAX_PARAMS,
+    bind, dialect, fetch_in_chunks, fetch_json_rows, get_f64, get_i64, json_id_list, json_ids, json_insert, json_rows_select, json_update,
+    values_rows, Arg, Col, MAX_PARAMS,
 };
 use crate::error::Result;
 use crate::Backend;
@@ -75,13 +75,12 @@ async fn enqueue(conn: &mut AnyConnection, backend: Backend, rows: Vec<QueueRow>
         return Ok(());
     }
     let json = queue_json(rows);
-    let (from, int, real, e) = match backend {
-        Backend::Sqlite => ("json_each($1) AS j", "INTEGER", "REAL", "j.value"),
-        Backend::Postgres => ("jsonb_array_elements(CAST($1 AS jsonb)) AS e", "BIGINT", "DOUBLE PRECISION", "e"),
-    };
-    let sql = format!(
-        "UPDATE task_action SET queue_priority = CAST({e} ->> 1 AS {int}), claim_rank = CAST({e} ->> 2 AS {real}) FROM {from} \
-         WHERE task_action.network_id = CAST({e} ->> 0 AS {int}) AND task_action.task_id = CAST({e} ->> 3 AS {int})"
+    let sql = json_update(
+        backend,
+        "task_action",
+        &[("queue_priority", 1, Col::Int), ("claim_rank", 2, Col::Real)],
+        &[("network_id", 0, Col::Int), ("task_id", 3, Col::Int)],
+        "",
     );
     sqlx::query(&dialect(backend, &sql)).bind(json.clone()).execute(&mut *conn).await?;
     insert_queue_rows(conn, backend, json).await
@@ -240,13 +239,13 @@ async fn group_time(conn: &mut AnyConnection, backend: Backend, hub: i64, priori
     first.map(|r| get_f64(&r, 0)).transpose().map(|t| t.unwrap_or(0.0))
 }
 
-/// Ranks for rows about to be queued on `hub` with `weight > 0`, one per task priority:
+/// Ranks for rows about to be queued on `hub`, one per (task priority, weight above 0):
 /// clocks started at their group's current time, as [`requeue`] would draw them after the
 /// insert — without the read-back.
-pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, priorities: &[i64], weight: f64) -> Result<Vec<f64>> {
-    let times = group_times(conn, backend, priorities.iter().map(|&p| (hub, p)).collect()).await?;
+pub(crate) async fn fresh_ranks(conn: &mut AnyConnection, backend: Backend, hub: i64, rows: &[(i64, f64)]) -> Result<Vec<f64>> {
+    let times = group_times(conn, backend, rows.iter().map(|&(p, _)| (hub, p)).collect()).await?;
     let mut rng = rand::thread_rng();
-    Ok(priorities.iter().map(|&p| draw(&mut rng, times[&(hub, p)], weight)).collect())
+    Ok(rows.iter().map(|&(p, w)| draw(&mut rng, times[&(hub, p)], w)).collect())
 }
 
 #[cfg(test)]

@@ -189,24 +189,39 @@ pub(crate) enum Col {
 /// by the parameter limit. `head` is `table (col, …)`; `tail` may hold `ON CONFLICT …`
 /// and `RETURNING …`.
 pub(crate) fn json_insert(backend: Backend, head: &str, cols: &[Col], tail: &str) -> String {
-    let exprs: Vec<String> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| match (backend, c) {
-            (Backend::Sqlite, Col::Int) => format!("CAST(value ->> {i} AS INTEGER)"),
-            (Backend::Sqlite, Col::Real) => format!("CAST(value ->> {i} AS REAL)"),
-            (Backend::Sqlite, Col::Text) => format!("value ->> {i}"),
-            (Backend::Postgres, Col::Int) => format!("CAST(e ->> {i} AS BIGINT)"),
-            (Backend::Postgres, Col::Real) => format!("CAST(e ->> {i} AS DOUBLE PRECISION)"),
-            (Backend::Postgres, Col::Text) => format!("e ->> {i}"),
-        })
-        .collect();
-    let from = match backend {
+    let exprs: Vec<String> = cols.iter().enumerate().map(|(i, &c)| json_element(backend, i, c)).collect();
+    // (`WHERE true`: SQLite would read an `ON CONFLICT` right after the FROM as a join constraint)
+    format!("INSERT INTO {head} SELECT {} FROM {} WHERE true {tail}", exprs.join(", "), json_rows(backend))
+}
+
+/// `UPDATE {table} SET … FROM <the rows of a JSON array bound as $1> WHERE …`: a bulk
+/// update with one parameter, each row a JSON array. `set` and `key` name a column of
+/// `table` with the index and type of the row element it is set to or matched with;
+/// `extra` continues the WHERE (`AND network_id = $2`).
+pub(crate) fn json_update(backend: Backend, table: &str, set: &[(&str, usize, Col)], key: &[(&str, usize, Col)], extra: &str) -> String {
+    let set: Vec<String> = set.iter().map(|&(c, i, t)| format!("{c} = {}", json_element(backend, i, t))).collect();
+    let key: Vec<String> = key.iter().map(|&(c, i, t)| format!("{table}.{c} = {}", json_element(backend, i, t))).collect();
+    format!("UPDATE {table} SET {} FROM {} WHERE {}{extra}", set.join(", "), json_rows(backend), key.join(" AND "))
+}
+
+/// The rows of the JSON array bound as `$1`, as a FROM item (see [`json_element`]).
+fn json_rows(backend: Backend) -> &'static str {
+    match backend {
         Backend::Sqlite => "json_each($1)",
         Backend::Postgres => "jsonb_array_elements(CAST($1 AS jsonb)) AS e",
-    };
-    // (`WHERE true`: SQLite would read an `ON CONFLICT` right after the FROM as a join constraint)
-    format!("INSERT INTO {head} SELECT {} FROM {from} WHERE true {tail}", exprs.join(", "))
+    }
+}
+
+/// Element `i` of a row of [`json_rows`] as an SQL value of type `col` (JSON null is NULL).
+fn json_element(backend: Backend, i: usize, col: Col) -> String {
+    match (backend, col) {
+        (Backend::Sqlite, Col::Int) => format!("CAST(value ->> {i} AS INTEGER)"),
+        (Backend::Sqlite, Col::Real) => format!("CAST(value ->> {i} AS REAL)"),
+        (Backend::Sqlite, Col::Text) => format!("value ->> {i}"),
+        (Backend::Postgres, Col::Int) => format!("CAST(e ->> {i} AS BIGINT)"),
+        (Backend::Postgres, Col::Real) => format!("CAST(e ->> {i} AS DOUBLE PRECISION)"),
+        (Backend::Postgres, Col::Text) => format!("e ->> {i}"),
+    }
 }
 
 /// The JSON array text for [`json_text_list`].

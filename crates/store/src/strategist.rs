@@ -21,7 +21,7 @@ use crate::error::{Result, StoreError};
 use crate::lease::release_in;
 use crate::queries::scope_condition;
 use crate::strategy::{bind_state, state_from_row, StrategyState, STATE_COLUMNS, UPDATE_STATE};
-use crate::tasks::{action_on_hub, cancel_on_hub, insert_tasks, parse_status, NewTask};
+use crate::tasks::{action_on_hub, cancel_on_hub, insert_tasks, parse_status, NewAction, NewTask};
 use crate::{Backend, Store};
 
 /// A strategy due for execution, with what the strategist needs to run it.
@@ -439,8 +439,7 @@ async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrateg
     let hub = due.network_id;
     // tasks to action must still be waiting or running; on PostgreSQL lock them so a
     // concurrent completion cannot remove their ACTIONS before this commit adds one
-    // (task, priority, waiting?)
-    let mut actions: Vec<(i64, i64, bool)> = Vec::with_capacity(planned.action.len() + planned.create.len());
+    let mut actions: Vec<NewAction> = Vec::with_capacity(planned.action.len() + planned.create.len());
     if !planned.action.is_empty() {
         let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let sql = dialect(
@@ -453,13 +452,18 @@ async fn apply_plan(conn: &mut AnyConnection, backend: Backend, due: &DueStrateg
         let rows =
             crate::db::bind(sqlx::query(&sql), std::slice::from_ref(&ids_param(backend, &planned.action))).fetch_all(&mut *conn).await?;
         for r in &rows {
-            actions.push((get_i64(r, 0)?, get_i64(r, 1)?, get_str(r, 2)? == "waiting"));
+            actions.push(NewAction { id: get_i64(r, 0)?, priority: get_i64(r, 1)?, waiting: get_str(r, 2)? == "waiting", weight: 0.5 });
         }
     }
     let new: Vec<NewTask> =
         planned.create.iter().map(|&tf| NewTask { transformation_id: tf, scope: due.network.scope(), extends_id: None }).collect();
     // new tasks have priority 10
-    actions.extend(insert_tasks(conn, backend, &new, None).await?.into_iter().map(|(id, _)| (id, 10, true)));
+    actions.extend(insert_tasks(conn, backend, &new, None).await?.into_iter().map(|(id, _)| NewAction {
+        id,
+        priority: 10,
+        waiting: true,
+        weight: 0.5,
+    }));
     action_on_hub(conn, backend, hub, &actions).await?;
     let cancel: Vec<Arg> = planned.cancel.iter().map(|&i| Arg::I64(i)).collect();
     cancel_on_hub(conn, backend, hub, &cancel).await?;

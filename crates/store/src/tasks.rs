@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 use crate::claim_rank::{fresh_ranks, insert_queue_rows, leave_queue, queue_json, queue_rows_of, requeue, QueueRow};
 use crate::db::{
     dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, json_array, json_id_list, json_ids,
-    json_insert, json_rows_select, json_text_list, Arg, Col,
+    json_insert, json_rows_select, json_text_list, json_update, Arg, Col,
 };
 use crate::error::{Result, StoreError};
 use crate::networks::object_id;
@@ -242,25 +242,35 @@ pub(crate) async fn insert_tasks(
         .collect()
 }
 
-/// Action tasks (id, priority, waiting?) that are not yet actioned on `hub`, inside the
-/// caller's write transaction: ACTIONS rows of weight 0.5, in the claim queue with fresh
-/// claim ranks if their task is waiting (see `claim_rank`), and the hub's restart
-/// patterns start applying to them.
-pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[(i64, i64, bool)]) -> Result<()> {
+/// A task about to be actioned on a hub.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewAction {
+    pub(crate) id: i64,
+    pub(crate) priority: i64,
+    pub(crate) waiting: bool,
+    /// The ACTIONS weight (0.5 unless the caller gives one).
+    pub(crate) weight: f64,
+}
+
+/// Action tasks that are not yet actioned on `hub`, inside the caller's write
+/// transaction: ACTIONS rows of their weights, in the claim queue with fresh claim ranks
+/// if their task is waiting and their weight above 0 (see `claim_rank`), and the hub's
+/// restart patterns start applying to them.
+pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, tasks: &[NewAction]) -> Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
-    // the waiting tasks' queue rows, whose keys their ACTIONS rows record (see `claim_rank`)
-    let waiting: Vec<(i64, i64)> = tasks.iter().filter(|t| t.2).map(|&(id, priority, _)| (id, priority)).collect();
-    let priorities: Vec<i64> = waiting.iter().map(|t| t.1).collect();
-    let ranks = fresh_ranks(conn, backend, hub, &priorities, 0.5).await?;
-    let queue: Vec<QueueRow> = waiting.iter().zip(ranks).map(|(&(id, priority), rank)| (hub, priority, rank, id)).collect();
+    // the queue rows, whose keys their ACTIONS rows record (see `claim_rank`)
+    let queued: Vec<&NewAction> = tasks.iter().filter(|t| t.waiting && t.weight > 0.0).collect();
+    let draws: Vec<(i64, f64)> = queued.iter().map(|t| (t.priority, t.weight)).collect();
+    let ranks = fresh_ranks(conn, backend, hub, &draws).await?;
+    let queue: Vec<QueueRow> = queued.iter().zip(ranks).map(|(t, rank)| (hub, t.priority, rank, t.id)).collect();
     let keys: HashMap<i64, (i64, f64)> = queue.iter().map(|&(_, priority, rank, id)| (id, (priority, rank))).collect();
     let rows: Vec<serde_json::Value> = tasks
         .iter()
-        .map(|&(id, _, _)| match keys.get(&id) {
-            Some(&(priority, rank)) => serde_json::json!([hub, id, 0.5, priority, rank]),
-            None => serde_json::json!([hub, id, 0.5, null, null]),
+        .map(|t| match keys.get(&t.id) {
+            Some(&(priority, rank)) => serde_json::json!([hub, t.id, t.weight, priority, rank]),
+            None => serde_json::json!([hub, t.id, t.weight, null, null]),
         })
         .collect();
     let sql = dialect(
@@ -274,7 +284,7 @@ pub(crate) async fn action_on_hub(conn: &mut AnyConnection, backend: Backend, hu
     );
     sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
     insert_queue_rows(conn, backend, queue_json(queue)).await?;
-    let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+    let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
     let patterns = sqlx::query("SELECT 1 FROM restart_pattern WHERE network_id = $1 LIMIT 1").bind(hub).fetch_optional(&mut *conn).await?;
     if patterns.is_some() {
         let sql = dialect(
@@ -463,8 +473,26 @@ impl Store {
                 })
                 .collect();
             let already = actioned_on(&mut tx, self.backend, hub, eligible.iter().map(|t| t.id)).await?;
-            let new: Vec<(i64, i64, bool)> =
-                eligible.iter().filter(|t| !already.contains(&t.id)).map(|t| (t.id, t.priority, t.status == TaskStatus::Waiting)).collect();
+            // the weight given to each listed task (the last one given for it, as upstream
+            // sets them one after another)
+            let given: HashMap<i64, f64> = match &weights {
+                None => HashMap::new(),
+                Some(w) => chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| Some((found.get(&k.as_ref()?.to_string())?.id, w.at(c * ACTION_SLICE + i))))
+                    .collect(),
+            };
+            let new: Vec<NewAction> = eligible
+                .iter()
+                .filter(|t| !already.contains(&t.id))
+                .map(|t| NewAction {
+                    id: t.id,
+                    priority: t.priority,
+                    waiting: t.status == TaskStatus::Waiting,
+                    weight: given.get(&t.id).copied().unwrap_or(0.5),
+                })
+                .collect();
             action_on_hub(&mut tx, self.backend, hub, &new).await?;
             added += new.len() as u64;
             let actioned: std::collections::HashSet<i64> = eligible.iter().map(|t| t.id).collect();
@@ -472,14 +500,11 @@ impl Store {
                 let t = found.get(&k.as_ref()?.to_string())?;
                 actioned.contains(&t.id).then(|| t.sk.clone())
             }));
-            if let Some(w) = &weights {
-                // (redraws every listed row on the hub, the new ones included)
-                let w = match w {
-                    Weights::All(x) => Weights::All(*x),
-                    Weights::Each(ws) => Weights::Each(ws[c * ACTION_SLICE..c * ACTION_SLICE + chunk.len()].to_vec()),
-                };
-                set_action_weights(&mut tx, self.backend, hub, chunk, &found, &w).await?;
-            }
+            // rows that were there already take the given weights and are drawn afresh
+            let fresh: std::collections::HashSet<i64> = new.iter().map(|t| t.id).collect();
+            let mut reweighted: Vec<(i64, f64)> = given.into_iter().filter(|(id, _)| !fresh.contains(id)).collect();
+            reweighted.sort_by_key(|r| r.0);
+            set_action_weights(&mut tx, self.backend, hub, &reweighted).await?;
         }
         tx.commit().await?;
         self.note_bulk_change(added);
@@ -558,6 +583,14 @@ pub enum Weights {
 }
 
 impl Weights {
+    /// The weight of the `i`th listed task.
+    fn at(&self, i: usize) -> f64 {
+        match self {
+            Weights::All(w) => *w,
+            Weights::Each(ws) => ws[i],
+        }
+    }
+
     fn validate(&self, n: usize) -> Result<()> {
         match self {
             Weights::All(w) if !(0.0..=1.0).contains(w) => Err(StoreError::Invalid("weight must be between 0 and 1 (inclusive)".into())),
@@ -572,40 +605,17 @@ impl Weights {
     }
 }
 
-async fn set_action_weights(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    hub: i64,
-    tasks: &[Option<ScopedKey>],
-    found: &HashMap<String, TaskRow>,
-    weights: &Weights,
-) -> Result<()> {
-    let listed: Vec<i64> = tasks.iter().flatten().filter_map(|k| found.get(&k.to_string())).map(|t| t.id).collect();
-    if let Weights::All(w) = weights {
-        let ids: Vec<Arg> = listed.iter().map(|&id| Arg::I64(id)).collect();
-        execute_in_chunks(
-            conn,
-            backend,
-            "UPDATE task_action SET weight = $1 WHERE network_id = $2 AND task_id IN ({})",
-            &[Arg::F64(*w), Arg::I64(hub)],
-            &ids,
-        )
-        .await?;
-        // new weights, new clocks (see `claim_rank`)
-        return requeue(conn, backend, &listed, Some(hub)).await;
+/// Give ACTIONS rows of `hub` new weights, (task id, weight) each, and draw their queue
+/// rows afresh (new weights, new clocks; see `claim_rank`). Tasks not actioned on the
+/// hub are left alone.
+async fn set_action_weights(conn: &mut AnyConnection, backend: Backend, hub: i64, weights: &[(i64, f64)]) -> Result<()> {
+    if weights.is_empty() {
+        return Ok(());
     }
-    for (i, k) in tasks.iter().enumerate() {
-        let Some(t) = k.as_ref().and_then(|k| found.get(&k.to_string())) else { continue };
-        let w = match weights {
-            Weights::All(w) => *w,
-            Weights::Each(ws) => ws[i],
-        };
-        sqlx::query("UPDATE task_action SET weight = $1 WHERE network_id = $2 AND task_id = $3")
-            .bind(w)
-            .bind(hub)
-            .bind(t.id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    requeue(conn, backend, &listed, Some(hub)).await
+    let rows: Vec<serde_json::Value> = weights.iter().map(|&(id, w)| serde_json::json!([id, w])).collect();
+    let sql =
+        json_update(backend, "task_action", &[("weight", 1, Col::Real)], &[("task_id", 0, Col::Int)], " AND task_action.network_id = $2");
+    sqlx::query(&dialect(backend, &sql)).bind(serde_json::Value::Array(rows).to_string()).bind(hub).execute(&mut *conn).await?;
+    let ids: Vec<i64> = weights.iter().map(|w| w.0).collect();
+    requeue(conn, backend, &ids, Some(hub)).await
 }

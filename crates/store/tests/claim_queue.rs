@@ -36,6 +36,10 @@ store_test!(the_queue_follows_every_change_of_a_task, |store| async move {
     let weights = Weights::Each((0..4).map(|i| [0.0, 0.3, 0.9, 1.0][i]).collect());
     store.action_tasks(&net_a, &some(&ts[..4]), Some(weights)).await.unwrap();
     consistent(&store, "changing weights").await;
+    // new rows take their given weights when they are actioned: weight 0 is not queued
+    let extra = tasks(&store, &tfs_a, 2).await;
+    store.action_tasks(&net_a, &some(&extra), Some(Weights::Each(vec![0.0, 1.0]))).await.unwrap();
+    consistent(&store, "actioning with weights").await;
     store.set_task_priority(&some(&ts[4..8]), 3).await.unwrap();
     consistent(&store, "changing priorities").await;
 
@@ -65,7 +69,8 @@ store_test!(the_queue_follows_every_change_of_a_task, |store| async move {
     let s = sid(2);
     store.register_compute_service(&s, None).await.unwrap();
     let all = keys(&claim(&store, &s, 50).await, 50);
-    let expected: Vec<_> = ts.iter().enumerate().filter(|(i, _)| *i != 0 && ![7, 8, 9].contains(i)).map(|(_, t)| t.clone()).collect();
+    let mut expected: Vec<_> = ts.iter().enumerate().filter(|(i, _)| *i != 0 && ![7, 8, 9].contains(i)).map(|(_, t)| t.clone()).collect();
+    expected.push(extra[1].clone());
     assert_eq!(set_of(&all), set_of(&expected));
     assert_eq!(all.len(), expected.len(), "no task is handed out twice");
     consistent(&store, "claiming everything").await;
