@@ -293,6 +293,26 @@ mod tests {
         ts.store.close().await;
     }
 
+    /// SQLite runs the bulk update of ACTIONS rows from a JSON array row by row, each
+    /// looked up by its key (not the whole table or hub for each row).
+    #[tokio::test]
+    async fn actions_are_updated_by_key() {
+        let ts = crate::testing::sqlite().await;
+        let sql = json_update(
+            Backend::Sqlite,
+            "task_action",
+            &[("queue_priority", 1, Col::Int), ("claim_rank", 2, Col::Real)],
+            &[("network_id", 0, Col::Int), ("task_id", 3, Col::Int)],
+            "",
+        );
+        let sql = dialect(Backend::Sqlite, &format!("EXPLAIN QUERY PLAN {sql}"));
+        let rows = sqlx::query(&sql).bind("[[1, 10, 0.5, 3]]").fetch_all(&ts.store.write).await.unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 3).unwrap()).collect();
+        assert!(plan[0].starts_with("SCAN json_each"), "{plan:?}");
+        assert!(plan[1].contains("task_action USING") && plan[1].contains("(network_id=? AND task_id=?)"), "{plan:?}");
+        ts.store.close().await;
+    }
+
     #[test]
     fn clocks_start_at_the_group_time() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);

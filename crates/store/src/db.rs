@@ -197,7 +197,9 @@ pub(crate) fn json_insert(backend: Backend, head: &str, cols: &[Col], tail: &str
 /// `UPDATE {table} SET … FROM <the rows of a JSON array bound as $1> WHERE …`: a bulk
 /// update with one parameter, each row a JSON array. `set` and `key` name a column of
 /// `table` with the index and type of the row element it is set to or matched with;
-/// `extra` continues the WHERE (`AND network_id = $2`).
+/// `extra` continues the WHERE. Take every key column from the rows (not from another
+/// parameter): then the backends look each row up by its key, where SQLite, given a key
+/// column as a parameter, reads every row matching that one column once per JSON row.
 pub(crate) fn json_update(backend: Backend, table: &str, set: &[(&str, usize, Col)], key: &[(&str, usize, Col)], extra: &str) -> String {
     let set: Vec<String> = set.iter().map(|&(c, i, t)| format!("{c} = {}", json_element(backend, i, t))).collect();
     let key: Vec<String> = key.iter().map(|&(c, i, t)| format!("{table}.{c} = {}", json_element(backend, i, t))).collect();

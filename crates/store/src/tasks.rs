@@ -612,10 +612,12 @@ async fn set_action_weights(conn: &mut AnyConnection, backend: Backend, hub: i64
     if weights.is_empty() {
         return Ok(());
     }
-    let rows: Vec<serde_json::Value> = weights.iter().map(|&(id, w)| serde_json::json!([id, w])).collect();
+    // the hub in every row, so that both backends look each row up by its key rather than
+    // read the hub's ACTIONS rows for each (SQLite's plan, with the hub as a parameter)
+    let rows: Vec<serde_json::Value> = weights.iter().map(|&(id, w)| serde_json::json!([hub, id, w])).collect();
     let sql =
-        json_update(backend, "task_action", &[("weight", 1, Col::Real)], &[("task_id", 0, Col::Int)], " AND task_action.network_id = $2");
-    sqlx::query(&dialect(backend, &sql)).bind(serde_json::Value::Array(rows).to_string()).bind(hub).execute(&mut *conn).await?;
+        json_update(backend, "task_action", &[("weight", 2, Col::Real)], &[("network_id", 0, Col::Int), ("task_id", 1, Col::Int)], "");
+    sqlx::query(&dialect(backend, &sql)).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
     let ids: Vec<i64> = weights.iter().map(|w| w.0).collect();
     requeue(conn, backend, &ids, Some(hub)).await
 }
