@@ -48,8 +48,8 @@ use rand::Rng;
 use sqlx::AnyConnection;
 
 use crate::db::{
-    bind, dialect, fetch_in_chunks, fetch_json_rows, get_f64, get_i64, json_id_list, json_ids, json_insert, json_rows_select, json_update,
-    values_rows, Arg, Col, MAX_PARAMS,
+    bind, dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_f64, get_i64, json_id_list, json_ids, json_insert,
+    json_rows_select, json_update, values_rows, Arg, Col, MAX_PARAMS,
 };
 use crate::error::Result;
 use crate::Backend;
@@ -116,7 +116,7 @@ pub(crate) async fn insert_queue_rows(conn: &mut AnyConnection, backend: Backend
 /// per claim, written to the log and copied back by the checkpoint. PostgreSQL leaves
 /// index entries in place when it deletes a row, so there a claim does not write its
 /// index by task, and the rows are found through it.
-pub(crate) fn queue_rows_of(backend: Backend, ids: &str, hub: Option<&str>) -> String {
+fn queue_rows_of(backend: Backend, ids: &str, hub: Option<&str>) -> String {
     match backend {
         Backend::Sqlite => {
             let on_hub = hub.map(|h| format!(" AND network_id = {h}")).unwrap_or_default();
@@ -132,6 +132,16 @@ pub(crate) fn queue_rows_of(backend: Backend, ids: &str, hub: Option<&str>) -> S
     }
 }
 
+/// Delete the queue rows of `tasks` (ids as arguments; only those on `hub`, if given)
+/// inside the caller's write transaction, leaving the clocks as they are. Before the
+/// tasks' ACTIONS rows go: on SQLite the queue rows are found through them.
+pub(crate) async fn drop_queue_rows(conn: &mut AnyConnection, backend: Backend, tasks: &[Arg], hub: Option<i64>) -> Result<()> {
+    let sql = format!("DELETE FROM task_queue WHERE {}", queue_rows_of(backend, "{}", hub.map(|_| "$1")));
+    let fixed: Vec<Arg> = hub.map(Arg::I64).into_iter().collect();
+    execute_in_chunks(conn, backend, &sql, &fixed, tasks).await?;
+    Ok(())
+}
+
 /// Draw the ACTIONS rows of `tasks` (only those on `hub`, if given) afresh, inside the
 /// caller's write transaction: their queue rows go, and the rows of waiting tasks with a
 /// weight above 0 come back with clocks started at their group's time.
@@ -144,11 +154,8 @@ pub(crate) async fn requeue(conn: &mut AnyConnection, backend: Backend, tasks: &
         args.push(Arg::I64(h));
     }
     let on_hub = |alias: &str| if hub.is_some() { format!(" AND {alias}network_id = $2") } else { String::new() };
-    let sql = dialect(
-        backend,
-        &format!("DELETE FROM task_queue WHERE {}", queue_rows_of(backend, &json_id_list(backend, 1), hub.is_some().then_some("$2"))),
-    );
-    bind(sqlx::query(&sql), &args).execute(&mut *conn).await?;
+    let ids: Vec<Arg> = tasks.iter().map(|&id| Arg::I64(id)).collect();
+    drop_queue_rows(conn, backend, &ids, hub).await?;
     let sql = dialect(
         backend,
         &format!(

@@ -11,7 +11,7 @@ use alchemiscale_model::status::{transition_allowed, transition_effects};
 use alchemiscale_model::{ScopedKey, TaskStatus};
 use sqlx::AnyConnection;
 
-use crate::claim_rank::{fresh_ranks, insert_queue_rows, leave_queue, queue_json, queue_rows_of, requeue, QueueRow};
+use crate::claim_rank::{drop_queue_rows, fresh_ranks, insert_queue_rows, leave_queue, queue_json, requeue, QueueRow};
 use crate::db::{
     dialect, execute_in_chunks, fetch_in_chunks, fetch_json_rows, get_i64, get_opt_i64, get_str, json_array, json_id_list, json_ids,
     json_insert, json_rows_select, json_text_list, json_update, Arg, Col,
@@ -135,9 +135,7 @@ pub(crate) async fn apply_status(
         end_claims(conn, backend, "task_id", &args).await?;
     }
     if effects.drop_actions {
-        // the queue rows first: they are found through the ACTIONS rows (see `claim_rank`)
-        execute_in_chunks(conn, backend, &format!("DELETE FROM task_queue WHERE {}", queue_rows_of(backend, "{}", None)), &[], &args)
-            .await?;
+        drop_queue_rows(conn, backend, &args, None).await?;
         execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE task_id IN ({})", &[], &args).await?;
     } else if to != TaskStatus::Waiting {
         // the claim queue holds the rows of waiting tasks only (see `claim_rank`)
@@ -557,9 +555,7 @@ async fn actioned_on(
 
 /// Remove ACTIONS from `hub` and the APPLIES of `hub`'s patterns for the given task ids.
 pub(crate) async fn cancel_on_hub(conn: &mut AnyConnection, backend: Backend, hub: i64, task_ids: &[Arg]) -> Result<()> {
-    // the queue rows first: they are found through the ACTIONS rows (see `claim_rank`)
-    let queue = format!("DELETE FROM task_queue WHERE {}", queue_rows_of(backend, "{}", Some("$1")));
-    execute_in_chunks(conn, backend, &queue, &[Arg::I64(hub)], task_ids).await?;
+    drop_queue_rows(conn, backend, task_ids, Some(hub)).await?;
     execute_in_chunks(conn, backend, "DELETE FROM task_action WHERE network_id = $1 AND task_id IN ({})", &[Arg::I64(hub)], task_ids)
         .await?;
     execute_in_chunks(
