@@ -119,6 +119,21 @@ pub(crate) fn insert_bounded<V>(map: &mut HashMap<String, V>, key: &str, value: 
 pub(crate) struct Claimed {
     pub(crate) id: i64,
     pub(crate) sk: ScopedKey,
+    /// The queue row the select read it from.
+    pub(crate) row: QueueRowRead,
+}
+
+/// A queue row as a claim's select read it: its key, and whether the task's transformation
+/// belongs to another network too. Only then can the task have ACTIONS rows, and so queue
+/// rows, on other hubs (a task is actioned only on hubs whose network holds its
+/// transformation, and networks never change), so a claim of an unshared task takes it out
+/// of the queue by this key alone (see `claim_rank::leave_queue_claimed`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueRowRead {
+    pub(crate) hub: i64,
+    pub(crate) priority: i64,
+    pub(crate) rank: f64,
+    pub(crate) shared: bool,
 }
 
 /// The scope of a store's start hints for [`select_from_hubs`]: on PostgreSQL the store's
@@ -176,7 +191,8 @@ pub(crate) async fn select_from_hubs(
             for r in &rows {
                 let id = get_i64(r, 0)?;
                 if chosen.len() < count && taken.insert(id) {
-                    chosen.push(Claimed { id, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)? });
+                    let row = QueueRowRead { hub, priority: get_i64(r, 5)?, rank: get_f64(r, 6)?, shared: get_i64(r, 7)? != 0 };
+                    chosen.push(Claimed { id, sk: task_sk(&get_str(r, 1)?, &get_str(r, 2)?, &get_str(r, 3)?, &get_str(r, 4)?)?, row });
                 }
             }
             if let Some(key) = &key {
@@ -201,7 +217,9 @@ pub(crate) async fn select_from_hubs(
 /// The select of one hub's first claimable tasks in claim order (before `dialect`): `$1`
 /// is the hub, then the protocol list (if any), then with `from_hint` the start hint's
 /// priority and rank, then the limit. Returns the task's id and ScopedKey parts, then the
-/// row's priority and rank. Shared with `claim_plan`, which explains exactly this statement.
+/// row's priority and rank, then 1 if the task's transformation belongs to another network
+/// too (see [`QueueRowRead`]; an index lookup in a table that grows with transformations,
+/// not tasks). Shared with `claim_plan`, which explains exactly this statement.
 pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: bool, from_hint: bool) -> String {
     let mut next = if protocols { 3 } else { 2 };
     let hint = if from_hint {
@@ -212,7 +230,9 @@ pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: 
     };
     let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
     format!(
-        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, q.priority, q.claim_rank {}{hint} \
+        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, q.priority, q.claim_rank, \
+         CASE WHEN EXISTS (SELECT 1 FROM network_transformation nt WHERE nt.transformation_id = t.transformation_id \
+         AND nt.network_id <> q.network_id) THEN 1 ELSE 0 END {}{hint} \
          ORDER BY q.priority, q.claim_rank LIMIT ${next}{lock}",
         hub_candidates(backend, protocols, require_hub_weight)
     )

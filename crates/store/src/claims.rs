@@ -67,18 +67,18 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use alchemiscale_model::scope::minimise;
-use alchemiscale_model::{ComputeServiceId, Scope, ScopedKey, TaskStatus};
+use alchemiscale_model::{ComputeServiceId, Scope, ScopedKey};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sqlx::AnyConnection;
 
-use crate::claim_select::{hint_scope, insert_bounded, select_from_hubs, Claimed};
+use crate::claim_rank::leave_queue_claimed;
+use crate::claim_select::{hint_scope, insert_bounded, select_from_hubs, Claimed, QueueRowRead};
 use crate::compute::{can_claim_row, cutoff, service_rows};
-use crate::db::{bind, dialect, fetch_json_rows, get_i64, json_array, json_rows_select, json_text_list, Arg};
+use crate::db::{bind, dialect, execute_in_chunks, fetch_json_rows, get_i64, json_array, json_rows_select, json_text_list, Arg};
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
-use crate::tasks::apply_status;
 use crate::{Backend, Store};
 
 /// How long a hub pool (see the module documentation) is trusted before the hub query is
@@ -309,17 +309,20 @@ fn combiner(key: &str) -> Arc<Combiner> {
     c
 }
 
-/// Record claims (task row id, service row id) and move the claimed tasks from `waiting`
-/// to `running` through [`apply_status`]. The `task_claim` primary
-/// key is the backstop: rows are inserted with `ON CONFLICT DO NOTHING RETURNING task_id`
-/// and only the tasks actually claimed change status; their ids are returned.
-async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64, i64)]) -> Result<HashSet<i64>> {
-    let mut inserted = HashSet::with_capacity(pairs.len());
-    if pairs.is_empty() {
+/// Record claims (task row id, service row id, the queue row its select read) and move the
+/// claimed tasks from `waiting` to `running`. The `task_claim` primary key is the backstop:
+/// rows are inserted with `ON CONFLICT DO NOTHING RETURNING task_id` and only the tasks
+/// actually claimed change status; their ids are returned. The change to `running` has no
+/// effect beyond the status and leaving the claim queue (`transition_effects`; see the test
+/// `running_has_no_other_effect`), so it is done here rather than through `apply_status`,
+/// and the tasks leave the queue by the rows their select read ([`leave_queue_claimed`]).
+async fn record_claims(conn: &mut AnyConnection, backend: Backend, claims: &[(i64, i64, QueueRowRead)]) -> Result<HashSet<i64>> {
+    let mut inserted = HashSet::with_capacity(claims.len());
+    if claims.is_empty() {
         return Ok(inserted);
     }
     let now = crate::now_micros();
-    for chunk in pairs.chunks(crate::db::MAX_PARAMS / 3) {
+    for chunk in claims.chunks(crate::db::MAX_PARAMS / 3) {
         let sql = dialect(
             backend,
             &format!(
@@ -327,13 +330,17 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, pairs: &[(i64
                 crate::db::values_rows(chunk.len(), 3)
             ),
         );
-        let args: Vec<Arg> = chunk.iter().flat_map(|&(t, s)| [Arg::I64(t), Arg::I64(s), Arg::I64(now)]).collect();
+        let args: Vec<Arg> = chunk.iter().flat_map(|&(t, s, _)| [Arg::I64(t), Arg::I64(s), Arg::I64(now)]).collect();
         for r in bind(sqlx::query(&sql), &args).persistent(false).fetch_all(&mut *conn).await? {
             inserted.insert(get_i64(&r, 0)?);
         }
     }
-    let transitions: Vec<(i64, TaskStatus)> = inserted.iter().map(|&id| (id, TaskStatus::Waiting)).collect();
-    apply_status(conn, backend, &transitions, TaskStatus::Running).await?;
+    let mut ids: Vec<i64> = inserted.iter().copied().collect();
+    ids.sort_unstable();
+    let args: Vec<Arg> = ids.into_iter().map(Arg::I64).collect();
+    execute_in_chunks(conn, backend, "UPDATE task SET status = 'running' WHERE id IN ({})", &[], &args).await?;
+    let left: Vec<(i64, QueueRowRead)> = claims.iter().filter(|c| inserted.contains(&c.0)).map(|&(t, _, row)| (t, row)).collect();
+    leave_queue_claimed(conn, backend, &left).await?;
     Ok(inserted)
 }
 
@@ -564,7 +571,7 @@ impl Store {
                     let a = &mut active[ai];
                     a.tried.insert(hub);
                     for c in tasks.by_ref().take(a.remaining) {
-                        pairs.push((c.id, a.service_row));
+                        pairs.push((c.id, a.service_row, c.row));
                         dealt.push((ai, c));
                     }
                 }
@@ -627,7 +634,7 @@ impl Store {
             chosen.shuffle(&mut rng);
             takers.shuffle(&mut rng);
             let dealt: Vec<((usize, i64), Claimed)> = takers.into_iter().zip(chosen).collect();
-            let pairs: Vec<(i64, i64)> = dealt.iter().map(|((_, row), c)| (c.id, *row)).collect();
+            let pairs: Vec<(i64, i64, QueueRowRead)> = dealt.iter().map(|((_, row), c)| (c.id, *row, c.row)).collect();
             let claimed = record_claims(&mut tx, self.backend, &pairs).await?;
             for ((i, _), c) in dealt {
                 if let (true, Ok(v)) = (claimed.contains(&c.id), &mut answers[i]) {
@@ -719,6 +726,18 @@ async fn claimable_hubs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `record_claims` moves tasks to `running` without `apply_status`, which would do
+    /// nothing more for that transition than set the status and take the tasks out of the
+    /// claim queue.
+    #[test]
+    fn running_has_no_other_effect() {
+        use alchemiscale_model::status::{transition_allowed, transition_effects};
+        use alchemiscale_model::TaskStatus::{Running, Waiting};
+        let e = transition_effects(Running);
+        assert!(!e.drop_claim && !e.drop_actions && !e.drop_applies && !e.cascade_to_descendants);
+        assert!(transition_allowed(Waiting, Running));
+    }
 
     #[test]
     fn protocol_filters() {

@@ -75,3 +75,48 @@ store_test!(the_queue_follows_every_change_of_a_task, |store| async move {
     assert_eq!(all.len(), expected.len(), "no task is handed out twice");
     consistent(&store, "claiming everything").await;
 });
+
+store_test!(claims_take_shared_and_unshared_tasks_out_of_every_queue, |store| async move {
+    // a network of its own (its tasks can be queued on its hub only, and a claim takes them
+    // out of the queue by the row it read) beside twins that share their transformations
+    let (solo_net, solo_hub, solo_tfs) = network(&store, "solo").await;
+    let text = network_chain_json(4, 4, "pair");
+    let root = chain_of(&text).root().key.to_string();
+    let twin = text.replace(&root, &format!("AlchemicalNetwork-{:032x}", 2));
+    let a = store.create_network(&chain_of(&text), &scope(), NetworkState::Active).await.unwrap();
+    let b = store.create_network(&chain_of(&twin), &scope(), NetworkState::Active).await.unwrap();
+    let shared_tfs = store.network_transformations(&a.network).await.unwrap();
+    let solo = tasks(&store, &solo_tfs, 8).await;
+    let shared = tasks(&store, &shared_tfs, 8).await;
+    action(&store, &solo_net, &solo).await;
+    action(&store, &a.network, &shared).await;
+    // half of the shared ones on the twin's hub too; the others only on the first hub
+    action(&store, &b.network, &shared[..4]).await;
+    consistent(&store, "actioning").await;
+
+    let s = sid(3);
+    store.register_compute_service(&s, None).await.unwrap();
+    let from_solo = keys(&store.claim_taskhub_tasks(&solo_hub, &s, 3, None).await.unwrap(), 3);
+    assert_eq!(from_solo.len(), 3);
+    consistent(&store, "claiming from the network of its own").await;
+    let from_twin = keys(&store.claim_taskhub_tasks(&b.taskhub, &s, 2, None).await.unwrap(), 2);
+    assert!(set_of(&from_twin).is_subset(&set_of(&shared[..4])));
+    consistent(&store, "claiming tasks actioned on two hubs").await;
+    let rest = keys(&claim(&store, &s, 40).await, 40);
+    consistent(&store, "claiming across scopes").await;
+    let mut all: Vec<_> = [from_solo, from_twin, rest].concat();
+    let expected: Vec<_> = [solo.clone(), shared.clone()].concat();
+    assert_eq!(set_of(&all), set_of(&expected));
+    assert_eq!(all.len(), expected.len(), "no task is handed out twice");
+    assert_eq!(statuses(&store, &expected).await, vec![TaskStatus::Running; expected.len()]);
+
+    // returned, every task is back in each queue it was in, and claimed once again
+    store.deregister_compute_service(&s).await.unwrap();
+    consistent(&store, "returning claimed tasks").await;
+    let s = sid(4);
+    store.register_compute_service(&s, None).await.unwrap();
+    all = keys(&claim(&store, &s, 40).await, 40);
+    assert_eq!(set_of(&all), set_of(&expected));
+    assert_eq!(all.len(), expected.len());
+    consistent(&store, "claiming again").await;
+});
