@@ -205,9 +205,10 @@ async fn delete_queue_rows(conn: &mut AnyConnection, backend: Backend, tasks: &[
 /// no other network holds has no queue row but that one, which is deleted by its key: the
 /// front of the queue, which the select has just read. Finding a task's rows through its
 /// ACTIONS rows (what [`leave_queue`] does, and does here for the other tasks) costs
-/// lookups at random places of a table as large as the store: at 1,000,000 tasks claims ran
-/// at 0.73–0.79 × their 10,000-task rate that way, 0.81–0.83 × this way (`bench claims
-/// --curve`, C10). PostgreSQL finds every task's rows through its index by task, as before.
+/// lookups at random places of a table as large as the store: at 1,000,000 tasks C10 claims
+/// ran at 3,360–3,520 /s that way and 4,200–4,560 /s this way (`bench claims --curve`, the
+/// two binaries alternated). PostgreSQL finds every task's rows through its index by task,
+/// as before.
 pub(crate) async fn leave_queue_claimed(conn: &mut AnyConnection, backend: Backend, claimed: &[(i64, QueueRowRead)]) -> Result<()> {
     let by_key = |&&(_, row): &&(i64, QueueRowRead)| backend == Backend::Sqlite && !row.shared;
     let others: Vec<Arg> = claimed.iter().filter(|c| !by_key(c)).map(|&(id, _)| Arg::I64(id)).collect();
