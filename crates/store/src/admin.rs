@@ -428,9 +428,28 @@ impl Store {
 
     /// Data that breaks a rule the schema cannot express, one message each (`database
     /// check`): transformations whose kept count of successful results differs from their
-    /// results, and claim-queue rows that disagree with their task's status or ACTIONS row.
+    /// results, ACTIONS rows on a hub whose network does not hold the task's transformation
+    /// (claims rely on that rule: see `claim_select::QueueRowRead`), and claim-queue rows
+    /// that disagree with their task's status or ACTIONS row.
     pub async fn inconsistencies(&self) -> Result<Vec<String>> {
         let mut out = self.count_inconsistencies().await?;
+        let rows = sqlx::query(
+            "SELECT t.gufe_key, t.org, t.campaign, t.project FROM task_action a JOIN task t ON t.id = a.task_id \
+             WHERE NOT EXISTS (SELECT 1 FROM network_transformation nt WHERE nt.network_id = a.network_id \
+             AND nt.transformation_id = t.transformation_id) ORDER BY t.id LIMIT 100",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        for r in &rows {
+            let task = format!(
+                "{}-{}-{}-{}",
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+                r.try_get::<String, _>(2)?,
+                r.try_get::<String, _>(3)?
+            );
+            out.push(format!("task {task} is actioned on a hub whose network does not hold its transformation"));
+        }
         // (1) queue rows of tasks that are not waiting, (2) queue rows without an ACTIONS
         // row of weight above 0, (0) such ACTIONS rows of waiting tasks with no queue row
         // at the key they record (see `claim_rank::queue_rows_of`)
@@ -609,6 +628,23 @@ mod tests {
         assert_eq!(
             store.inconsistencies().await.unwrap(),
             vec![format!("task {} is waiting and actioned but missing from that hub's claim queue", tasks[0])]
+        );
+        // an ACTIONS row on the hub of a network without the task's transformation
+        let other = KeyedChain::from_value(alchemiscale_model::json::parse(&network_chain_json(2, 1, "other")).unwrap()).unwrap();
+        let other = store.create_network(&other, &scope, NetworkState::Active).await.unwrap();
+        let other_id = crate::tasks::network_row_id(&mut store.write.acquire().await.unwrap(), &other.network).await.unwrap().unwrap();
+        sqlx::query("INSERT INTO task_action (network_id, task_id, weight) SELECT $1, id, 0 FROM task WHERE gufe_key = $2")
+            .bind(other_id)
+            .bind(tasks[1].gufe_key().as_str())
+            .execute(&store.write)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.inconsistencies().await.unwrap(),
+            vec![
+                format!("task {} is actioned on a hub whose network does not hold its transformation", tasks[1]),
+                format!("task {} is waiting and actioned but missing from that hub's claim queue", tasks[0]),
+            ]
         );
         store.close().await;
     }
