@@ -441,13 +441,7 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         for r in &rows {
-            let task = format!(
-                "{}-{}-{}-{}",
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
-                r.try_get::<String, _>(2)?,
-                r.try_get::<String, _>(3)?
-            );
+            let task = task_text(r)?;
             out.push(format!("task {task} is actioned on a hub whose network does not hold its transformation"));
         }
         // (1) queue rows of tasks that are not waiting, (2) queue rows without an ACTIONS
@@ -468,13 +462,7 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         for r in &rows {
-            let task = format!(
-                "{}-{}-{}-{}",
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
-                r.try_get::<String, _>(2)?,
-                r.try_get::<String, _>(3)?
-            );
+            let task = task_text(r)?;
             let status: String = r.try_get(4)?;
             out.push(match r.try_get::<i64, _>(5)? {
                 1 => format!("task {task} is {status} but in the claim queue"),
@@ -569,6 +557,19 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A task's key as text from the first four columns of a row (gufe key, org, campaign,
+/// project), for `database check`'s reports: built, not parsed, so a corrupt key is still
+/// reported.
+fn task_text(r: &sqlx::any::AnyRow) -> Result<String> {
+    Ok(format!(
+        "{}-{}-{}-{}",
+        r.try_get::<String, _>(0)?,
+        r.try_get::<String, _>(1)?,
+        r.try_get::<String, _>(2)?,
+        r.try_get::<String, _>(3)?
+    ))
 }
 
 #[cfg(test)]
