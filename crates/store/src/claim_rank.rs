@@ -210,7 +210,8 @@ async fn delete_queue_rows(conn: &mut AnyConnection, backend: Backend, tasks: &[
 /// two binaries alternated). PostgreSQL finds every task's rows through its index by task,
 /// as before.
 pub(crate) async fn leave_queue_claimed(conn: &mut AnyConnection, backend: Backend, claimed: &[(i64, QueueRowRead)]) -> Result<()> {
-    let by_key = |&&(_, row): &&(i64, QueueRowRead)| backend == Backend::Sqlite && !row.shared;
+    // (on PostgreSQL every row is shared: see `QueueRowRead`)
+    let by_key = |&&(_, row): &&(i64, QueueRowRead)| !row.shared;
     let others: Vec<Arg> = claimed.iter().filter(|c| !by_key(c)).map(|&(id, _)| Arg::I64(id)).collect();
     let mut left = if others.is_empty() { Vec::new() } else { delete_queue_rows(conn, backend, &others).await? };
     // the keys as parameters: a rank must come back bit for bit

@@ -123,11 +123,14 @@ pub(crate) struct Claimed {
     pub(crate) row: QueueRowRead,
 }
 
-/// A queue row as a claim's select read it: its key, and whether the task's transformation
-/// belongs to another network too. Only then can the task have ACTIONS rows, and so queue
-/// rows, on other hubs (a task is actioned only on hubs whose network holds its
-/// transformation, and networks never change), so a claim of an unshared task takes it out
-/// of the queue by this key alone (see `claim_rank::leave_queue_claimed`).
+/// A queue row as a claim's select read it: its key, and whether the task may have queue
+/// rows on other hubs too (`shared`). On SQLite that is whether the task's transformation
+/// belongs to another network: only then can the task have ACTIONS rows, and so queue rows,
+/// on other hubs (a task is actioned only on hubs whose network holds its transformation,
+/// and networks never change), so a claim of an unshared task takes it out of the queue by
+/// this key alone (see `claim_rank::leave_queue_claimed`). On PostgreSQL, which finds a
+/// task's queue rows through its index by task at no extra cost, every row counts as
+/// shared and the select does not ask.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueRowRead {
     pub(crate) hub: i64,
@@ -217,9 +220,9 @@ pub(crate) async fn select_from_hubs(
 /// The select of one hub's first claimable tasks in claim order (before `dialect`): `$1`
 /// is the hub, then the protocol list (if any), then with `from_hint` the start hint's
 /// priority and rank, then the limit. Returns the task's id and ScopedKey parts, then the
-/// row's priority and rank, then 1 if the task's transformation belongs to another network
-/// too (see [`QueueRowRead`]; an index lookup in a table that grows with transformations,
-/// not tasks). Shared with `claim_plan`, which explains exactly this statement.
+/// row's priority and rank, then whether the row is shared (see [`QueueRowRead`]; on SQLite
+/// an index lookup in a table that grows with transformations, not tasks; on PostgreSQL
+/// always 1). Shared with `claim_plan`, which explains exactly this statement.
 pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: bool, from_hint: bool) -> String {
     let mut next = if protocols { 3 } else { 2 };
     let hint = if from_hint {
@@ -229,10 +232,15 @@ pub(crate) fn hub_select(backend: Backend, protocols: bool, require_hub_weight: 
         String::new()
     };
     let lock = if backend == Backend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
+    let shared = match backend {
+        Backend::Sqlite => {
+            "CASE WHEN EXISTS (SELECT 1 FROM network_transformation nt WHERE nt.transformation_id = t.transformation_id \
+             AND nt.network_id <> q.network_id) THEN 1 ELSE 0 END"
+        }
+        Backend::Postgres => "1",
+    };
     format!(
-        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, q.priority, q.claim_rank, \
-         CASE WHEN EXISTS (SELECT 1 FROM network_transformation nt WHERE nt.transformation_id = t.transformation_id \
-         AND nt.network_id <> q.network_id) THEN 1 ELSE 0 END {}{hint} \
+        "SELECT t.id, t.gufe_key, t.org, t.campaign, t.project, q.priority, q.claim_rank, {shared} {}{hint} \
          ORDER BY q.priority, q.claim_rank LIMIT ${next}{lock}",
         hub_candidates(backend, protocols, require_hub_weight)
     )
