@@ -12,7 +12,8 @@
 //! and the store's bare claim transaction (this process, same store, no HTTP). Each route's
 //! figure is the median of its rounds; after each route of a round its services
 //! deregister, so their tasks return to the queue and every round meets a queue of the
-//! same size. Interleaving the sizes means a machine that slows down for a while (a shared
+//! same size, and the store settles (its log checkpointed, the disks synced) before the
+//! next clock starts. Interleaving the sizes means a machine that slows down for a while (a shared
 //! VM's disk, say) weighs on every size alike rather than on whichever was being measured.
 //! Memory is the server processes' anonymous resident memory after the claims and
 //! `--idle-seconds` of idleness, and their peak resident memory.
@@ -360,6 +361,7 @@ impl Size {
             for id in &ids {
                 self.compute.deregister(id).await?;
             }
+            self.settle().await?;
         }
         let (mine, secs, ids) = bare_claims(&self.store, &[Scope::all()], b.services, &format!("bare{round}s"), self.k).await?;
         self.bare.push(mine.len() as f64 / secs);
@@ -367,7 +369,20 @@ impl Size {
         for id in &ids {
             self.store.deregister_compute_service(id).await?;
         }
-        Ok(())
+        self.settle().await
+    }
+
+    /// Let the store settle after a route's services deregistered. Their tasks (thousands)
+    /// went back to the queue: a burst of writes that is the bench's doing, not the
+    /// claims'. At 1,000,000 tasks nearly every one of them dirties a page of its own;
+    /// copied back into the database file (checkpoint) and written out by the kernel while
+    /// the next route is measured, they would weigh on that route, and more on the large
+    /// store than on the small one. So the log is checkpointed and the disks synced before
+    /// the next clock starts; what the claims themselves write is still checkpointed inside
+    /// their measurement.
+    async fn settle(&self) -> anyhow::Result<()> {
+        self.store.checkpoint_log().await?;
+        sync_disks().await
     }
 
     /// The figures, memory read now (after the idle time), and the servers stopped.
@@ -401,11 +416,7 @@ async fn measure(b: &ClaimsBench) -> anyhow::Result<Vec<Point>> {
     // the setups leave up to hundreds of MB of the stores' files dirty in the kernel's page
     // cache; written back in the middle of a measurement they would weigh on whichever
     // size happened to be measured then, so they are written out before the clock
-    tokio::task::spawn_blocking(|| {
-        // SAFETY: sync(2) takes no arguments and cannot fail
-        unsafe { libc::sync() }
-    })
-    .await?;
+    sync_disks().await?;
     for round in 0..b.curve_rounds.max(1) {
         let order: Vec<usize> = if round % 2 == 0 { (0..sizes.len()).collect() } else { (0..sizes.len()).rev().collect() };
         for i in order {
@@ -419,6 +430,16 @@ async fn measure(b: &ClaimsBench) -> anyhow::Result<Vec<Point>> {
         points.push(s.finish().await?);
     }
     Ok(points)
+}
+
+/// Have the kernel write out every dirty page (sync(2)).
+async fn sync_disks() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: sync(2) takes no arguments and cannot fail
+        unsafe { libc::sync() }
+    })
+    .await?;
+    Ok(())
 }
 
 pub async fn run(b: ClaimsBench) -> anyhow::Result<()> {
