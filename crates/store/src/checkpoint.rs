@@ -61,9 +61,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::{AnyPool, Row};
+use tracing::warn;
 
 use crate::Store;
-use tracing::warn;
 
 /// How often the background task looks for committed writes to checkpoint.
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -80,7 +80,8 @@ pub(crate) const BUSY_TIMEOUT_MS: u32 = 30_000;
 /// Page cache of the writer connection, in KiB.
 pub(crate) const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
-/// How long the store goes without writes before the writer's page cache is given back.
+/// How long the store goes without writes before the writer's page cache is given back
+/// and the database file unmapped.
 pub(crate) const SHRINK_AFTER_IDLE: Duration = Duration::from_secs(20);
 
 /// How much of the database file the writer maps into memory (`mmap_size`).
