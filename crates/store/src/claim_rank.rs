@@ -211,11 +211,10 @@ async fn delete_queue_rows(conn: &mut AnyConnection, backend: Backend, tasks: &[
 /// as before.
 pub(crate) async fn leave_queue_claimed(conn: &mut AnyConnection, backend: Backend, claimed: &[(i64, QueueRowRead)]) -> Result<()> {
     // (on PostgreSQL every row is shared: see `QueueRowRead`)
-    let by_key = |&&(_, row): &&(i64, QueueRowRead)| !row.shared;
-    let others: Vec<Arg> = claimed.iter().filter(|c| !by_key(c)).map(|&(id, _)| Arg::I64(id)).collect();
+    let (shared, keyed): (Vec<&(i64, QueueRowRead)>, Vec<_>) = claimed.iter().partition(|(_, row)| row.shared);
+    let others: Vec<Arg> = shared.iter().map(|&&(id, _)| Arg::I64(id)).collect();
     let mut left = if others.is_empty() { Vec::new() } else { delete_queue_rows(conn, backend, &others).await? };
     // the keys as parameters: a rank must come back bit for bit
-    let keyed: Vec<&(i64, QueueRowRead)> = claimed.iter().filter(by_key).collect();
     for chunk in keyed.chunks(MAX_PARAMS / 4) {
         let sql = dialect(
             backend,

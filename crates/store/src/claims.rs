@@ -79,6 +79,7 @@ use crate::compute::{can_claim_row, cutoff, service_rows};
 use crate::db::{bind, dialect, execute_in_chunks, fetch_json_rows, get_i64, json_array, json_rows_select, json_text_list, Arg};
 use crate::error::{Result, StoreError};
 use crate::networks::network_id_by_token;
+use crate::tasks::id_args;
 use crate::{Backend, Store};
 
 /// How long a hub pool (see the module documentation) is trusted before the hub query is
@@ -337,8 +338,7 @@ async fn record_claims(conn: &mut AnyConnection, backend: Backend, claims: &[(i6
     }
     let mut ids: Vec<i64> = inserted.iter().copied().collect();
     ids.sort_unstable();
-    let args: Vec<Arg> = ids.into_iter().map(Arg::I64).collect();
-    execute_in_chunks(conn, backend, "UPDATE task SET status = 'running' WHERE id IN ({})", &[], &args).await?;
+    execute_in_chunks(conn, backend, "UPDATE task SET status = 'running' WHERE id IN ({})", &[], &id_args(&ids)).await?;
     let left: Vec<(i64, QueueRowRead)> = claims.iter().filter(|c| inserted.contains(&c.0)).map(|&(t, _, row)| (t, row)).collect();
     leave_queue_claimed(conn, backend, &left).await?;
     Ok(inserted)

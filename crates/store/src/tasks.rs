@@ -84,7 +84,7 @@ pub(crate) async fn load_task(conn: &mut AnyConnection, sk: &ScopedKey) -> Resul
     row.map(|r| task_row(&r)).transpose()
 }
 
-fn id_args(ids: &[i64]) -> Vec<Arg> {
+pub(crate) fn id_args(ids: &[i64]) -> Vec<Arg> {
     ids.iter().map(|&i| Arg::I64(i)).collect()
 }
 
