@@ -647,5 +647,10 @@ async fn nginx_example_proxies_tls_to_the_apis() {
         let r = client.get(format!("{base}/metrics")).send().await.unwrap();
         assert_eq!(r.status(), 403, "{base}/metrics");
     }
+    // the console behind the TLS proxy marks its cookies Secure (nginx passes X-Forwarded-Proto)
+    let r = client.get(format!("{api}/ui/login")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{api}/ui/login");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("alchemiscale_login=") && cookie.contains("; Secure"), "{cookie}");
     drop(serve);
 }

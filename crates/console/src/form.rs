@@ -38,8 +38,12 @@ impl Form {
     /// Refuse the form unless it carries this session's CSRF token (compared in constant
     /// time).
     pub fn check_csrf(&self, session: &Session) -> ConsoleResult<()> {
-        let given = self.get("csrf").unwrap_or("").as_bytes();
-        let want = session.csrf.as_bytes();
+        self.check_token(&session.csrf)
+    }
+    /// Refuse the form unless its `csrf` field is `want` (not empty; compared in constant
+    /// time).
+    pub fn check_token(&self, want: &str) -> ConsoleResult<()> {
+        let (given, want) = (self.get("csrf").unwrap_or("").as_bytes(), want.as_bytes());
         let same = given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
         if same && !want.is_empty() {
             Ok(())

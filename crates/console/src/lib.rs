@@ -34,7 +34,7 @@ use axum::http::{header, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
 
-/// Console options (`--no-console`, `--console-session-hours`, `--console-secure-cookies`).
+/// Console options (`--no-console`, `--console-session`, `--console-secure-cookies`).
 #[derive(Debug, Clone)]
 pub struct ConsoleSettings {
     /// How long a session lasts after login.

@@ -7,6 +7,10 @@
 //! `SameSite=Strict`, scoped to `/ui`, and `Secure` behind TLS. Scopes are read from the
 //! store on every request, so granting or revoking a scope shows at once.
 //!
+//! The sign-in form carries a token of its own, matched against a short-lived cookie set
+//! with the form (a double-submitted token), so another site cannot sign a browser in
+//! under an identity of its choosing.
+//!
 //! Failed logins are limited per identifier and per client address: past
 //! `login_failures` within `login_window` further attempts (right or wrong) answer 429
 //! until the window has moved on.
@@ -31,6 +35,10 @@ use crate::layout;
 use crate::ConsoleState;
 
 pub const COOKIE: &str = "alchemiscale_session";
+/// The sign-in form's token, set with the form and matched when it is sent.
+pub const LOGIN_COOKIE: &str = "alchemiscale_login";
+/// How long a sign-in form stays usable.
+const LOGIN_FORM_SECS: u64 = 3600;
 
 /// The logged-in caller of a console route.
 #[derive(Debug, Clone)]
@@ -82,14 +90,14 @@ impl Session {
     }
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
+fn cookie_value(headers: &HeaderMap, cookie: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(name, _)| *name == cookie)
         .map(|(_, value)| value.to_string())
 }
 
@@ -97,7 +105,7 @@ impl FromRequestParts<ConsoleState> for Session {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ConsoleState) -> Result<Self, Self::Rejection> {
-        let id = cookie_value(&parts.headers).ok_or(ConsoleError::LoginRequired)?;
+        let id = cookie_value(&parts.headers, COOKIE).ok_or(ConsoleError::LoginRequired)?;
         let found = state.store().console_session(&id).await?.ok_or(ConsoleError::LoginRequired)?;
         let scopes = found.scopes.iter().filter_map(|s| s.parse().ok()).collect();
         Ok(Session { id, kind: found.kind, identifier: found.identifier, csrf: found.csrf, scopes })
@@ -141,13 +149,14 @@ impl LoginLimiter {
     }
 }
 
-fn login_form(message: Option<&str>) -> Markup {
+fn login_form(token: &str, message: Option<&str>) -> Markup {
     html! {
         h1 { "Sign in" }
         @if let Some(m) = message {
             p.notice.error role="alert" { (m) }
         }
         form.login method="post" action="/ui/login" {
+            input type="hidden" name="csrf" value=(token);
             label for="identifier" { "Identifier" }
             input #identifier type="text" name="identifier" autocomplete="username" required autofocus;
             label for="key" { "Key" }
@@ -158,14 +167,25 @@ fn login_form(message: Option<&str>) -> Markup {
     }
 }
 
+/// The sign-in page with a fresh form token, and the cookie that token must match.
+fn login_response(state: &ConsoleState, headers: &HeaderMap, status: StatusCode, message: Option<&str>) -> Response {
+    let mut token = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut token);
+    let token = hex::encode(token);
+    let mut response = (status, layout::bare_page("Sign in", login_form(&token, message))).into_response();
+    let cookie = set_cookie(LOGIN_COOKIE, &token, "/ui/login", LOGIN_FORM_SECS, secure(state, headers));
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response
+}
+
 /// `GET /ui/login`.
 pub async fn login_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    if let Some(id) = cookie_value(&headers) {
+    if let Some(id) = cookie_value(&headers, COOKIE) {
         if matches!(state.store().console_session(&id).await, Ok(Some(_))) {
             return Redirect::to("/ui").into_response();
         }
     }
-    layout::bare_page("Sign in", login_form(None)).into_response()
+    login_response(&state, &headers, StatusCode::OK, None)
 }
 
 fn secure(state: &ConsoleState, headers: &HeaderMap) -> bool {
@@ -173,9 +193,9 @@ fn secure(state: &ConsoleState, headers: &HeaderMap) -> bool {
         || headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-fn set_cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
+fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"))
+    HeaderValue::from_str(&format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"))
         .expect("cookie is ASCII")
 }
 
@@ -184,13 +204,17 @@ pub async fn login(State(state): State<ConsoleState>, req: Request) -> ConsoleRe
     let headers = req.headers().clone();
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default();
     let form = Form::from_request(req, &()).await?;
+    if form.check_token(&cookie_value(&headers, LOGIN_COOKIE).unwrap_or_default()).is_err() {
+        let message = "This sign-in form has expired or did not come from this console. Try again.";
+        return Ok(login_response(&state, &headers, StatusCode::FORBIDDEN, Some(message)));
+    }
     let identifier = form.get("identifier").unwrap_or("").trim().to_string();
     let key = form.get("key").unwrap_or("").to_string();
     let keys = vec![format!("identifier:{identifier}"), format!("address:{peer}")];
     if state.limiter().blocked(&keys) {
         tracing::warn!(identifier, address = peer, "console login refused: too many failed attempts");
-        let page = layout::bare_page("Sign in", login_form(Some("Too many failed sign-in attempts. Wait a few minutes and try again.")));
-        return Ok((StatusCode::TOO_MANY_REQUESTS, page).into_response());
+        let message = "Too many failed sign-in attempts. Wait a few minutes and try again.";
+        return Ok(login_response(&state, &headers, StatusCode::TOO_MANY_REQUESTS, Some(message)));
     }
     let mut who = None;
     if !identifier.is_empty() && !key.is_empty() {
@@ -203,14 +227,15 @@ pub async fn login(State(state): State<ConsoleState>, req: Request) -> ConsoleRe
     }
     let Some(who) = who else {
         state.limiter().fail(&keys);
-        let page = layout::bare_page("Sign in", login_form(Some("Incorrect identifier or key.")));
-        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
+        return Ok(login_response(&state, &headers, StatusCode::UNAUTHORIZED, Some("Incorrect identifier or key.")));
     };
     let ttl = state.settings().session_ttl;
     let id = state.store().create_console_session(who.kind, &who.identifier, ttl.as_micros() as i64).await?;
     tracing::info!(identifier = who.identifier, kind = %who.kind, "console login");
     let mut response = Redirect::to("/ui").into_response();
-    response.headers_mut().insert(header::SET_COOKIE, set_cookie(&id, ttl.as_secs(), secure(&state, &headers)));
+    let secure = secure(&state, &headers);
+    response.headers_mut().append(header::SET_COOKIE, set_cookie(COOKIE, &id, "/ui", ttl.as_secs(), secure));
+    response.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", "/ui/login", 0, secure));
     Ok(response)
 }
 
@@ -219,6 +244,6 @@ pub async fn logout(State(state): State<ConsoleState>, session: Session, headers
     form.check_csrf(&session)?;
     state.store().end_console_session(&session.id).await?;
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(header::SET_COOKIE, set_cookie("", 0, secure(&state, &headers)));
+    response.headers_mut().insert(header::SET_COOKIE, set_cookie(COOKIE, "", "/ui", 0, secure(&state, &headers)));
     Ok(response)
 }

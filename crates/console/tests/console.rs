@@ -32,8 +32,10 @@ async fn add_identity(s: &TestServer, kind: IdentityKind, who: &str, scopes: &[&
     s.store.add_scopes(kind, who, &scopes).await.unwrap();
 }
 
+/// Signs in as a browser does: the sign-in form first (its token and cookie), then the post.
 async fn login(s: &TestServer, b: &reqwest::Client, who: &str, key: &str) -> reqwest::Response {
-    b.post(format!("{}/ui/login", s.url)).form(&[("identifier", who), ("key", key)]).send().await.unwrap()
+    let (_, form) = get(s, b, "/ui/login").await;
+    b.post(format!("{}/ui/login", s.url)).form(&[("identifier", who), ("key", key), ("csrf", &csrf_of(&form))]).send().await.unwrap()
 }
 
 async fn get(s: &TestServer, b: &reqwest::Client, path: &str) -> (StatusCode, String) {
@@ -373,3 +375,133 @@ async fn an_errored_strategy_is_shown_and_woken(backend: Backend) {
     assert!(page.contains("Strategy woken") && !page.contains("Wake strategy"));
 }
 alchemiscale_server::backend_test!(an_errored_strategy_is_shown_and_woken, super::an_errored_strategy_is_shown_and_woken);
+
+async fn the_sign_in_form_carries_a_token_and_cookies_follow_tls(backend: Backend) {
+    let Some(s) = server(backend, ConsoleSettings::default()).await else { return };
+    add_identity(&s, IdentityKind::User, "alice", &["org1-*-*"]).await;
+
+    // a sign-in posted without the form's token and cookie (from another site) is refused
+    let b = browser();
+    let r = b.post(format!("{}/ui/login", s.url)).form(&[("identifier", "alice"), ("key", "key-of-alice")]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let cookies: Vec<String> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(cookies.iter().all(|c| !c.starts_with("alchemiscale_session=")), "no session: {cookies:?}");
+    assert!(r.text().await.unwrap().contains("sign-in form has expired"));
+    // with the cookie but a forged token: refused too
+    let (_, form) = get(&s, &b, "/ui/login").await;
+    let forged = "f".repeat(64);
+    assert_ne!(csrf_of(&form), forged);
+    let r = b.post(format!("{}/ui/login", s.url)).form(&[("identifier", "alice"), ("key", "key-of-alice"), ("csrf", &forged)]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(get(&s, &b, "/ui").await.0, StatusCode::SEE_OTHER, "not signed in");
+
+    // behind a TLS proxy (X-Forwarded-Proto: https) both cookies are Secure
+    let r = b.get(format!("{}/ui/login", s.url)).header("x-forwarded-proto", "https").send().await.unwrap();
+    assert!(r.headers().get("set-cookie").unwrap().to_str().unwrap().contains("; Secure"));
+    let token = csrf_of(&r.text().await.unwrap());
+    let r = b
+        .post(format!("{}/ui/login", s.url))
+        .header("x-forwarded-proto", "https")
+        .form(&[("identifier", "alice"), ("key", "key-of-alice"), ("csrf", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let session = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(session.starts_with("alchemiscale_session=") && session.contains("; Secure"), "{session}");
+
+    // --console-secure-cookies marks them Secure on plain HTTP too
+    let Some(s2) = server(backend, ConsoleSettings { secure_cookies: true, ..Default::default() }).await else { return };
+    add_identity(&s2, IdentityKind::User, "alice", &["org1-*-*"]).await;
+    let b2 = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+    let r = b2.get(format!("{}/ui/login", s2.url)).send().await.unwrap();
+    let login_cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(login_cookie.contains("; Secure"), "{login_cookie}");
+    let token = csrf_of(&r.text().await.unwrap());
+    let r = b2
+        .post(format!("{}/ui/login", s2.url))
+        .header("cookie", login_cookie.split(';').next().unwrap())
+        .form(&[("identifier", "alice"), ("key", "key-of-alice"), ("csrf", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers().get("set-cookie").unwrap().to_str().unwrap().contains("; Secure"));
+}
+alchemiscale_server::backend_test!(
+    the_sign_in_form_carries_a_token_and_cookies_follow_tls,
+    super::the_sign_in_form_carries_a_token_and_cookies_follow_tls
+);
+
+async fn the_login_limit_counts_per_address_and_forgets(backend: Backend) {
+    let settings = ConsoleSettings { login_failures: 3, login_window: Duration::from_secs(1), ..Default::default() };
+    let Some(s) = server(backend, settings).await else { return };
+    add_identity(&s, IdentityKind::User, "alice", &["org1-*-*"]).await;
+    let b = browser();
+    // three identifiers guessed from one address use up that address's attempts
+    for who in ["bob", "carol", "dave"] {
+        assert_eq!(login(&s, &b, who, "guess").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login(&s, &b, "alice", "key-of-alice").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // once the window has moved on, the right key works again
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(login(&s, &b, "alice", "key-of-alice").await.status(), StatusCode::SEE_OTHER);
+}
+alchemiscale_server::backend_test!(the_login_limit_counts_per_address_and_forgets, super::the_login_limit_counts_per_address_and_forgets);
+
+async fn other_scopes_stay_closed_and_managers_show(backend: Backend) {
+    use alchemiscale_model::status::ComputeManagerStatus;
+    use alchemiscale_model::ComputeManagerId;
+    let Some(s) = server(backend, ConsoleSettings::default()).await else { return };
+    add_identity(&s, IdentityKind::User, "alice", &["org1-*-*"]).await;
+    let mine = network(&s, "org1-c-p", "mine", 3, 2).await;
+    let theirs = network(&s, "org2-c-p", "theirs", 3, 2).await;
+    let their_tf = s.store.network_transformations(&theirs).await.unwrap().remove(0);
+    let bob = s.client(IdentityKind::User, "bob", &["org2-*-*"]).await;
+    let their_tasks = bob.create_tasks(&their_tf, 2, None).await.unwrap();
+    bob.action_tasks(&theirs, &their_tasks[..1], Some(1.0)).await.unwrap();
+
+    let b = browser();
+    assert_eq!(login(&s, &b, "alice", "key-of-alice").await.status(), StatusCode::SEE_OTHER);
+    let (_, page) = get(&s, &b, &format!("/ui/networks/{mine}")).await;
+    let csrf = csrf_of(&page);
+    for path in [format!("/ui/transformations/{their_tf}?network={theirs}"), format!("/ui/tasks/{}", their_tasks[0])] {
+        let (status, html) = get(&s, &b, &path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(!html.contains(&their_tasks[0].to_string()), "{path}");
+    }
+    let tf = their_tf.to_string();
+    let (t0, t1) = (their_tasks[0].to_string(), their_tasks[1].to_string());
+    let forms: [(&str, Vec<(&str, &str)>); 5] = [
+        ("tasks/create", vec![("transformation", &tf), ("count", "2"), ("action", "on")]),
+        ("tasks/action", vec![("task", &t1)]),
+        ("tasks/cancel", vec![("task", &t0)]),
+        ("state", vec![("state", "deleted")]),
+        ("strategy/wake", vec![]),
+    ];
+    for (action, mut form) in forms {
+        form.push(("csrf", &csrf));
+        let r = post(&s, &b, &format!("/ui/networks/{theirs}/{action}"), &form).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{action}");
+    }
+    assert_eq!(s.store.transformation_tasks(&their_tf, None, None).await.unwrap().len(), 2, "no task created");
+    let actioned: Vec<ScopedKey> = s.store.network_actioned_tasks(&theirs).await.unwrap().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(actioned, vec![their_tasks[0].clone()], "nothing actioned or cancelled");
+    let state = s.store.get_network_states(std::slice::from_ref(&theirs)).await.unwrap()[0];
+    assert_eq!(state.map(|st| st.as_str()), Some("active"), "state unchanged");
+
+    // compute managers: saturation, and an error's detail shown as text
+    let ok = ComputeManagerId::mint("labgpus").unwrap();
+    let bad = ComputeManagerId::mint("labslurm").unwrap();
+    for id in [&ok, &bad] {
+        s.store.register_compute_manager(id, false).await.unwrap();
+    }
+    s.store.update_compute_manager_status(&ok, ComputeManagerStatus::Ok, None, Some(0.25), 3600, 3600).await.unwrap();
+    s.store.update_compute_manager_status(&bad, ComputeManagerStatus::Error, Some(MARKUP), None, 3600, 3600).await.unwrap();
+    let (status, page) = get(&s, &b, "/ui/compute").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&ok.to_string()) && page.contains(&bad.to_string()), "{page}");
+    assert!(page.contains("25 %"), "saturation shown");
+    assert!(page.contains("ERROR") && page.contains("&lt;script&gt;") && !page.contains(MARKUP), "the error detail is text");
+}
+alchemiscale_server::backend_test!(other_scopes_stay_closed_and_managers_show, super::other_scopes_stay_closed_and_managers_show);

@@ -118,7 +118,25 @@ pub async fn run(b: ConsoleBench) -> anyhow::Result<()> {
     // sign in as a browser would
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     let base = user.base_url().as_str().trim_end_matches('/').to_string();
-    let r = http.post(format!("{base}/ui/login")).form(&[("identifier", "curve-user"), ("key", KEY)]).send().await?;
+    let form = http.get(format!("{base}/ui/login")).send().await?;
+    let login_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .context("the console's sign-in page set no cookie")?;
+    let page = form.text().await?;
+    let token = page
+        .split_once("name=\"csrf\" value=\"")
+        .and_then(|(_, rest)| rest.split('"').next())
+        .context("the console's sign-in page has no form token")?;
+    let r = http
+        .post(format!("{base}/ui/login"))
+        .header("cookie", login_cookie)
+        .form(&[("identifier", "curve-user"), ("key", KEY), ("csrf", token)])
+        .send()
+        .await?;
     let cookie = r
         .headers()
         .get("set-cookie")
