@@ -3,13 +3,11 @@
 //!
 //! Node positions come from a force-directed layout (`fdg-sim`, Fruchterman–Reingold). A
 //! network's structure never changes once submitted, so a layout is computed once per
-//! network (off the async executor) and kept in a small cache; a page view only colours it.
+//! network and kept ([`crate::layouts`]); a page view only colours it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 
-use alchemiscale_model::ScopedKey;
-use alchemiscale_store::console::{NetworkDetail, NetworkStructure};
+use alchemiscale_store::console::NetworkDetail;
 use fdg_sim::{ForceGraph, ForceGraphHelper, Simulation, SimulationParameters};
 use maud::{html, Markup};
 
@@ -61,48 +59,6 @@ pub fn layout(nodes: &[i64], edges: &[(i64, i64)]) -> Positions {
             (id, (MARGIN + (x - min_x) * sx, MARGIN + (y - min_y) * sy))
         })
         .collect()
-}
-
-/// The structure and layout of the networks drawn most recently. Both are fixed once a
-/// network is submitted, so a page view only reads the network's live figures.
-pub struct LayoutCache {
-    capacity: usize,
-    entries: Mutex<(HashMap<String, Drawn>, VecDeque<String>)>,
-}
-
-/// A network's structure and its drawing's node positions.
-pub type Drawn = (Arc<NetworkStructure>, Arc<Positions>);
-
-impl LayoutCache {
-    pub fn new(capacity: usize) -> LayoutCache {
-        LayoutCache { capacity, entries: Mutex::new((HashMap::new(), VecDeque::new())) }
-    }
-
-    /// A network's structure and layout, read and computed on first use; None if there is
-    /// no such network.
-    pub async fn get(&self, store: &alchemiscale_store::Store, network: &ScopedKey) -> alchemiscale_store::Result<Option<Drawn>> {
-        let name = network.to_string();
-        if let Some(found) = self.entries.lock().expect("layout lock").0.get(&name) {
-            return Ok(Some(found.clone()));
-        }
-        let Some(structure) = store.console_network_structure(network).await? else { return Ok(None) };
-        let nodes: Vec<i64> = structure.systems.iter().map(|s| s.id).collect();
-        let edges: Vec<(i64, i64)> =
-            structure.transformations.iter().filter(|t| t.systems.len() == 2).map(|t| (t.systems[0], t.systems[1])).collect();
-        let positions = Arc::new(tokio::task::spawn_blocking(move || layout(&nodes, &edges)).await.unwrap_or_default());
-        let drawn = (Arc::new(structure), positions);
-        let mut entries = self.entries.lock().expect("layout lock");
-        let (map, order) = &mut *entries;
-        if map.insert(name.clone(), drawn.clone()).is_none() {
-            order.push_back(name);
-        }
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
-        }
-        Ok(Some(drawn))
-    }
 }
 
 /// The state an edge is drawn in: the most pressing status among its tasks.

@@ -13,8 +13,9 @@
 //!   rate limit;
 //! * [`pages`] — one module per page; [`actions`] — the state-changing forms;
 //! * [`layout`] — the page shell, the stylesheet, status colours;
-//! * [`chart`], [`graph`] — the SVG figures; [`cache`] — the figures that are costly to
-//!   count, kept for a few seconds.
+//! * [`chart`], [`graph`] — the SVG figures; [`cache`] — the overview's figures, costly to
+//!   count, kept for a few seconds; [`layouts`] — network drawings' layouts, kept in the
+//!   store and made in the background after a network is submitted.
 
 pub mod actions;
 pub mod cache;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod form;
 pub mod graph;
 pub mod layout;
+pub mod layouts;
 pub mod pages;
 pub mod session;
 
@@ -66,7 +68,7 @@ struct Inner {
     settings: ConsoleSettings,
     limiter: session::LoginLimiter,
     figures: cache::FiguresCache,
-    layouts: graph::LayoutCache,
+    layouts: layouts::LayoutCache,
 }
 
 /// What console handlers reach; cheap to clone.
@@ -77,7 +79,28 @@ impl ConsoleState {
     pub fn new(app: AppState, settings: ConsoleSettings) -> ConsoleState {
         let limiter = session::LoginLimiter::new(settings.login_failures, settings.login_window);
         let figures = cache::FiguresCache::new(settings.figures_max_age);
-        ConsoleState(Arc::new(Inner { app, settings, limiter, figures, layouts: graph::LayoutCache::new(64) }))
+        let state = ConsoleState(Arc::new(Inner { app, settings, limiter, figures, layouts: layouts::LayoutCache::new(64) }));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            state.0.figures.warm(state.store().clone());
+            state.spawn_layout_worker();
+        }
+        state
+    }
+
+    /// Lays out new networks in the background ([`layouts::lay_out_next`]) until the console
+    /// is dropped.
+    fn spawn_layout_worker(&self) {
+        let console = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            loop {
+                let Some(store) = console.upgrade().map(|c| c.app.store().clone()) else { return };
+                if let Err(e) = layouts::lay_out_next(&store).await {
+                    tracing::debug!(error = %e, "console: laying out a new network failed");
+                }
+                drop(store);
+                tokio::time::sleep(layouts::WORKER_EVERY).await;
+            }
+        });
     }
     pub fn app(&self) -> &AppState {
         &self.0.app
@@ -94,7 +117,7 @@ impl ConsoleState {
     pub(crate) fn figures(&self) -> &cache::FiguresCache {
         &self.0.figures
     }
-    pub(crate) fn layouts(&self) -> &graph::LayoutCache {
+    pub(crate) fn layouts(&self) -> &layouts::LayoutCache {
         &self.0.layouts
     }
 }

@@ -174,6 +174,13 @@ async fn sign_in_and_browse(backend: Backend) {
     assert!(location(&r).starts_with(&format!("/ui/networks/{mine}")), "{}", location(&r));
     assert_eq!(s.store.network_actioned_tasks(&mine).await.unwrap().len(), 2);
 
+    // the network page shows each transformation's most urgent waiting priority
+    let (_, page) = get(&s, &b, &format!("/ui/networks/{mine}")).await;
+    assert!(page.contains("<td class=\"num\">10</td>") && !page.contains("<td class=\"num\">3</td>"), "the default priority");
+    s.store.set_task_priority(&[Some(tasks[1].clone())], 3).await.unwrap();
+    let (_, page) = get(&s, &b, &format!("/ui/networks/{mine}")).await;
+    assert!(page.contains("<td class=\"num\">3</td>"), "the most urgent priority is shown");
+
     // the task page
     let (status, task_page) = get(&s, &b, &format!("/ui/tasks/{}", tasks[1])).await;
     assert_eq!(status, StatusCode::OK);
@@ -391,7 +398,12 @@ async fn the_sign_in_form_carries_a_token_and_cookies_follow_tls(backend: Backen
     let (_, form) = get(&s, &b, "/ui/login").await;
     let forged = "f".repeat(64);
     assert_ne!(csrf_of(&form), forged);
-    let r = b.post(format!("{}/ui/login", s.url)).form(&[("identifier", "alice"), ("key", "key-of-alice"), ("csrf", &forged)]).send().await.unwrap();
+    let r = b
+        .post(format!("{}/ui/login", s.url))
+        .form(&[("identifier", "alice"), ("key", "key-of-alice"), ("csrf", &forged)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(get(&s, &b, "/ui").await.0, StatusCode::SEE_OTHER, "not signed in");
 
@@ -505,3 +517,35 @@ async fn other_scopes_stay_closed_and_managers_show(backend: Backend) {
     assert!(page.contains("ERROR") && page.contains("&lt;script&gt;") && !page.contains(MARKUP), "the error detail is text");
 }
 alchemiscale_server::backend_test!(other_scopes_stay_closed_and_managers_show, super::other_scopes_stay_closed_and_managers_show);
+
+async fn networks_are_laid_out_in_the_background_and_the_layout_kept(backend: Backend) {
+    let Some(s) = server(backend, ConsoleSettings::default()).await else { return };
+    add_identity(&s, IdentityKind::User, "alice", &["org1-*-*"]).await;
+    let net = network(&s, "org1-c-p", "drawn", 12, 14).await;
+    let id = s.store.console_network_structure(&net).await.unwrap().unwrap().id;
+    // nobody has viewed it: the console's worker lays it out and keeps the layout
+    let t0 = std::time::Instant::now();
+    let stored = loop {
+        if let Some(text) = s.store.console_layout(id).await.unwrap() {
+            break text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no layout was made in the background");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let positions: Vec<(i64, f32, f32)> = serde_json::from_str(&stored).unwrap();
+    assert_eq!(positions.len(), 12, "a position per chemical system");
+    assert!(s.store.console_networks_without_layout(10).await.unwrap().is_empty());
+    // the page draws the kept layout (a fresh computation would place the nodes elsewhere)
+    let b = browser();
+    assert_eq!(login(&s, &b, "alice", "key-of-alice").await.status(), StatusCode::SEE_OTHER);
+    let (status, page) = get(&s, &b, &format!("/ui/networks/{net}")).await;
+    assert_eq!(status, StatusCode::OK);
+    for (_, x, y) in positions {
+        let node = format!("cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\"");
+        assert!(page.contains(&node), "{node} not drawn");
+    }
+}
+alchemiscale_server::backend_test!(
+    networks_are_laid_out_in_the_background_and_the_layout_kept,
+    super::networks_are_laid_out_in_the_background_and_the_layout_kept
+);

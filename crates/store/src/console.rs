@@ -1,8 +1,8 @@
 //! What the web console reads: one call per page, each a handful of statements whose cost
 //! follows what the page shows (a network's transformations and tasks, one task's history,
-//! the last hours of activity), never the size of the whole store — except the per-scope
-//! task counts of the overview, one aggregate over the tasks that the console caches (see
-//! `crates/console/src/cache.rs`).
+//! the last hours of activity), never the size of the whole store — except the overview's
+//! census (task counts of every scope, one aggregate over the tasks), which the console
+//! counts in the background and keeps (see `crates/console/src/cache.rs`).
 
 use std::collections::BTreeMap;
 
@@ -38,6 +38,21 @@ pub struct Activity {
     pub results_failed: Vec<i64>,
 }
 
+impl Activity {
+    /// Adds another scope's activity over the same hours.
+    pub fn add(&mut self, other: &Activity) {
+        for (mine, theirs) in [
+            (&mut self.claims, &other.claims),
+            (&mut self.results_ok, &other.results_ok),
+            (&mut self.results_failed, &other.results_failed),
+        ] {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+    }
+}
+
 /// A network as the overview lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkSummary {
@@ -68,6 +83,8 @@ pub struct TransformationEdge {
     pub ok_results: i64,
     /// Its tasks by status.
     pub tasks: StatusCounts,
+    /// The most urgent priority (lowest number) among its waiting and running tasks.
+    pub priority: Option<i64>,
 }
 
 /// What never changes once a network is submitted: its systems and transformations (the
@@ -90,8 +107,8 @@ pub struct NetworkLive {
     pub weight: f64,
     /// (transformation id, successful results), for those with any.
     pub ok_results: Vec<(i64, i64)>,
-    /// (transformation id, status, tasks).
-    pub tasks: Vec<(i64, String, i64)>,
+    /// (transformation id, status, tasks, their most urgent priority).
+    pub tasks: Vec<(i64, String, i64, i64)>,
     pub restart_patterns: Vec<(String, i64)>,
     /// The strategy's class name and state, if one is set.
     pub strategy: Option<(String, StrategyState)>,
@@ -118,19 +135,22 @@ impl NetworkDetail {
         let mut transformations = structure.transformations.clone();
         let index = |id: i64| transformations.binary_search_by_key(&id, |t| t.id).ok();
         let mut places = Vec::with_capacity(live.tasks.len() + live.ok_results.len());
-        for (tf, status, n) in live.tasks {
-            places.push((index(tf), Some(status), n));
+        for (tf, status, n, priority) in live.tasks {
+            places.push((index(tf), Some((status, priority)), n));
         }
         for (tf, n) in live.ok_results {
             places.push((index(tf), None, n));
         }
         for (i, status, n) in places {
-            let Some(i) = i else { continue };
+            let Some(t) = i.map(|i| &mut transformations[i]) else { continue };
             match status {
-                Some(status) => {
-                    transformations[i].tasks.insert(status, n);
+                Some((status, priority)) => {
+                    if status == "waiting" || status == "running" {
+                        t.priority = Some(t.priority.map_or(priority, |p| p.min(priority)));
+                    }
+                    t.tasks.insert(status, n);
                 }
-                None => transformations[i].ok_results = n,
+                None => t.ok_results = n,
             }
         }
         NetworkDetail {
@@ -270,47 +290,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Claims and results per hour over the `hours` hours up to `now` (µs), for tasks and
-    /// results inside `scopes` (None: everything, as an admin sees it).
-    pub async fn console_activity(&self, scopes: Option<&[Scope]>, hours: usize, now: i64) -> Result<Activity> {
+    /// Claims and results per hour over the `hours` hours up to `now` (µs), per concrete
+    /// scope (of the claimed task, of the result), sorted by scope.
+    pub async fn console_activity_by_scope(&self, hours: usize, now: i64) -> Result<Vec<(Scope, Activity)>> {
         let start = (now.div_euclid(HOUR_MICROS) - hours as i64 + 1) * HOUR_MICROS;
-        let mut activity = Activity { start, claims: vec![0; hours], results_ok: vec![0; hours], results_failed: vec![0; hours] };
-        let all = [Scope::all()];
-        for scope in scopes.unwrap_or(&all) {
-            let mut args = vec![Arg::I64(start), Arg::I64(HOUR_MICROS)];
-            let claims = match scopes {
-                None => "SELECT (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l WHERE l.claimed >= $1 GROUP BY (l.claimed - $1) / $2"
-                    .to_string(),
-                Some(_) => {
-                    let cond = scope_condition("t", scope, &mut args);
-                    format!(
-                        "SELECT (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l JOIN task t ON t.id = l.task_id \
-                         WHERE l.claimed >= $1 AND {cond} GROUP BY (l.claimed - $1) / $2"
-                    )
-                }
-            };
-            for r in self.fetch(&claims, &args).await? {
-                if let Some(n) = usize::try_from(get_i64(&r, 0)?).ok().and_then(|i| activity.claims.get_mut(i)) {
-                    *n += get_i64(&r, 1)?;
-                }
-            }
-            let mut args = vec![Arg::from(hour_of(start).as_str())];
-            let cond = scope_condition("p", scope, &mut args);
-            let sql = format!(
-                "SELECT SUBSTR(p.datetime_created, 1, 13), p.ok, COUNT(*) FROM pdrr p WHERE p.datetime_created >= $1 AND {cond} \
-                 GROUP BY SUBSTR(p.datetime_created, 1, 13), p.ok"
-            );
-            let hours_index: BTreeMap<String, usize> = (0..hours).map(|i| (hour_of(start + i as i64 * HOUR_MICROS), i)).collect();
-            for r in self.fetch(&sql, &args).await? {
-                let Some(&i) = hours_index.get(&get_str(&r, 0)?) else { continue };
-                let n = get_i64(&r, 2)?;
-                match get_i64(&r, 1)? {
-                    1 => activity.results_ok[i] += n,
-                    _ => activity.results_failed[i] += n,
-                }
+        let empty = Activity { start, claims: vec![0; hours], results_ok: vec![0; hours], results_failed: vec![0; hours] };
+        let mut out: BTreeMap<String, (Scope, Activity)> = BTreeMap::new();
+        fn entry<'a>(out: &'a mut BTreeMap<String, (Scope, Activity)>, empty: &Activity, r: &AnyRow) -> Result<&'a mut Activity> {
+            let scope = scope_of(r, 0)?;
+            Ok(&mut out.entry(scope.to_string()).or_insert_with(|| (scope, empty.clone())).1)
+        }
+        let claims = "SELECT t.org, t.campaign, t.project, (l.claimed - $1) / $2, COUNT(*) FROM task_claim_log l \
+                      JOIN task t ON t.id = l.task_id WHERE l.claimed >= $1 GROUP BY t.org, t.campaign, t.project, (l.claimed - $1) / $2";
+        for r in self.fetch(claims, &[Arg::I64(start), Arg::I64(HOUR_MICROS)]).await? {
+            let (hour, n) = (get_i64(&r, 3)?, get_i64(&r, 4)?);
+            if let Some(slot) = usize::try_from(hour).ok().and_then(|i| entry(&mut out, &empty, &r).ok()?.claims.get_mut(i)) {
+                *slot += n;
             }
         }
-        Ok(activity)
+        let results = "SELECT p.org, p.campaign, p.project, SUBSTR(p.datetime_created, 1, 13), p.ok, COUNT(*) FROM pdrr p \
+                       WHERE p.datetime_created >= $1 GROUP BY p.org, p.campaign, p.project, SUBSTR(p.datetime_created, 1, 13), p.ok";
+        let hours_index: BTreeMap<String, usize> = (0..hours).map(|i| (hour_of(start + i as i64 * HOUR_MICROS), i)).collect();
+        for r in self.fetch(results, &[Arg::from(hour_of(start).as_str())]).await? {
+            let Some(&i) = hours_index.get(&get_str(&r, 3)?) else { continue };
+            let (ok, n) = (get_i64(&r, 4)?, get_i64(&r, 5)?);
+            let activity = entry(&mut out, &empty, &r)?;
+            match ok {
+                1 => activity.results_ok[i] += n,
+                _ => activity.results_failed[i] += n,
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Compute services registered now (a registration lives while it heartbeats).
@@ -380,6 +390,7 @@ impl Store {
                     systems: Vec::new(),
                     ok_results: 0,
                     tasks: StatusCounts::new(),
+                    priority: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -414,10 +425,10 @@ impl Store {
                 &args,
             )
             .await?;
-        let tasks: Vec<(i64, String, i64)> = self
+        let tasks: Vec<(i64, String, i64, i64)> = self
             .json_rows(
-                3,
-                "SELECT t.transformation_id AS c0, t.status AS c1, COUNT(*) AS c2 FROM network_transformation x \
+                4,
+                "SELECT t.transformation_id AS c0, t.status AS c1, COUNT(*) AS c2, MIN(t.priority) AS c3 FROM network_transformation x \
                  JOIN task t ON t.transformation_id = x.transformation_id WHERE x.network_id = $1 GROUP BY t.transformation_id, t.status",
                 &args,
             )

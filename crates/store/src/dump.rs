@@ -26,7 +26,7 @@ use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::admin::{ColType, TableSpec, TABLES};
+use crate::admin::{ColType, TableSpec, DERIVED_TABLES, TABLES};
 use crate::db::{insert_rows, Arg};
 use crate::error::{Result, StoreError};
 use crate::{Backend, Store};
@@ -159,6 +159,9 @@ impl Store {
             || -> Result<String> { lines.next().ok_or_else(|| StoreError::Dump("dump ended early".into()))?.map_err(io_err) };
         next_line()?; // header, already verified
         let mut tx = self.begin_write().await?;
+        for t in DERIVED_TABLES {
+            sqlx::query(&format!("DELETE FROM {t}")).execute(&mut *tx).await?;
+        }
         for t in TABLES.iter().rev() {
             sqlx::query(&format!("DELETE FROM {}", t.name)).execute(&mut *tx).await?;
         }

@@ -24,6 +24,7 @@ mod db;
 pub mod dump;
 mod error;
 pub mod identities;
+pub mod layouts;
 mod lease;
 pub mod managers;
 pub mod networks;

@@ -27,16 +27,24 @@ fn decompress(path: &std::path::Path) -> Vec<u8> {
 
 store_test!(dump_load_dump_is_identical, |store| async move {
     populate(&store).await;
+    // a console layout (derived data) is kept out of dumps
+    let s: Scope = "o-c-p".parse().unwrap();
+    let net = store.query_networks(std::slice::from_ref(&s), None, None).await.unwrap().remove(0);
+    let net_id = store.console_network_structure(&net).await.unwrap().unwrap().id;
+    store.put_console_layout(net_id, "[[1,2.0,3.0]]").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.dump");
     let stats = store.dump_file(&first).await.unwrap();
     assert!(stats.rows > 50);
     assert_eq!(verify_dump(&first).unwrap(), stats);
+    assert!(!String::from_utf8(decompress(&first)).unwrap().contains("console_layout"));
 
-    // a non-empty store refuses the load unless forced
+    // a non-empty store refuses the load unless forced; a forced load drops the layouts
     let e = store.load_file(&first, false).await.unwrap_err();
     assert!(e.to_string().contains("not empty"), "{e}");
     store.load_file(&first, true).await.unwrap();
+    assert_eq!(store.console_layout(net_id).await.unwrap(), None);
+    assert_eq!(store.console_networks_without_layout(10).await.unwrap().len(), 2, "both networks to lay out again");
     let second = dir.path().join("second.dump");
     store.dump_file(&second).await.unwrap();
     assert_eq!(decompress(&first), decompress(&second));

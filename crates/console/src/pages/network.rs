@@ -136,7 +136,8 @@ pub async fn page(
         table {
             thead { tr {
                 th scope="col" { "Transformation" } th scope="col" { "Protocol" } th scope="col" { "Tasks" }
-                th scope="col" { "Progress" } th.num scope="col" { "Results" }
+                th scope="col" { "Progress" } th.num scope="col" title="The most urgent priority among its waiting and running tasks (1 is the most urgent)" { "Priority" }
+                th.num scope="col" { "Results" }
             } }
             tbody {
                 @for t in shown {
@@ -145,6 +146,7 @@ pub async fn page(
                         td { (t.protocol.as_deref().unwrap_or("")) }
                         td { (status_counts(&t.tasks)) }
                         td { (status_bar(&t.tasks)) }
+                        td.num { (t.priority.map(|p| p.to_string()).unwrap_or_else(|| "—".into())) }
                         td.num { (t.ok_results) }
                     }
                 }

@@ -85,7 +85,7 @@ pub async fn page(State(state): State<ConsoleState>, session: Session) -> Consol
                     }
                 }
             }
-            @if networks.len() as i64 >= NETWORKS_LISTED { p.hint { "Showing the first " (NETWORKS_LISTED) " networks." } }
+            @if networks.len() >= NETWORKS_LISTED { p.hint { "Showing the first " (NETWORKS_LISTED) " networks." } }
         }
     };
     Ok(shell(session, "Overview", body))
