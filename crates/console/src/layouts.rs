@@ -14,8 +14,9 @@ use alchemiscale_store::{Result, Store};
 use crate::graph::{layout, Positions};
 
 /// How often the background worker looks for networks without a layout; it lays out at
-/// most one per look, the newest first.
+/// most [`WORKER_BATCH`] per look, the newest first, one after another on one thread.
 pub const WORKER_EVERY: Duration = Duration::from_secs(2);
+pub const WORKER_BATCH: i64 = 16;
 
 /// A network's structure and its drawing's node positions.
 pub type Drawn = (Arc<NetworkStructure>, Arc<Positions>);
@@ -84,13 +85,16 @@ async fn positions(store: &Store, structure: &NetworkStructure) -> Result<Positi
     Ok(positions)
 }
 
-/// Lays out the newest network that has no stored layout yet; whether there was one.
-pub async fn lay_out_next(store: &Store) -> Result<bool> {
-    let Some(network) = store.console_networks_without_layout(1).await?.pop() else { return Ok(false) };
-    if let Some(structure) = store.console_network_structure(&network).await? {
-        positions(store, &structure).await?;
+/// Lays out the newest networks that have no stored layout yet (at most
+/// [`WORKER_BATCH`]); how many there were.
+pub async fn lay_out_new(store: &Store) -> Result<usize> {
+    let networks = store.console_networks_without_layout(WORKER_BATCH).await?;
+    for network in &networks {
+        if let Some(structure) = store.console_network_structure(network).await? {
+            positions(store, &structure).await?;
+        }
     }
-    Ok(true)
+    Ok(networks.len())
 }
 
 #[cfg(test)]

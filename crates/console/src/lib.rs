@@ -87,15 +87,15 @@ impl ConsoleState {
         state
     }
 
-    /// Lays out new networks in the background ([`layouts::lay_out_next`]) until the console
+    /// Lays out new networks in the background ([`layouts::lay_out_new`]) until the console
     /// is dropped.
     fn spawn_layout_worker(&self) {
         let console = Arc::downgrade(&self.0);
         tokio::spawn(async move {
             loop {
                 let Some(store) = console.upgrade().map(|c| c.app.store().clone()) else { return };
-                if let Err(e) = layouts::lay_out_next(&store).await {
-                    tracing::debug!(error = %e, "console: laying out a new network failed");
+                if let Err(e) = layouts::lay_out_new(&store).await {
+                    tracing::debug!(error = %e, "console: laying out new networks failed");
                 }
                 drop(store);
                 tokio::time::sleep(layouts::WORKER_EVERY).await;

@@ -1,7 +1,8 @@
 //! The compute API's background work with several instances on one store, on SQLite and
 //! PostgreSQL: one reaper at a time holds the `reaper` lease and expires registrations;
 //! when the holder dies (its task aborted, as a SIGKILL would), another takes over after
-//! the lease runs out. The staging sweep is done by one holder per interval.
+//! the lease runs out. The staging sweep is done by one holder per interval, and by
+//! another when that holder dies.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -130,6 +131,25 @@ async fn staging_sweep_one_holder(backend: Backend) {
     assert_eq!(objects.remove_stale_staging(Duration::ZERO).await.unwrap(), 0, "the stale object was swept");
     a.abort();
     b.abort();
+
+    // a sweep every second: the sweeper dies (aborted, as a SIGKILL would), the other
+    // sweeps in the next interval
+    let every = |holder: &str| ReaperOptions { sweep_every: Duration::from_secs(1), ..options(holder) };
+    store.release_lease(STAGING_LEASE, &holder).await.unwrap();
+    put_stale_staging(&server, 1).await;
+    let (c, d) = (Reaper::spawn(state(), every("c")), Reaper::spawn(state(), every("d")));
+    let swept = |r: &Reaper| r.stats.sweeps.load(Ordering::Relaxed);
+    wait_for("one of the reapers swept", Duration::from_secs(5), || async { swept(&c) + swept(&d) >= 1 }).await;
+    let holder = store.lease_holder(STAGING_LEASE).await.unwrap().unwrap();
+    let (gone, stays) = if holder == "c" { (c, d) } else { (d, c) };
+    gone.abort();
+    let (gone_sweeps, stays_sweeps) = (swept(&gone), swept(&stays));
+    put_stale_staging(&server, 2).await;
+    wait_for("the other reaper took over the sweep", Duration::from_secs(6), || async { swept(&stays) > stays_sweeps }).await;
+    assert_eq!(swept(&gone), gone_sweeps, "the dead reaper swept no more");
+    assert_eq!(store.lease_holder(STAGING_LEASE).await.unwrap().as_deref(), Some(stays.holder.as_str()));
+    assert_eq!(objects.remove_stale_staging(Duration::ZERO).await.unwrap(), 0, "the new stale objects were swept");
+    stays.abort();
     server.stop().await;
 }
 
