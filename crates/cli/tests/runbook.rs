@@ -3,8 +3,8 @@
 //!
 //! The `sh` blocks of the sections a single machine can run are executed in the order the
 //! runbook gives them, with the real binary standing in for `alchemiscale`:
-//! the embedded server, identities, taking backups, restoring, checking, upgrading and the
-//! identities of a move from upstream. Outputs the runbook shows in a comment (`# ['alice',
+//! the embedded server, identities, a TLS certificate for nginx, taking backups,
+//! restoring, checking, upgrading and the identities of a move from upstream. Outputs the runbook shows in a comment (`# ['alice',
 //! 'user']`, `# "No inconsistencies …"`) must be what the command prints. Wrappers are
 //! stripped to the command they run (`systemd-run … /usr/local/bin/alchemiscale database
 //! check`, `docker compose … exec backup alchemiscale …`); lines that need Docker, systemd,
@@ -29,9 +29,10 @@ use alchemiscale_store::{testing, StoreLocation};
 use common::{free_port, sigterm, wait_exit, Killed, BIN};
 
 /// The runbook's sections walked, in order.
-const WALKED: [&str; 7] = [
+const WALKED: [&str; 8] = [
     "The embedded server: `serve`",
     "Identities",
+    "TLS",
     "Taking backups",
     "Restoring",
     "Checking a store: `database check`",
@@ -41,6 +42,9 @@ const WALKED: [&str; 7] = [
 
 /// Programs a single machine without Docker or systemd does not run.
 const SKIPPED: [&str; 6] = ["docker", "systemctl", "cargo", "psql", "sqlite3", "curl"];
+
+/// Other programs the walk runs as written (in its working directory).
+const RUN_AS_WRITTEN: [&str; 2] = ["mkdir", "openssl"];
 
 /// One command of an `sh` block: continuation lines joined, and the comment after it.
 #[derive(Debug)]
@@ -303,6 +307,10 @@ impl Walk {
             }
             let Some(cmd) = alchemiscale_command(&line.cmd) else {
                 let program = line.cmd.split(' ').next().unwrap_or_default();
+                if RUN_AS_WRITTEN.contains(&program) {
+                    self.run(&self.localise(&line.cmd));
+                    continue;
+                }
                 assert!(SKIPPED.contains(&program), "the runbook's '{heading}' runs `{}`, which this walk does not know", line.cmd);
                 continue;
             };
@@ -339,6 +347,19 @@ fn after(walk: &mut Walk, heading: &str) {
         "Identities" => {
             assert_eq!(walk.run("alchemiscale identity list -t compute").trim(), "['compute', 'hpc-west']");
             assert_eq!(walk.run("alchemiscale identity list-scope -t compute -i hpc-west").trim(), "['acme-*-*']");
+        }
+        "TLS" => {
+            // the certificate the runbook makes is one the nginx example can serve both API names with
+            let certs = walk.cwd.path().join("deploy/nginx/certs");
+            assert!(certs.join("privkey.pem").exists(), "the runbook's openssl wrote no key");
+            let names = walk.run("openssl x509 -in deploy/nginx/certs/fullchain.pem -noout -ext subjectAltName");
+            for host in ["api.alchemiscale.example.org", "compute.alchemiscale.example.org"] {
+                assert!(names.contains(&format!("DNS:{host}")), "{host} not in the certificate: {names}");
+            }
+            let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/alchemiscale.conf")).unwrap();
+            for file in ["fullchain.pem", "privkey.pem"] {
+                assert!(conf.contains(&format!("/etc/nginx/certs/{file}")), "the nginx example does not read certs/{file}");
+            }
         }
         "Taking backups" => {
             // written after every backup: the restore must take it away again

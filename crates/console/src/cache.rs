@@ -100,7 +100,7 @@ impl Census {
         }
         Figures {
             scopes: self.scopes.iter().filter(|s| visible(&s.scope)).cloned().collect(),
-            networks: self.networks.iter().filter(|n| visible(&n.key.scope())).take(NETWORKS_LISTED).cloned().collect(),
+            networks: self.networks.iter().filter(|n| visible(n.key.scope())).take(NETWORKS_LISTED).cloned().collect(),
             activity,
             services: self.services,
             counted_at: self.counted_at,

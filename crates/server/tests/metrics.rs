@@ -92,6 +92,35 @@ async fn metrics_count_the_store_and_the_traffic(backend: Backend) {
     assert_eq!(m.get(&tasks_key("waiting")), Some(&2.0), "{text}");
     assert!(!text.contains("api=\"compute\""), "{text}");
     assert!(text.contains("api=\"user\",method=\"POST\",route=\"/networks\",status=\"200\""), "{text}");
+
+    // compute managers (an OK one with its saturation, an errored one) and an errored strategy
+    use alchemiscale_model::status::{ComputeManagerStatus, StrategyStatus};
+    use alchemiscale_model::ComputeManagerId;
+    use alchemiscale_store::strategy::StrategyState;
+    let store = &user_server.store;
+    let (ok, bad) = (ComputeManagerId::mint("labgpus").unwrap(), ComputeManagerId::mint("labslurm").unwrap());
+    for m in [&ok, &bad] {
+        store.register_compute_manager(m, false).await.unwrap();
+    }
+    store.update_compute_manager_status(&ok, ComputeManagerStatus::Ok, None, Some(0.25), 3600, 3600).await.unwrap();
+    store.update_compute_manager_status(&bad, ComputeManagerStatus::Error, Some("squeue failed"), None, 3600, 3600).await.unwrap();
+    let chain = r#"[["ConnectivityStrategy-abc", {"settings": {"__class__": "ConnectivityStrategySettings", "__module__": "stratocaster.strategies.connectivity", ":is_custom:": true, "decay_rate": 0.5}, "__qualname__": "ConnectivityStrategy", "__module__": "stratocaster.strategies.connectivity", ":version:": 1}]]"#;
+    let chain = alchemiscale_model::chain::KeyedChain::from_value(alchemiscale_model::json::parse(chain).unwrap()).unwrap();
+    store.set_network_strategy(&sk(NETWORK), Some(&chain), StrategyState::default()).await.unwrap();
+    let errored = StrategyState {
+        status: StrategyStatus::Error,
+        iterations: 7,
+        exception: Some(("ValueError".into(), "x".into())),
+        ..Default::default()
+    };
+    store.replace_strategy_state(&sk(NETWORK), errored).await.unwrap();
+    let (m, text) = scrape(&compute).await;
+    assert_eq!(m.get("alchemiscale_compute_managers{status=\"OK\"}"), Some(&1.0), "{text}");
+    assert_eq!(m.get("alchemiscale_compute_managers{status=\"ERROR\"}"), Some(&1.0), "{text}");
+    assert_eq!(m.get(&format!("alchemiscale_compute_manager_saturation{{manager=\"{}\"}}", ok.name())), Some(&0.25), "{text}");
+    assert_eq!(m.get("alchemiscale_strategies{status=\"error\"}"), Some(&1.0), "{text}");
+    assert_eq!(m.get("alchemiscale_strategies{status=\"awake\"}"), Some(&0.0), "{text}");
+    assert_eq!(m.get("alchemiscale_strategy_iterations"), Some(&7.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
