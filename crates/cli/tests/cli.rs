@@ -255,3 +255,28 @@ fn bench_store_prints_a_json_summary() {
     // the bench never touches the operator's store
     assert!(!cli.data_dir.path().join("state.db").exists());
 }
+
+#[test]
+fn bench_console_prints_a_json_summary() {
+    let cli = Cli::sqlite();
+    let out = cli.ok(&[
+        "bench",
+        "console",
+        "--tasks",
+        "600",
+        "--transformations",
+        "20",
+        "--tasks-per-transformation",
+        "5",
+        "--claims",
+        "10",
+        "--repeats",
+        "2",
+    ]);
+    let last = out.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!((&v["tasks"], &v["transformations"], &v["backend"]), (&600.into(), &20.into(), &"sqlite".into()), "{last}");
+    for k in ["overview_ms", "network_ms", "overview_first_ms", "network_first_ms", "baseline_ms"] {
+        assert!(v[k].as_f64().is_some_and(|ms| ms > 0.0), "{k}: {last}");
+    }
+}

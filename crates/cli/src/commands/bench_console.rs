@@ -119,13 +119,7 @@ pub async fn run(b: ConsoleBench) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     let base = user.base_url().as_str().trim_end_matches('/').to_string();
     let form = http.get(format!("{base}/ui/login")).send().await?;
-    let login_cookie = form
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string)
-        .context("the console's sign-in page set no cookie")?;
+    let login_cookie = first_cookie(&form).context("the console's sign-in page set no cookie")?;
     let page = form.text().await?;
     let token = page
         .split_once("name=\"csrf\" value=\"")
@@ -137,13 +131,7 @@ pub async fn run(b: ConsoleBench) -> anyhow::Result<()> {
         .form(&[("identifier", "curve-user"), ("key", KEY), ("csrf", token)])
         .send()
         .await?;
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string)
-        .context("signing in to the console gave no session")?;
+    let cookie = first_cookie(&r).context("signing in to the console gave no session")?;
 
     let mut figures = Vec::new();
     for (name, url) in [("overview", format!("{base}/ui")), ("network", format!("{base}/ui/networks/{measured}"))] {
@@ -190,4 +178,9 @@ pub async fn run(b: ConsoleBench) -> anyhow::Result<()> {
     servers.close().await?;
     println!("{summary}");
     Ok(())
+}
+
+/// `name=value` of the first cookie a response sets.
+fn first_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers().get("set-cookie")?.to_str().ok()?.split(';').next().map(str::to_string)
 }
