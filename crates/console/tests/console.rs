@@ -187,6 +187,10 @@ async fn sign_in_and_browse(backend: Backend) {
     assert!(task_page.contains("Status history") && task_page.contains("created by alice"));
     let (status, _) = get(&s, &b, "/ui/tasks/Task-nonsense").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // a status set by a user is part of the history
+    s.store.set_task_status(&[Some(tasks[2].clone())], alchemiscale_model::TaskStatus::Invalid, true).await.unwrap();
+    let (_, task_page) = get(&s, &b, &format!("/ui/tasks/{}", tasks[2])).await;
+    assert!(task_page.contains("set to invalid by a user (was waiting)"), "{task_page}");
 
     // compute page; identities are for admins only
     let (status, _) = get(&s, &b, "/ui/compute").await;

@@ -293,6 +293,12 @@ pub(crate) const TABLES: &[TableSpec] = &[
         order_by: "network_id, priority",
         identity_id: false,
     },
+    TableSpec {
+        name: "task_status_log",
+        columns: &[("task_id", I, false), ("changed", I, false), ("previous", T, false), ("status", T, false), ("cause", T, false)],
+        order_by: "task_id, changed, status",
+        identity_id: false,
+    },
 ];
 
 /// Tables of data derived from the rest (the console's network layouts): not dumped (they

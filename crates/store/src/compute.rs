@@ -16,7 +16,7 @@ use sqlx::AnyConnection;
 
 use crate::db::{execute_in_chunks, fetch_in_chunks, get_i64, get_str, json_array, json_text_list, Arg};
 use crate::error::{Result, StoreError};
-use crate::tasks::{apply_status, parse_status};
+use crate::tasks::{apply_status, parse_status, StatusCause};
 use crate::{Backend, Store};
 
 pub use crate::claims::{ClaimOutcome, HUB_POOL_TTL, MAX_CLAIM_COUNT};
@@ -121,7 +121,7 @@ pub(crate) async fn can_claim_row(conn: &mut AnyConnection, row: (i64, i64, i64)
 /// `waiting` through [`apply_status`], then their claims, failure log and the
 /// registrations themselves are deleted. The caller holds the
 /// service rows (`FOR UPDATE` on PostgreSQL).
-async fn release_services(conn: &mut AnyConnection, backend: Backend, services: &[i64]) -> Result<()> {
+async fn release_services(conn: &mut AnyConnection, backend: Backend, services: &[i64], cause: StatusCause) -> Result<()> {
     if services.is_empty() {
         return Ok(());
     }
@@ -143,7 +143,7 @@ async fn release_services(conn: &mut AnyConnection, backend: Backend, services: 
             running.push((id, status));
         }
     }
-    apply_status(conn, backend, &running, TaskStatus::Waiting).await?;
+    apply_status(conn, backend, &running, TaskStatus::Waiting, Some(cause)).await?;
     crate::tasks::end_claims(conn, backend, "service_id", &ids).await?;
     execute_in_chunks(conn, backend, "DELETE FROM compute_service_failure WHERE service_id IN ({})", &[], &ids).await?;
     execute_in_chunks(conn, backend, "DELETE FROM compute_service WHERE id IN ({})", &[], &ids).await?;
@@ -166,7 +166,7 @@ async fn expire_before(conn: &mut AnyConnection, backend: Backend, cutoff: i64) 
         ids.push(get_i64(r, 0)?);
         names.push(get_str(r, 1)?);
     }
-    release_services(conn, backend, &ids).await?;
+    release_services(conn, backend, &ids, StatusCause::Expired).await?;
     Ok(names)
 }
 
@@ -253,7 +253,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(r) = row {
-            release_services(&mut tx, self.backend, &[get_i64(&r, 0)?]).await?;
+            release_services(&mut tx, self.backend, &[get_i64(&r, 0)?], StatusCause::Released).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -188,8 +188,8 @@ pub struct ResultDetail {
     pub tracebacks: Vec<String>,
 }
 
-/// Everything the task page shows. The status history is read from what the store keeps
-/// anyway: creation, every claim (the claim log) and every result, in time order.
+/// Everything the task page shows. The status history is read from creation, every claim
+/// (the claim log), every result and every other status change (the status log).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskDetail {
     pub key: ScopedKey,
@@ -205,6 +205,9 @@ pub struct TaskDetail {
     pub claims: Vec<(String, i64)>,
     pub claimed_by: Option<String>,
     pub results: Vec<ResultDetail>,
+    /// Status changes neither a claim nor a result made: (µs, previous, status, cause),
+    /// oldest first (`task_status_log`).
+    pub status_changes: Vec<(i64, String, String, String)>,
 }
 
 fn sk(r: &AnyRow, first: usize) -> Result<ScopedKey> {
@@ -533,6 +536,15 @@ impl Store {
             .iter()
             .map(|r| Ok((get_str(r, 0)?, get_i64(r, 1)?)))
             .collect::<Result<Vec<_>>>()?;
+        let status_changes = self
+            .fetch(
+                "SELECT changed, previous, status, cause FROM task_status_log WHERE task_id = $1 ORDER BY changed, status",
+                &[Arg::I64(id)],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((get_i64(r, 0)?, get_str(r, 1)?, get_str(r, 2)?, get_str(r, 3)?)))
+            .collect::<Result<Vec<_>>>()?;
         let mut results = Vec::new();
         for r in self
             .fetch(
@@ -571,6 +583,7 @@ impl Store {
             claims,
             claimed_by: get_opt_str(&h, 14)?,
             results,
+            status_changes,
         }))
     }
 }

@@ -4,7 +4,7 @@
 //! servers keep running. The file is zstd-compressed JSON Lines:
 //!
 //! ```text
-//! {"format": "alchemiscale-rs-dump", "version": 1, "schema_version": 2}
+//! {"format": "alchemiscale-rs-dump", "version": 1, "schema_version": 4}
 //! {"table": "gufe_object", "columns": ["id", ...], "rows": 2}
 //! [1, "ChemicalSystem-…", ...]
 //! [2, ...]
@@ -65,11 +65,20 @@ fn column_list(t: &TableSpec) -> String {
 }
 
 /// The layout of the tables in a dump. 2: the claim queue is a table of its own
-/// (migration 0008); 3: ACTIONS rows record their queue row's key (migration 0009). A
-/// dump of an older version loads with a binary of its time, whose store this binary
-/// then upgrades.
+/// (migration 0008); 3: ACTIONS rows record their queue row's key (migration 0009); 4: the
+/// task status log (migration 0011). A dump of version 3 loads as it is, with the tables
+/// added since ([`ADDED_SINCE_3`]) empty; older ones load with a binary of their time,
+/// whose store this binary then upgrades.
 fn schema_version() -> i64 {
-    3
+    4
+}
+
+/// Tables a version-3 dump does not hold.
+const ADDED_SINCE_3: &[&str] = &["task_status_log"];
+
+/// Whether this binary loads a dump of `version`.
+fn loadable(version: &serde_json::Value) -> bool {
+    *version == schema_version() || *version == 3
 }
 
 impl Store {
@@ -157,7 +166,8 @@ impl Store {
         let mut lines = reader.lines();
         let mut next_line =
             || -> Result<String> { lines.next().ok_or_else(|| StoreError::Dump("dump ended early".into()))?.map_err(io_err) };
-        next_line()?; // header, already verified
+        let header: serde_json::Value = serde_json::from_str(&next_line()?).map_err(|e| StoreError::Dump(e.to_string()))?;
+        let absent: &[&str] = if header["schema_version"] == 3 { ADDED_SINCE_3 } else { &[] };
         let mut tx = self.begin_write().await?;
         for t in DERIVED_TABLES {
             sqlx::query(&format!("DELETE FROM {t}")).execute(&mut *tx).await?;
@@ -165,7 +175,7 @@ impl Store {
         for t in TABLES.iter().rev() {
             sqlx::query(&format!("DELETE FROM {}", t.name)).execute(&mut *tx).await?;
         }
-        for t in TABLES {
+        for t in TABLES.iter().filter(|t| !absent.contains(&t.name)) {
             let head: serde_json::Value = serde_json::from_str(&next_line()?).map_err(|e| StoreError::Dump(e.to_string()))?;
             if head["table"] != t.name {
                 return Err(StoreError::Dump(format!("expected table {} in dump, found {}", t.name, head["table"])));
@@ -261,9 +271,9 @@ pub fn verify_dump(path: &Path) -> Result<DumpStats> {
             if header["version"] != VERSION {
                 return Err(StoreError::Dump(format!("dump format version {} is not supported", header["version"])));
             }
-            if header["schema_version"] != schema_version() {
+            if !loadable(&header["schema_version"]) {
                 return Err(StoreError::Dump(format!(
-                    "dump has schema version {}; this binary loads version {}",
+                    "dump has schema version {}; this binary loads versions 3 to {}",
                     header["schema_version"],
                     schema_version()
                 )));

@@ -16,7 +16,7 @@ use sqlx::AnyConnection;
 
 use crate::db::{execute_in_chunks, fetch_in_chunks, get_i64, get_opt_str, get_str, Arg};
 use crate::error::{Result, StoreError};
-use crate::tasks::{apply_status, cancel_on_hub, network_row_id};
+use crate::tasks::{apply_status, cancel_on_hub, network_row_id, StatusCause};
 use crate::{Backend, Store};
 
 const NOT_A_NETWORK: &str = "`network` ScopedKey does not correspond to an `AlchemicalNetwork`";
@@ -368,7 +368,7 @@ pub(crate) async fn resolve_restarts(conn: &mut AnyConnection, backend: Backend,
     )
     .await?;
     let restart: Vec<(i64, TaskStatus)> = rows.iter().map(|r| Ok((get_i64(r, 0)?, TaskStatus::Error))).collect::<Result<_>>()?;
-    apply_status(conn, backend, &restart, TaskStatus::Waiting).await?;
+    apply_status(conn, backend, &restart, TaskStatus::Waiting, Some(StatusCause::Restart)).await?;
     Ok(())
 }
 

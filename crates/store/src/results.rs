@@ -19,7 +19,7 @@ use crate::db::{get_i64, get_opt_i64, get_opt_str, get_str};
 use crate::error::{Result, StoreError};
 use crate::networks::object_id;
 use crate::restart::resolve_restarts;
-use crate::tasks::{apply_status, load_task};
+use crate::tasks::{apply_status, load_task, StatusCause};
 use crate::{Backend, Store};
 
 /// A result whose bytes are in the object store, to be recorded against a task.
@@ -142,7 +142,7 @@ async fn complete_task(conn: &mut AnyConnection, backend: crate::Backend, id: i6
     };
     let mut status = from;
     for &to in path {
-        if !apply_status(conn, backend, &[(id, status)], to).await?.first().copied().unwrap_or(false) {
+        if !apply_status(conn, backend, &[(id, status)], to, None).await?.first().copied().unwrap_or(false) {
             break;
         }
         status = to;
@@ -413,7 +413,7 @@ impl Store {
             .await?
             .is_some();
             if held && t.status == TaskStatus::Running {
-                apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Waiting).await?;
+                apply_status(&mut tx, self.backend, &[(t.id, t.status)], TaskStatus::Waiting, Some(StatusCause::Released)).await?;
                 out.push(Some(task.clone()));
             } else {
                 out.push(None);
@@ -549,7 +549,7 @@ async fn record_in(
         if other_service_runs_it {
             return Ok(pdrr_sk);
         }
-        apply_status(conn, backend, &[(task_id, task_status)], TaskStatus::Error).await?;
+        apply_status(conn, backend, &[(task_id, task_status)], TaskStatus::Error, None).await?;
         if let Some(creator) = &result.creator {
             sqlx::query(
                 "INSERT INTO compute_service_failure (service_id, failed_at) SELECT id, $1 FROM compute_service WHERE identifier = $2",

@@ -95,11 +95,16 @@ pub(crate) fn id_args(ids: &[i64]) -> Vec<Arg> {
 /// Deliberate deviations from upstream: the cascade uses the same
 /// transition table (so a `deleted` descendant never becomes `invalid`), and removes the
 /// descendants' ACTIONS, APPLIES and claims on every hub.
+///
+/// With a `cause`, every task whose status changes (the cascade included) gets a row in
+/// `task_status_log` ([`StatusCause`]); claims and results, which keep records of their
+/// own, pass none.
 pub(crate) async fn apply_status(
     conn: &mut AnyConnection,
     backend: Backend,
     tasks: &[(i64, TaskStatus)],
     to: TaskStatus,
+    cause: Option<StatusCause>,
 ) -> Result<Vec<bool>> {
     let allowed: Vec<bool> = tasks.iter().map(|(_, from)| transition_allowed(*from, to)).collect();
     let mut ids: Vec<i64> = tasks.iter().zip(&allowed).filter(|(_, a)| **a).map(|((id, _), _)| *id).collect();
@@ -108,6 +113,7 @@ pub(crate) async fn apply_status(
     if ids.is_empty() {
         return Ok(allowed);
     }
+    let mut changed: Vec<(i64, TaskStatus)> = tasks.iter().zip(&allowed).filter(|(t, a)| **a && t.1 != to).map(|(t, _)| *t).collect();
     let effects = transition_effects(to);
     if effects.cascade_to_descendants {
         let rows = fetch_in_chunks(
@@ -124,10 +130,16 @@ pub(crate) async fn apply_status(
             let (id, status) = (get_i64(r, 0)?, parse_status(&get_str(r, 1)?)?);
             if transition_allowed(status, to) {
                 ids.push(id);
+                if status != to {
+                    changed.push((id, status));
+                }
             }
         }
         ids.sort_unstable();
         ids.dedup();
+    }
+    if let Some(cause) = cause {
+        log_status_changes(conn, backend, &changed, to, cause).await?;
     }
     let args = id_args(&ids);
     execute_in_chunks(conn, backend, "UPDATE task SET status = $1 WHERE id IN ({})", &[Arg::from(to.as_str())], &args).await?;
@@ -149,6 +161,49 @@ pub(crate) async fn apply_status(
         requeue(conn, backend, &ids, None).await?;
     }
     Ok(allowed)
+}
+
+/// Why a task's status changed, as `task_status_log` records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCause {
+    /// A user set it (through the API or the console), or the cascade of such a change.
+    User,
+    /// A network's restart patterns put an errored task back to waiting.
+    Restart,
+    /// The service holding the claim gave it back, or deregistered.
+    Released,
+    /// The registration of the service holding the claim expired.
+    Expired,
+}
+
+impl StatusCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusCause::User => "user",
+            StatusCause::Restart => "restart",
+            StatusCause::Released => "released",
+            StatusCause::Expired => "expired",
+        }
+    }
+}
+
+async fn log_status_changes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    changed: &[(i64, TaskStatus)],
+    to: TaskStatus,
+    cause: StatusCause,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let now = now_micros();
+    let rows: Vec<Vec<Arg>> = changed
+        .iter()
+        .filter(|(id, _)| seen.insert(*id))
+        .map(|(id, from)| vec![Arg::I64(*id), Arg::I64(now), Arg::from(from.as_str()), Arg::from(to.as_str()), Arg::from(cause.as_str())])
+        .collect();
+    let head = "INSERT INTO task_status_log (task_id, changed, previous, status, cause)";
+    crate::db::insert_rows(conn, backend, head, "ON CONFLICT DO NOTHING", 5, &rows).await?;
+    Ok(())
 }
 
 /// Delete the claims whose `column` (`task_id` or `service_id`) is one of `ids`, first
@@ -389,7 +444,7 @@ impl Store {
                 }
             }
         }
-        apply_status(&mut tx, self.backend, &present, status).await?;
+        apply_status(&mut tx, self.backend, &present, status, Some(StatusCause::User)).await?;
         tx.commit().await?;
         Ok(tasks
             .iter()

@@ -150,3 +150,61 @@ async fn dump_while_writing() {
         target.store.load_file(&p, false).await.unwrap();
     }
 }
+
+// A dump written before the task status log (schema version 3: no `task_status_log`
+// section) loads, with the log empty; versions before it are refused before anything is
+// written.
+store_test!(dumps_of_schema_version_3_load, |store| async move {
+    use sha2::Digest;
+    populate(&store).await;
+    let s: Scope = "o-c-p".parse().unwrap();
+    let net = store.query_networks(std::slice::from_ref(&s), None, None).await.unwrap().remove(0);
+    let tf = store.network_transformations(&net).await.unwrap().remove(0);
+    let req = alchemiscale_store::tasks::TaskRequest { transformation: tf, extends: None };
+    let task = store.create_tasks(&[req], Some("bill")).await.unwrap().remove(0);
+    store.set_task_status(&[Some(task.clone())], alchemiscale_model::TaskStatus::Invalid, true).await.unwrap();
+    assert_eq!(store.table_counts().await.unwrap().into_iter().find(|(t, _)| *t == "task_status_log").unwrap().1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let v4 = dir.path().join("v4.dump");
+    store.dump_file(&v4).await.unwrap();
+
+    // the same dump as version 3 wrote it: header 3, no status-log section, trailer redone
+    let write_as = |name: &str, version: i64| {
+        let text = String::from_utf8(decompress(&v4)).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.pop(); // the trailer
+        let header = lines[0].replace("\"schema_version\":4", &format!("\"schema_version\":{version}"));
+        assert_ne!(header, lines[0], "the header names schema version 4: {}", lines[0]);
+        let start = lines.iter().position(|l| l.contains("\"table\":\"task_status_log\"")).expect("a status-log section");
+        let log_rows = lines.len() - start - 1; // the last section
+        lines.truncate(start);
+        let mut body = format!("{header}\n");
+        for l in &lines[1..] {
+            body.push_str(l);
+            body.push('\n');
+        }
+        let rows: usize = lines.iter().filter(|l| l.starts_with('[')).count();
+        let tables = lines.iter().filter(|l| l.starts_with('{') && l.contains("\"table\":")).count();
+        assert_eq!(log_rows, 1);
+        let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        body.push_str(&format!("{{\"end\":true,\"rows\":{rows},\"sha256\":\"{sha}\",\"tables\":{tables}}}\n"));
+        let p = dir.path().join(name);
+        let mut enc = zstd::Encoder::new(std::fs::File::create(&p).unwrap(), 3).unwrap();
+        enc.write_all(body.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        p
+    };
+    let v3 = write_as("v3.dump", 3);
+    verify_dump(&v3).unwrap();
+    let fresh = testing::sqlite().await;
+    fresh.store.load_file(&v3, false).await.unwrap();
+    let counts: std::collections::HashMap<_, _> = fresh.store.table_counts().await.unwrap().into_iter().collect();
+    assert_eq!(counts["task_status_log"], 0);
+    assert_eq!(counts["task"], 1);
+    assert!(fresh.store.authenticate(IdentityKind::User, "bill", "k").await.unwrap().is_some());
+
+    let v2 = write_as("v2.dump", 2);
+    let e = fresh.store.load_file(&v2, true).await.unwrap_err().to_string();
+    assert!(e.contains("schema version 2"), "{e}");
+    assert_eq!(fresh.store.table_counts().await.unwrap().into_iter().find(|(t, _)| *t == "task").unwrap().1, 1, "nothing changed");
+});

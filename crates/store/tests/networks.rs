@@ -19,7 +19,7 @@ store_test!(schema_lifecycle, |store| async move {
     assert_eq!(store.schema_status().await.unwrap(), SchemaStatus::Uninitialized);
     assert!(store.require_current_schema().await.is_err());
     store.init().await.unwrap();
-    assert!(matches!(store.schema_status().await.unwrap(), SchemaStatus::Current { version: 10 }));
+    assert!(matches!(store.schema_status().await.unwrap(), SchemaStatus::Current { version: 11 }));
 });
 
 store_test!(network_round_trip_is_byte_identical, |store| async move {

@@ -284,3 +284,52 @@ store_test!(adding_patterns_resolves_tasks_already_in_error, |store| async move 
     assert_eq!(actioned_on(&store, &net).await, expected);
     assert_eq!(counts(&store).await["restart_applies"], 2);
 });
+
+/// `(previous, status, cause)` of a task's logged status changes, oldest first.
+async fn logged(store: &Store, task: &ScopedKey) -> Vec<(String, String, String)> {
+    let detail = store.console_task(task).await.unwrap().unwrap();
+    detail.status_changes.into_iter().map(|(_, previous, status, cause)| (previous, status, cause)).collect()
+}
+
+fn changes(list: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    list.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect()
+}
+
+store_test!(status_changes_beyond_claims_and_results_are_logged, |store| async move {
+    let (net, hub, tfs) = network(&store, "logged").await;
+    let parent = tasks(&store, &tfs[0], 1).await.remove(0);
+    let child = TaskRequest { transformation: tfs[0].clone(), extends: Some(parent.clone()) };
+    let child = store.create_tasks(&[child], Some("alice")).await.unwrap().remove(0);
+    action(&store, &net, &parent).await;
+    let service: alchemiscale_model::ComputeServiceId = format!("logsvc-{}", "0".repeat(32)).parse().unwrap();
+
+    // a claim given back by its service, then one whose service's registration expired
+    store.register_compute_service(&service, None).await.unwrap();
+    assert_eq!(store.claim_taskhub_tasks(&hub, &service, 1, None).await.unwrap(), vec![Some(parent.clone())]);
+    assert_eq!(store.release_tasks(std::slice::from_ref(&parent), &service.to_string()).await.unwrap(), vec![Some(parent.clone())]);
+    assert_eq!(store.claim_taskhub_tasks(&hub, &service, 1, None).await.unwrap(), vec![Some(parent.clone())]);
+    store.expire_compute_services_at(60, Utc::now() + chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!(status(&store, &parent).await, TaskStatus::Waiting);
+    // a user invalidates the parent; the task extending it follows
+    store.set_task_status(&[Some(parent.clone())], TaskStatus::Invalid, true).await.unwrap();
+    assert_eq!(
+        logged(&store, &parent).await,
+        changes(&[("running", "waiting", "released"), ("running", "waiting", "expired"), ("waiting", "invalid", "user")])
+    );
+    assert_eq!(logged(&store, &child).await, changes(&[("waiting", "invalid", "user")]));
+    // re-applying the current status changes nothing and logs nothing
+    store.set_task_status(&[Some(parent.clone())], TaskStatus::Invalid, true).await.unwrap();
+    assert_eq!(logged(&store, &parent).await.len(), 3);
+});
+
+store_test!(restarts_by_restart_patterns_are_logged, |store| async move {
+    let (net, _, tfs) = network(&store, "restartlog").await;
+    let t = tasks(&store, &tfs[0], 1).await.remove(0);
+    action(&store, &net, &t).await;
+    store.add_restart_patterns(&net, &patterns(&["RuntimeError"]), 1).await.unwrap();
+    set_running(&store, &t).await;
+    store.record_result(&t, &failure(1, Some("RuntimeError: once"))).await.unwrap();
+    assert_eq!(status(&store, &t).await, TaskStatus::Waiting);
+    // claims and results keep their own records: only the user's change and the restart
+    assert_eq!(logged(&store, &t).await, changes(&[("waiting", "running", "user"), ("error", "waiting", "restart")]));
+});

@@ -13,20 +13,39 @@ use crate::ConsoleState;
 /// One line of the status history.
 struct Event {
     at: String,
-    status: &'static str,
+    status: String,
     what: String,
+}
+
+/// How the status log's causes read.
+fn cause_text(cause: &str, previous: &str, status: &str) -> String {
+    match cause {
+        "user" => format!("set to {status} by a user (was {previous})"),
+        "restart" => "put back to waiting by the network's restart patterns".to_string(),
+        "released" => "given back by the service that claimed it".to_string(),
+        "expired" => "given back: the claiming service stopped heartbeating and its registration expired".to_string(),
+        other => format!("{previous} → {status} ({other})"),
+    }
 }
 
 pub async fn page(State(state): State<ConsoleState>, session: Session, Path(raw): Path<String>) -> ConsoleResult<Markup> {
     let key = path_key(&session, &raw, &["Task"], "task")?;
     let task = state.store().console_task(&key).await?.ok_or_else(|| ConsoleError::NotFound(format!("No task {key}.")))?;
-    // the history the store keeps: creation, each claim, each result, in time order
+    // the history the store keeps: creation, each claim, each result, every other status
+    // change, in time order
     let mut events = vec![(
         task.created,
-        Event { at: time(task.created), status: "waiting", what: format!("created by {}", task.creator.as_deref().unwrap_or("unknown")) },
+        Event {
+            at: time(task.created),
+            status: "waiting".into(),
+            what: format!("created by {}", task.creator.as_deref().unwrap_or("unknown")),
+        },
     )];
     for (service, at) in &task.claims {
-        events.push((*at, Event { at: time(*at), status: "running", what: format!("claimed by {service}") }));
+        events.push((*at, Event { at: time(*at), status: "running".into(), what: format!("claimed by {service}") }));
+    }
+    for (at, previous, status, cause) in &task.status_changes {
+        events.push((*at, Event { at: time(*at), status: status.clone(), what: cause_text(cause, previous, status) }));
     }
     for r in &task.results {
         let at = r
@@ -43,7 +62,7 @@ pub async fn page(State(state): State<ConsoleState>, session: Session, Path(raw)
             at,
             Event {
                 at: r.created.clone().unwrap_or_default(),
-                status,
+                status: status.into(),
                 what: format!("{what} by {}", r.creator.as_deref().unwrap_or("unknown")),
             },
         ));
@@ -64,9 +83,9 @@ pub async fn page(State(state): State<ConsoleState>, session: Session, Path(raw)
         h2 { "Status history" }
         table {
             thead { tr { th scope="col" { "When" } th scope="col" { "Status" } th scope="col" { "What" } } }
-            tbody { @for (_, e) in &events { tr { td { (e.at) } td { (status_badge(e.status)) } td { (e.what) } } } }
+            tbody { @for (_, e) in &events { tr { td { (e.at) } td { (status_badge(&e.status)) } td { (e.what) } } } }
         }
-        p.hint { "Current status: " (task.status) ". Status changes made by users (cancel, invalidate, restart) show only as the current status." }
+        p.hint { "Cancelling a task takes it off a network (see below) without changing its status." }
         h2 { "Actioned on" }
         @if task.actioned_on.is_empty() { p { "No network." } } @else {
             table {
