@@ -131,7 +131,8 @@ fn database_commands(cli: &Cli, dir: &Path) {
     backup_commands(cli, dir);
 }
 
-/// `database backup` / `backups` / `restore`, and `check` finding a missing result object.
+/// `database backup` / `backups` / `restore` (`check` finding a missing result object is in
+/// `compute_service.rs`, where a real service pushed one).
 fn backup_commands(cli: &Cli, dir: &Path) {
     let to = dir.join("backups");
     let t = to.to_str().unwrap();

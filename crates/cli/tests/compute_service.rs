@@ -184,6 +184,31 @@ async fn exit_statuses() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(60)).code(), Some(0));
     assert_eq!(env.status(&task).await, "complete");
 
+    // `database check` reads the result's object back; with the object gone it says which
+    let objects_dir = env.compute_server.objects.description().strip_prefix("local directory ").unwrap().to_string();
+    let store_url = env.compute_server.store_url();
+    let check = || Command::new(BIN).args(["database", "check", "--url", &store_url, "--objects-dir", &objects_dir]).output().unwrap();
+    let out = check();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No inconsistencies found"));
+    let mut objects = Vec::new();
+    let mut dirs = vec![PathBuf::from(&objects_dir)];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            match e.file_type().unwrap().is_dir() {
+                true => dirs.push(e.path()),
+                false if e.path().to_string_lossy().contains("protocoldagresult") => objects.push(e.path()),
+                false => {}
+            }
+        }
+    }
+    assert_eq!(objects.len(), 1, "one result object: {objects:?}");
+    std::fs::remove_file(&objects[0]).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 result references without their object"), "{err}");
+
     let run = |args: &[&str]| Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap();
     let out = run(&["compute", "synchronous", "-c", env.config("bad", "scopes: [a-*-c]\n").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
