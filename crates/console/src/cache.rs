@@ -144,22 +144,19 @@ impl FiguresCache {
 
     async fn census(&self, store: &Store) -> Result<Arc<Census>> {
         let current = self.inner.census.lock().expect("figures lock").clone();
-        if let Some(c) = current {
-            if c.slow() && c.at.elapsed() < (c.took * 10).min(self.max_age) {
-                return Ok(c);
+        if let Some(c) = current.filter(|c| c.slow()) {
+            // expired: shown once more while the next is counted in the background
+            let expired = c.at.elapsed() >= (c.took * 10).min(self.max_age);
+            if expired && !self.inner.refreshing.swap(true, Ordering::AcqRel) {
+                let (this, store) = (self.clone(), store.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = this.count_now(&store).await {
+                        tracing::warn!(error = %e, "console: counting the overview's figures failed");
+                    }
+                    this.inner.refreshing.store(false, Ordering::Release);
+                });
             }
-            if c.slow() {
-                if !self.inner.refreshing.swap(true, Ordering::AcqRel) {
-                    let (this, store) = (self.clone(), store.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = this.count_now(&store).await {
-                            tracing::warn!(error = %e, "console: counting the overview's figures failed");
-                        }
-                        this.inner.refreshing.store(false, Ordering::Release);
-                    });
-                }
-                return Ok(c);
-            }
+            return Ok(c);
         }
         self.count_now(store).await
     }

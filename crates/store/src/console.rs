@@ -307,7 +307,8 @@ impl Store {
                       JOIN task t ON t.id = l.task_id WHERE l.claimed >= $1 GROUP BY t.org, t.campaign, t.project, (l.claimed - $1) / $2";
         for r in self.fetch(claims, &[Arg::I64(start), Arg::I64(HOUR_MICROS)]).await? {
             let (hour, n) = (get_i64(&r, 3)?, get_i64(&r, 4)?);
-            if let Some(slot) = usize::try_from(hour).ok().and_then(|i| entry(&mut out, &empty, &r).ok()?.claims.get_mut(i)) {
+            let Ok(i) = usize::try_from(hour) else { continue };
+            if let Some(slot) = entry(&mut out, &empty, &r)?.claims.get_mut(i) {
                 *slot += n;
             }
         }

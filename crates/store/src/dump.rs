@@ -76,9 +76,14 @@ fn schema_version() -> i64 {
 /// Tables a version-3 dump does not hold.
 const ADDED_SINCE_3: &[&str] = &["task_status_log"];
 
-/// Whether this binary loads a dump of `version`.
-fn loadable(version: &serde_json::Value) -> bool {
-    *version == schema_version() || *version == 3
+/// The tables a dump of schema `version` lacks, loaded empty; None if this binary does not
+/// load that version.
+fn absent_tables(version: &serde_json::Value) -> Option<&'static [&'static str]> {
+    match version.as_i64()? {
+        3 => Some(ADDED_SINCE_3),
+        v if v == schema_version() => Some(&[]),
+        _ => None,
+    }
 }
 
 impl Store {
@@ -167,7 +172,7 @@ impl Store {
         let mut next_line =
             || -> Result<String> { lines.next().ok_or_else(|| StoreError::Dump("dump ended early".into()))?.map_err(io_err) };
         let header: serde_json::Value = serde_json::from_str(&next_line()?).map_err(|e| StoreError::Dump(e.to_string()))?;
-        let absent: &[&str] = if header["schema_version"] == 3 { ADDED_SINCE_3 } else { &[] };
+        let absent = absent_tables(&header["schema_version"]).unwrap_or_default();
         let mut tx = self.begin_write().await?;
         for t in DERIVED_TABLES {
             sqlx::query(&format!("DELETE FROM {t}")).execute(&mut *tx).await?;
@@ -271,7 +276,7 @@ pub fn verify_dump(path: &Path) -> Result<DumpStats> {
             if header["version"] != VERSION {
                 return Err(StoreError::Dump(format!("dump format version {} is not supported", header["version"])));
             }
-            if !loadable(&header["schema_version"]) {
+            if absent_tables(&header["schema_version"]).is_none() {
                 return Err(StoreError::Dump(format!(
                     "dump has schema version {}; this binary loads versions 3 to {}",
                     header["schema_version"],
